@@ -1,0 +1,251 @@
+//! The sub-commands.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use catsdogs_core::{BackendKind, EvalReport, LoadedModel, Prediction};
+use catsdogs_model::train::{self, TrainConfig};
+use clap::Args;
+use image::RgbImage;
+use rayon::prelude::*;
+
+/// The model shipped in the repository.
+pub const DEFAULT_MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/seed-cnn");
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Folder with cat/ and dog/ (or Cat/ and Dog/) sub-folders.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory (model.safetensors, model.json, history.csv, plots, checkpoint/).
+    #[arg(long, default_value = "runs/seed-cnn")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 20)]
+    pub epochs: usize,
+    /// Optimisation steps per epoch (default: one pass over the training split).
+    #[arg(long)]
+    pub steps_per_epoch: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1.5e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub label_smoothing: f64,
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// Seed of the train/validation split, shuffling and augmentation.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Early stopping: epochs without a better validation loss.
+    #[arg(long, default_value_t = 4)]
+    pub patience: usize,
+    /// Use at most N images per class (quick experiments).
+    #[arg(long)]
+    pub max_per_class: Option<usize>,
+    /// Version string written in the model card.
+    #[arg(long, default_value = "seed-cnn-1")]
+    pub version: String,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bar (log lines only).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    let mut cfg = TrainConfig::new(a.data, a.out);
+    cfg.epochs = a.epochs;
+    cfg.steps_per_epoch = a.steps_per_epoch;
+    cfg.batch_size = a.batch_size;
+    cfg.learning_rate = a.lr;
+    cfg.weight_decay = a.weight_decay;
+    cfg.label_smoothing = a.label_smoothing;
+    cfg.val_fraction = a.val_fraction;
+    cfg.seed = a.seed;
+    cfg.patience = a.patience;
+    cfg.max_per_class = a.max_per_class;
+    cfg.version = a.version;
+    cfg.resume = a.resume;
+    cfg.progress = !a.quiet;
+    let outcome = train::train(&cfg).context("training failed")?;
+    let v = outcome.card.validation.as_ref();
+    println!(
+        "model written to {} (validation accuracy {:.2}%, AUC {:.4})",
+        outcome.out_dir.display(),
+        100.0 * v.map_or(f64::NAN, |m| m.accuracy),
+        v.map_or(f64::NAN, |m| m.roc_auc)
+    );
+    Ok(())
+}
+
+/// Model location and backend, shared by predict and eval.
+#[derive(Args)]
+pub struct ModelOptions {
+    /// Model directory (holding model.json) or the model.json file.
+    #[arg(long, env = "CATSDOGS_MODEL", default_value = DEFAULT_MODEL_DIR)]
+    pub model: PathBuf,
+    /// onnxruntime (fast) or candle (reference).
+    #[arg(long, env = "CATSDOGS_BACKEND", default_value = "onnxruntime")]
+    pub backend: BackendKind,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+impl ModelOptions {
+    fn load(&self) -> Result<LoadedModel> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        LoadedModel::load(&self.model, self.backend, threads)
+            .with_context(|| format!("cannot load model {}", self.model.display()))
+    }
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// Image files (JPEG, PNG, GIF, WebP, BMP).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelOptions,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Classifies files; unreadable ones are reported on stderr and make the exit status 1
+/// while the others are still classified.
+pub fn predict(a: PredictArgs) -> Result<ExitCode> {
+    let model = a.model.load()?;
+    let prepared: Vec<Result<RgbImage, String>> = a
+        .files
+        .par_iter()
+        .map(|f| {
+            let bytes = std::fs::read(f).map_err(|e| format!("cannot read: {e}"))?;
+            model.preprocess(&bytes).map_err(|e| e.to_string())
+        })
+        .collect();
+    let ok: Vec<(usize, &RgbImage)> = prepared
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.as_ref().ok().map(|img| (i, img)))
+        .collect();
+    let mut results: Vec<Option<Prediction>> = vec![None; a.files.len()];
+    for chunk in ok.chunks(a.model.batch_size.max(1)) {
+        let images: Vec<RgbImage> = chunk.iter().map(|(_, img)| (*img).clone()).collect();
+        let preds = model.predict_images(&images)?;
+        for ((i, _), p) in chunk.iter().zip(preds) {
+            results[*i] = Some(p);
+        }
+    }
+    let mut failed = 0;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for ((file, prep), pred) in a.files.iter().zip(&prepared).zip(&results) {
+        match (prep, pred) {
+            (_, Some(p)) => {
+                if a.json {
+                    let line = serde_json::json!({"file": file.display().to_string(), "label": p.label(), "p_cat": p.p_cat(), "p_dog": p.p_dog, "model_version": model.card.version, "backend": model.backend_kind().to_string()});
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}\t{}\tP(cat)={:.4}\tP(dog)={:.4}",
+                        file.display(),
+                        p.label(),
+                        p.p_cat(),
+                        p.p_dog
+                    )?;
+                }
+            }
+            (Err(e), None) => {
+                failed += 1;
+                if a.json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"file": file.display().to_string(), "error": e})
+                    )?;
+                }
+                eprintln!("{}: {e}", file.display());
+            }
+            (Ok(_), None) => bail!("internal error: {} was not classified", file.display()),
+        }
+    }
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Labelled folder with cat/ and dog/ (or Cat/ and Dog/) sub-folders.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub model: ModelOptions,
+    /// Evaluate only the validation split the model card records (same seed and fraction).
+    #[arg(long)]
+    pub val_split: bool,
+    /// Evaluate at most N images per class (a fixed, seeded sample).
+    #[arg(long)]
+    pub max_per_class: Option<usize>,
+    /// Where to write the plots (default: <model dir>/eval).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Metrics table and plots for a labelled folder.
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let model = a.model.load()?;
+    let (report, out) = evaluate_folder(
+        &model,
+        &a.data,
+        a.val_split,
+        a.max_per_class,
+        a.model.batch_size,
+        a.out,
+    )?;
+    println!("{}", report.table());
+    println!("plots written to {}", out.display());
+    Ok(())
+}
+
+/// Loads, preprocesses and classifies a labelled folder, then writes the plots.
+pub fn evaluate_folder(
+    model: &LoadedModel,
+    data: &Path,
+    val_split: bool,
+    max_per_class: Option<usize>,
+    batch: usize,
+    out: Option<PathBuf>,
+) -> Result<(EvalReport, PathBuf)> {
+    let report = catsdogs_core::evaluate(model, data, val_split, max_per_class, batch)?;
+    let out = out.unwrap_or_else(|| model.dir.join("eval"));
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    catsdogs_model::plots::evaluation_plots(&out, &report.p_dog, &report.labels)
+        .map_err(|e| anyhow::anyhow!("plotting failed: {e}"))?;
+    Ok((report, out))
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Trained model directory (model.json + model.safetensors).
+    #[arg(long, default_value = DEFAULT_MODEL_DIR)]
+    pub model: PathBuf,
+    /// Output file (default: <model dir>/model.onnx, recorded in the card).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Writes the ONNX graph of a trained model and records it in the card.
+pub fn export(a: ExportArgs) -> Result<()> {
+    let written = catsdogs_core::export_onnx(&a.model, a.out.as_deref())?;
+    println!("ONNX graph written to {}", written.display());
+    Ok(())
+}

