@@ -48,6 +48,13 @@ pub struct TrainArgs {
     /// Version string written in the model card.
     #[arg(long, default_value = "seed-cnn-1")]
     pub version: String,
+    /// Train without batch normalisation (by default it is used during training and
+    /// folded into the convolutions of the saved model).
+    #[arg(long)]
+    pub no_batch_norm: bool,
+    /// Stop after N epochs of this invocation (continue later with --resume).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -70,6 +77,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
     cfg.max_per_class = a.max_per_class;
     cfg.version = a.version;
     cfg.resume = a.resume;
+    cfg.stop_after = a.stop_after;
+    cfg.model.batch_norm = !a.no_batch_norm;
     cfg.progress = !a.quiet;
     let outcome = train::train(&cfg).context("training failed")?;
     let v = outcome.card.validation.as_ref();
@@ -128,11 +137,8 @@ pub fn predict(a: PredictArgs) -> Result<ExitCode> {
             model.preprocess(&bytes).map_err(|e| e.to_string())
         })
         .collect();
-    let ok: Vec<(usize, &RgbImage)> = prepared
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| r.as_ref().ok().map(|img| (i, img)))
-        .collect();
+    let ok: Vec<(usize, &RgbImage)> =
+        prepared.iter().enumerate().filter_map(|(i, r)| r.as_ref().ok().map(|img| (i, img))).collect();
     let mut results: Vec<Option<Prediction>> = vec![None; a.files.len()];
     for chunk in ok.chunks(a.model.batch_size.max(1)) {
         let images: Vec<RgbImage> = chunk.iter().map(|(_, img)| (*img).clone()).collect();
@@ -151,35 +157,20 @@ pub fn predict(a: PredictArgs) -> Result<ExitCode> {
                     let line = serde_json::json!({"file": file.display().to_string(), "label": p.label(), "p_cat": p.p_cat(), "p_dog": p.p_dog, "model_version": model.card.version, "backend": model.backend_kind().to_string()});
                     writeln!(out, "{line}")?;
                 } else {
-                    writeln!(
-                        out,
-                        "{}\t{}\tP(cat)={:.4}\tP(dog)={:.4}",
-                        file.display(),
-                        p.label(),
-                        p.p_cat(),
-                        p.p_dog
-                    )?;
+                    writeln!(out, "{}\t{}\tP(cat)={:.4}\tP(dog)={:.4}", file.display(), p.label(), p.p_cat(), p.p_dog)?;
                 }
             }
             (Err(e), None) => {
                 failed += 1;
                 if a.json {
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::json!({"file": file.display().to_string(), "error": e})
-                    )?;
+                    writeln!(out, "{}", serde_json::json!({"file": file.display().to_string(), "error": e}))?;
                 }
                 eprintln!("{}: {e}", file.display());
             }
             (Ok(_), None) => bail!("internal error: {} was not classified", file.display()),
         }
     }
-    Ok(if failed > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 #[derive(Args)]
@@ -203,14 +194,7 @@ pub struct EvalArgs {
 /// Metrics table and plots for a labelled folder.
 pub fn eval(a: EvalArgs) -> Result<()> {
     let model = a.model.load()?;
-    let (report, out) = evaluate_folder(
-        &model,
-        &a.data,
-        a.val_split,
-        a.max_per_class,
-        a.model.batch_size,
-        a.out,
-    )?;
+    let (report, out) = evaluate_folder(&model, &a.data, a.val_split, a.max_per_class, a.model.batch_size, a.out)?;
     println!("{}", report.table());
     println!("plots written to {}", out.display());
     Ok(())

@@ -6,11 +6,7 @@ use std::process::ExitCode;
 mod commands;
 
 #[derive(Parser)]
-#[command(
-    name = "catsdogs",
-    version,
-    about = "Cats-vs-dogs image classifier: train, evaluate, export, predict"
-)]
+#[command(name = "catsdogs", version, about = "Cats-vs-dogs image classifier: train, evaluate, export, predict")]
 struct Cli {
     /// Log filter (e.g. info, debug, catsdogs_model=debug).
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
@@ -45,10 +41,7 @@ fn main() -> Result<ExitCode> {
     tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log_level)
-                .context("invalid --log-level")?,
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log_level).context("invalid --log-level")?)
         .with_writer(std::io::stderr)
         .init();
     match cli.command {

@@ -18,12 +18,8 @@ impl CandleBackend {
     /// Loads `weights` (safetensors) for the seed CNN described by `config`.
     pub fn load(weights: &Path, config: &seed_cnn::Config) -> Result<Self, InferenceError> {
         // SAFETY: the weights file is memory-mapped read-only and not modified while loaded.
-        let vb =
-            unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu)? };
-        Ok(Self {
-            model: SeedCnn::load(vb, config)?,
-            size: config.input_size as u32,
-        })
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu)? };
+        Ok(Self { model: SeedCnn::load(vb, config)?, size: config.input_size as u32 })
     }
 }
 
@@ -37,11 +33,7 @@ impl Backend for CandleBackend {
             return Ok(Vec::new());
         }
         let s = self.size as usize;
-        let x = Tensor::from_vec(
-            pack_nhwc(images, self.size)?,
-            (images.len(), s, s, 3),
-            &Device::Cpu,
-        )?;
+        let x = Tensor::from_vec(pack_nhwc(images, self.size)?, (images.len(), s, s, 3), &Device::Cpu)?;
         let logits = self.model.forward_logits(&x, false)?;
         Ok(candle_nn::ops::sigmoid(&logits)?.to_vec1::<f32>()?)
     }

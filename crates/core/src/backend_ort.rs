@@ -19,20 +19,13 @@ fn candidate_paths() -> Vec<PathBuf> {
         paths.push(PathBuf::from(p));
     }
     let lib = "libonnxruntime.so";
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
         paths.push(dir.join(lib));
         for up in dir.ancestors().skip(1).take(3) {
             paths.push(up.join(".cache/onnxruntime").join(lib));
         }
     }
-    paths.push(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../.cache/onnxruntime")
-            .join(lib),
-    );
+    paths.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/onnxruntime").join(lib));
     paths.push(PathBuf::from("/usr/local/lib").join(lib));
     paths
 }
@@ -40,36 +33,22 @@ fn candidate_paths() -> Vec<PathBuf> {
 /// The first existing ONNX Runtime library, or an error listing where we looked.
 pub fn find_onnxruntime_library() -> Result<PathBuf, InferenceError> {
     let candidates = candidate_paths();
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| InferenceError::OrtLibraryMissing {
-            searched: candidates
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| InferenceError::OrtLibraryMissing {
+        searched: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+    })
 }
 
 fn environment() -> Result<&'static ort::environment::Environment, InferenceError> {
     static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
     ENV.get_or_init(|| {
         let lib = find_onnxruntime_library().map_err(|e| e.to_string())?;
-        let builder =
-            ort::init_from(&lib).map_err(|e| format!("cannot load {}: {e}", lib.display()))?;
-        builder
-            .with_name("catsdogs")
-            .build()
-            .map_err(|e| e.to_string())
+        let builder = ort::init_from(&lib).map_err(|e| format!("cannot load {}: {e}", lib.display()))?;
+        builder.with_name("catsdogs").build().map_err(|e| e.to_string())
     })
     .as_ref()
     .map_err(|e| {
         if e.contains("not found") {
-            InferenceError::OrtLibraryMissing {
-                searched: e.clone(),
-            }
+            InferenceError::OrtLibraryMissing { searched: e.clone() }
         } else {
             InferenceError::Ort(e.clone())
         }
@@ -103,10 +82,7 @@ impl OrtBackend {
             .map_err(ort_err)?
             .commit_from_file(path)
             .map_err(ort_err)?;
-        Ok(Self {
-            session: Mutex::new(session),
-            size,
-        })
+        Ok(Self { session: Mutex::new(session), size })
     }
 }
 
@@ -121,18 +97,10 @@ impl Backend for OrtBackend {
         }
         let s = self.size as usize;
         let buf = pack_nhwc(images, self.size)?;
-        let input = TensorRef::from_array_view(([images.len(), s, s, 3], buf.as_slice()))
-            .map_err(ort_err)?;
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| InferenceError::Ort("session lock poisoned".into()))?;
-        let outputs = session
-            .run(ort::inputs!["image" => input])
-            .map_err(ort_err)?;
-        let (_, p) = outputs["p_dog"]
-            .try_extract_tensor::<f32>()
-            .map_err(ort_err)?;
+        let input = TensorRef::from_array_view(([images.len(), s, s, 3], buf.as_slice())).map_err(ort_err)?;
+        let mut session = self.session.lock().map_err(|_| InferenceError::Ort("session lock poisoned".into()))?;
+        let outputs = session.run(ort::inputs!["image" => input]).map_err(ort_err)?;
+        let (_, p) = outputs["p_dog"].try_extract_tensor::<f32>().map_err(ort_err)?;
         Ok(p.to_vec())
     }
 }

@@ -74,11 +74,7 @@ pub fn select_samples(
     if let Some(n) = max_per_class {
         let mut sample = Vec::new();
         for label in [CAT, DOG] {
-            let mut class: Vec<Sample> = chosen
-                .iter()
-                .filter(|s| s.label == label)
-                .cloned()
-                .collect();
+            let mut class: Vec<Sample> = chosen.iter().filter(|s| s.label == label).cloned().collect();
             class.shuffle(&mut StdRng::seed_from_u64(0x5eed));
             sample.extend(class.into_iter().take(n));
         }
@@ -105,8 +101,7 @@ pub fn evaluate(
             (s, r)
         })
         .collect();
-    let (mut files, mut labels, mut images, mut skipped) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut files, mut labels, mut images, mut skipped) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (s, r) in prepared {
         match r {
             Ok(img) => {

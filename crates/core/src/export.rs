@@ -19,10 +19,7 @@ pub enum ExportError {
     #[error("invalid architecture config in the card: {0}")]
     Config(serde_json::Error),
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 /// Exports the model in `model_dir` to `out` (default `model_dir/model.onnx`); when the
@@ -42,13 +39,8 @@ pub fn export_onnx(model_dir: &Path, out: Option<&Path>) -> Result<PathBuf, Expo
     metadata.insert("classes".to_string(), card.classes.join(","));
     metadata.insert("input".to_string(), card.preprocessing.input.clone());
     let bytes = model.to_onnx(&metadata)?;
-    let target = out
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| model_dir.join("model.onnx"));
-    std::fs::write(&target, bytes).map_err(|source| ExportError::Write {
-        path: target.clone(),
-        source,
-    })?;
+    let target = out.map(Path::to_path_buf).unwrap_or_else(|| model_dir.join("model.onnx"));
+    std::fs::write(&target, bytes).map_err(|source| ExportError::Write { path: target.clone(), source })?;
     if target.parent() == Some(model_dir) || out.is_none() {
         card.onnx = target.file_name().map(|n| n.to_string_lossy().into_owned());
         card.save(&card_path)?;

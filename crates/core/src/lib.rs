@@ -32,9 +32,7 @@ impl std::str::FromStr for BackendKind {
         match s.to_ascii_lowercase().as_str() {
             "onnxruntime" | "ort" | "onnx" => Ok(Self::Onnxruntime),
             "candle" => Ok(Self::Candle),
-            other => Err(format!(
-                "unknown backend {other:?} (expected onnxruntime or candle)"
-            )),
+            other => Err(format!("unknown backend {other:?} (expected onnxruntime or candle)")),
         }
     }
 }
@@ -67,11 +65,7 @@ pub enum InferenceError {
     #[error("candle error: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("batch images must be {expected}x{expected} RGB, got {got_w}x{got_h}")]
-    BadInput {
-        expected: u32,
-        got_w: u32,
-        got_h: u32,
-    },
+    BadInput { expected: u32, got_w: u32, got_h: u32 },
     #[error(transparent)]
     Preprocess(#[from] catsdogs_model::preprocess::PreprocessError),
 }
@@ -89,11 +83,7 @@ pub(crate) fn pack_nhwc(images: &[RgbImage], size: u32) -> Result<Vec<u8>, Infer
     let mut buf = Vec::with_capacity(images.len() * (size * size * 3) as usize);
     for img in images {
         if img.dimensions() != (size, size) {
-            return Err(InferenceError::BadInput {
-                expected: size,
-                got_w: img.width(),
-                got_h: img.height(),
-            });
+            return Err(InferenceError::BadInput { expected: size, got_w: img.width(), got_h: img.height() });
         }
         buf.extend_from_slice(img.as_raw());
     }

@@ -39,27 +39,20 @@ impl LoadedModel {
         let (dir, card_path) = if path.is_dir() {
             (path.to_path_buf(), path.join("model.json"))
         } else {
-            (
-                path.parent().map(Path::to_path_buf).unwrap_or_default(),
-                path.to_path_buf(),
-            )
+            (path.parent().map(Path::to_path_buf).unwrap_or_default(), path.to_path_buf())
         };
         if !card_path.is_file() {
             return Err(InferenceError::MissingFile(card_path.display().to_string()));
         }
         let card = ModelCard::load(&card_path)?;
         if card.architecture != "seed-cnn" {
-            return Err(InferenceError::UnsupportedArchitecture(
-                card.architecture.clone(),
-            ));
+            return Err(InferenceError::UnsupportedArchitecture(card.architecture.clone()));
         }
         let size = card.preprocessing.config.size;
         let backend: Box<dyn Backend> = match kind {
             BackendKind::Candle => {
-                let cfg: seed_cnn::Config =
-                    serde_json::from_value(card.architecture_config.clone()).map_err(|e| {
-                        InferenceError::UnsupportedArchitecture(format!("seed-cnn config: {e}"))
-                    })?;
+                let cfg: seed_cnn::Config = serde_json::from_value(card.architecture_config.clone())
+                    .map_err(|e| InferenceError::UnsupportedArchitecture(format!("seed-cnn config: {e}")))?;
                 let weights = dir.join(&card.weights);
                 if !weights.is_file() {
                     return Err(InferenceError::MissingFile(weights.display().to_string()));
@@ -91,20 +84,13 @@ impl LoadedModel {
 
     /// Runs the network on already preprocessed images.
     pub fn predict_images(&self, images: &[RgbImage]) -> Result<Vec<Prediction>, InferenceError> {
-        Ok(self
-            .backend
-            .predict(images)?
-            .into_iter()
-            .map(|p_dog| Prediction { p_dog })
-            .collect())
+        Ok(self.backend.predict(images)?.into_iter().map(|p_dog| Prediction { p_dog }).collect())
     }
 
     /// Preprocesses and classifies one file's bytes.
     pub fn predict_bytes(&self, bytes: &[u8]) -> Result<Prediction, InferenceError> {
         let img = self.preprocess(bytes)?;
         let p = self.backend.predict(std::slice::from_ref(&img))?;
-        Ok(Prediction {
-            p_dog: p.first().copied().unwrap_or(f32::NAN),
-        })
+        Ok(Prediction { p_dog: p.first().copied().unwrap_or(f32::NAN) })
     }
 }

@@ -6,10 +6,7 @@ fn t<F: FnMut() -> candle_core::Result<Tensor>>(name: &str, mut f: F) -> candle_
     for _ in 0..3 {
         let _ = f()?;
     }
-    println!(
-        "{name:>30}: {:.1} ms",
-        s.elapsed().as_secs_f64() * 1000.0 / 3.0
-    );
+    println!("{name:>30}: {:.1} ms", s.elapsed().as_secs_f64() * 1000.0 / 3.0);
     Ok(())
 }
 fn main() -> candle_core::Result<()> {
@@ -19,17 +16,8 @@ fn main() -> candle_core::Result<()> {
     let b = Tensor::rand(0f32, 1.0, 64, &dev)?;
     let p = x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
     t("pad", || x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1))?;
-    t("narrow+contig", || {
-        p.narrow(1, 1, 64)?.narrow(2, 1, 64)?.contiguous()
-    })?;
-    let taps: Vec<Tensor> = (0..9)
-        .map(|i| {
-            p.narrow(1, i / 3, 64)
-                .unwrap()
-                .narrow(2, i % 3, 64)
-                .unwrap()
-        })
-        .collect();
+    t("narrow+contig", || p.narrow(1, 1, 64)?.narrow(2, 1, 64)?.contiguous())?;
+    let taps: Vec<Tensor> = (0..9).map(|i| p.narrow(1, i / 3, 64).unwrap().narrow(2, i % 3, 64).unwrap()).collect();
     t("cat9", || Tensor::cat(&taps, 3))?;
     let cols = Tensor::cat(&taps, 3)?.reshape((32 * 64 * 64, 288))?;
     let wm = w.permute((0, 2, 3, 1))?.reshape((64, 288))?.t()?;
@@ -39,9 +27,7 @@ fn main() -> candle_core::Result<()> {
     let y = cols.matmul(&wm)?.reshape((32, 64, 64, 64))?;
     t("bias add", || y.broadcast_add(&b))?;
     t("relu", || y.relu())?;
-    t("maxpool reshape max", || {
-        y.reshape((32, 32, 2, 32, 2, 64))?.max(4)?.max(2)
-    })?;
+    t("maxpool reshape max", || y.reshape((32, 32, 2, 32, 2, 64))?.max(4)?.max(2))?;
     let yn = y.permute((0, 3, 1, 2))?.contiguous()?;
     t("maxpool2d nchw", || yn.max_pool2d(2))?;
     let xn = x.permute((0, 3, 1, 2))?.contiguous()?;

@@ -8,21 +8,13 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn candle_conv_logits(m: &SeedCnn, x: &Tensor) -> candle_core::Result<Tensor> {
-    let mut x = (x.to_dtype(DType::F32)? * (1.0 / 255.0))?
-        .permute((0, 3, 1, 2))?
-        .contiguous()?;
+    let mut x = (x.to_dtype(DType::F32)? * (1.0 / 255.0))?.permute((0, 3, 1, 2))?.contiguous()?;
     for c in &m.convs {
         let o = c.weight.dim(0)?;
-        x = x
-            .conv2d(&c.weight, 1, 1, 1, 1)?
-            .broadcast_add(&c.bias.reshape((1, o, 1, 1))?)?
-            .relu()?
-            .max_pool2d(2)?;
+        x = x.conv2d(&c.weight, 1, 1, 1, 1)?.broadcast_add(&c.bias.reshape((1, o, 1, 1))?)?.relu()?.max_pool2d(2)?;
     }
     let f = x.mean(3)?.mean(2)?;
-    f.matmul(&m.fc_weight.t()?)?
-        .broadcast_add(&m.fc_bias)?
-        .squeeze(1)
+    f.matmul(&m.fc_weight.t()?)?.broadcast_add(&m.fc_bias)?.squeeze(1)
 }
 
 fn main() -> candle_core::Result<()> {
@@ -30,9 +22,7 @@ fn main() -> candle_core::Result<()> {
     let bs = 32;
     let steps = 6;
     let x = Tensor::rand(0f32, 255.0, (bs, 128, 128, 3), &dev)?.to_dtype(DType::U8)?;
-    let y = Tensor::rand(0f32, 1.0, bs, &dev)?
-        .ge(0.5)?
-        .to_dtype(DType::F32)?;
+    let y = Tensor::rand(0f32, 1.0, bs, &dev)?.ge(0.5)?.to_dtype(DType::F32)?;
     let only = std::env::args().nth(1);
     for variant in ["im2col-nhwc", "candle-conv2d"] {
         if only.as_deref().is_some_and(|o| o != variant) {
@@ -46,11 +36,8 @@ fn main() -> candle_core::Result<()> {
         let start = Instant::now();
         for i in 0..=steps {
             let t0 = Instant::now();
-            let logits = if variant == "im2col-nhwc" {
-                m.forward_logits(&x, true)?
-            } else {
-                candle_conv_logits(&m, &x)?
-            };
+            let logits =
+                if variant == "im2col-nhwc" { m.forward_logits(&x, true)? } else { candle_conv_logits(&m, &x)? };
             let loss = candle_nn::loss::binary_cross_entropy_with_logit(&logits, &y)?;
             let _ = loss.to_scalar::<f32>()?;
             if i > 0 {
@@ -62,11 +49,7 @@ fn main() -> candle_core::Result<()> {
         let total = start.elapsed().as_secs_f64();
         let t0 = Instant::now();
         for _ in 0..steps {
-            let _ = if variant == "im2col-nhwc" {
-                m.forward_logits(&x, false)?
-            } else {
-                candle_conv_logits(&m, &x)?
-            };
+            let _ = if variant == "im2col-nhwc" { m.forward_logits(&x, false)? } else { candle_conv_logits(&m, &x)? };
         }
         let inf = t0.elapsed().as_secs_f64();
         println!(

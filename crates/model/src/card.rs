@@ -59,6 +59,9 @@ pub struct TrainingSummary {
     pub learning_rate: f64,
     pub weight_decay: f64,
     pub label_smoothing: f64,
+    /// Batch normalisation during training (folded into the shipped weights).
+    #[serde(default)]
+    pub batch_norm: bool,
     pub augment: Augment,
     pub wall_time_s: f64,
     pub train_images_per_s: f64,
@@ -91,40 +94,25 @@ pub struct ModelCard {
 #[derive(Debug, thiserror::Error)]
 pub enum CardError {
     #[error("cannot read model card {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("invalid model card {path}: {source}")]
-    Parse {
-        path: String,
-        source: serde_json::Error,
-    },
+    Parse { path: String, source: serde_json::Error },
     #[error("cannot write model card {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    Write { path: String, source: std::io::Error },
 }
 
 impl ModelCard {
     /// Reads `model.json`.
     pub fn load(path: &Path) -> Result<Self, CardError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| CardError::Read {
-            path: p.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CardError::Read { path: p.clone(), source })?;
         serde_json::from_str(&text).map_err(|source| CardError::Parse { path: p, source })
     }
 
     /// Writes `model.json` (pretty-printed, stable field order).
     pub fn save(&self, path: &Path) -> Result<(), CardError> {
         let p = path.display().to_string();
-        let text = serde_json::to_string_pretty(self).map_err(|source| CardError::Parse {
-            path: p.clone(),
-            source,
-        })?;
+        let text = serde_json::to_string_pretty(self).map_err(|source| CardError::Parse { path: p.clone(), source })?;
         std::fs::write(path, text + "\n").map_err(|source| CardError::Write { path: p, source })
     }
 }

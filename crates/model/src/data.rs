@@ -20,10 +20,7 @@ pub const CLASSES: [&str; 2] = ["cat", "dog"];
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{0} has no cat/ and dog/ (or PetImages Cat/ and Dog/) sub-folders with images")]
     NoClasses(PathBuf),
 }
@@ -37,12 +34,9 @@ pub struct Sample {
 }
 
 fn is_image_name(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-        matches!(
-            e.to_ascii_lowercase().as_str(),
-            "jpg" | "jpeg" | "png" | "gif" | "webp" | "bmp"
-        )
-    })
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png" | "gif" | "webp" | "bmp"))
 }
 
 /// Lists `DIR/{cat,dog}/*` (also `DIR/{Cat,Dog}`, the Kaggle PetImages layout), sorted.
@@ -52,14 +46,10 @@ pub fn scan(dir: &Path) -> Result<Vec<Sample>, DataError> {
         let Some(class_dir) = names.iter().map(|n| dir.join(n)).find(|p| p.is_dir()) else {
             continue;
         };
-        let entries = std::fs::read_dir(&class_dir).map_err(|source| DataError::Io {
-            path: class_dir.clone(),
-            source,
-        })?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_image_name(p))
-            .collect();
+        let entries =
+            std::fs::read_dir(&class_dir).map_err(|source| DataError::Io { path: class_dir.clone(), source })?;
+        let mut files: Vec<PathBuf> =
+            entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_image_name(p)).collect();
         files.sort();
         samples.extend(files.into_iter().map(|path| Sample { path, label }));
     }
@@ -74,11 +64,7 @@ pub fn scan(dir: &Path) -> Result<Vec<Sample>, DataError> {
 pub fn split(samples: &[Sample], val_fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for label in [CAT, DOG] {
-        let mut class: Vec<Sample> = samples
-            .iter()
-            .filter(|s| s.label == label)
-            .cloned()
-            .collect();
+        let mut class: Vec<Sample> = samples.iter().filter(|s| s.label == label).cloned().collect();
         class.shuffle(&mut StdRng::seed_from_u64(seed ^ u64::from(label)));
         let n_val = (class.len() as f64 * val_fraction).round() as usize;
         val.extend(class.drain(..n_val));
@@ -91,13 +77,7 @@ pub fn split(samples: &[Sample], val_fraction: f64, seed: u64) -> (Vec<Sample>, 
 pub fn digest(samples: &[Sample]) -> String {
     let mut h = Sha256::new();
     for s in samples {
-        h.update(
-            s.path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-                .as_bytes(),
-        );
+        h.update(s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
         h.update([s.label]);
     }
     hex::encode(&h.finalize()[..8])
@@ -123,11 +103,7 @@ pub fn decode_all(samples: &[Sample], max_pixels: u64, max_short_side: u32) -> D
             Ok((img, s.label))
         })
         .collect();
-    let mut set = DecodedSet {
-        images: Vec::new(),
-        labels: Vec::new(),
-        skipped: Vec::new(),
-    };
+    let mut set = DecodedSet { images: Vec::new(), labels: Vec::new(), skipped: Vec::new() };
     for r in results {
         match r {
             Ok((img, label)) => {
@@ -157,25 +133,14 @@ pub struct Augment {
 
 impl Default for Augment {
     fn default() -> Self {
-        Self {
-            min_area: 0.6,
-            max_aspect: 4.0 / 3.0,
-            max_rotation_deg: 12.0,
-            jitter: 0.2,
-            flip: 0.5,
-        }
+        Self { min_area: 0.6, max_aspect: 4.0 / 3.0, max_rotation_deg: 12.0, jitter: 0.2, flip: 0.5 }
     }
 }
 
 impl Augment {
     /// A random view of `img` at `size x size`: crop -> resize (the shared filter) ->
     /// flip -> rotation -> colour jitter.
-    pub fn apply(
-        &self,
-        img: &RgbImage,
-        size: u32,
-        rng: &mut impl Rng,
-    ) -> Result<RgbImage, PreprocessError> {
+    pub fn apply(&self, img: &RgbImage, size: u32, rng: &mut impl Rng) -> Result<RgbImage, PreprocessError> {
         let (w, h) = (f64::from(img.width()), f64::from(img.height()));
         let area = rng.random_range(self.min_area..=1.0);
         let log_r = rng.random_range(-self.max_aspect.ln()..=self.max_aspect.ln());
@@ -235,11 +200,9 @@ fn rotate_edge_clamped(src: &RgbImage, angle: f64) -> RgbImage {
 
 fn colour_jitter(img: &mut RgbImage, brightness: f64, contrast: f64, saturation: f64) {
     let n = f64::from(img.width() * img.height()).max(1.0);
-    let mean = img
-        .pixels()
-        .map(|p| 0.299 * f64::from(p[0]) + 0.587 * f64::from(p[1]) + 0.114 * f64::from(p[2]))
-        .sum::<f64>()
-        / n;
+    let mean =
+        img.pixels().map(|p| 0.299 * f64::from(p[0]) + 0.587 * f64::from(p[1]) + 0.114 * f64::from(p[2])).sum::<f64>()
+            / n;
     for p in img.pixels_mut() {
         let grey = 0.299 * f64::from(p[0]) + 0.587 * f64::from(p[1]) + 0.114 * f64::from(p[2]);
         for k in 0..3 {
@@ -256,12 +219,7 @@ mod tests {
     use super::*;
 
     fn fake(n: usize) -> Vec<Sample> {
-        (0..n)
-            .map(|i| Sample {
-                path: PathBuf::from(format!("{i}.jpg")),
-                label: (i % 2) as u8,
-            })
-            .collect()
+        (0..n).map(|i| Sample { path: PathBuf::from(format!("{i}.jpg")), label: (i % 2) as u8 }).collect()
     }
 
     #[test]
@@ -279,16 +237,10 @@ mod tests {
 
     #[test]
     fn augmentation_gives_requested_size_and_varies() {
-        let img = RgbImage::from_fn(180, 120, |x, y| {
-            image::Rgb([x as u8, y as u8, (x ^ y) as u8])
-        });
+        let img = RgbImage::from_fn(180, 120, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
         let mut rng = StdRng::seed_from_u64(1);
-        let a = Augment::default()
-            .apply(&img, 64, &mut rng)
-            .expect("augment");
-        let b = Augment::default()
-            .apply(&img, 64, &mut rng)
-            .expect("augment");
+        let a = Augment::default().apply(&img, 64, &mut rng).expect("augment");
+        let b = Augment::default().apply(&img, 64, &mut rng).expect("augment");
         assert_eq!(a.dimensions(), (64, 64));
         assert_ne!(a, b);
     }

@@ -114,16 +114,8 @@ pub fn reliability(p_dog: &[f32], labels: &[u8], bins: usize) -> Vec<Reliability
             lower: 0.5 + i as f64 * width,
             upper: 0.5 + (i + 1) as f64 * width,
             count,
-            mean_confidence: if count > 0 {
-                conf_sum / count as f64
-            } else {
-                0.0
-            },
-            accuracy: if count > 0 {
-                correct as f64 / count as f64
-            } else {
-                0.0
-            },
+            mean_confidence: if count > 0 { conf_sum / count as f64 } else { 0.0 },
+            accuracy: if count > 0 { correct as f64 / count as f64 } else { 0.0 },
         })
         .collect()
 }
@@ -139,13 +131,9 @@ mod tests {
         let m = compute(&p, &y);
         assert_eq!(m.confusion, [[2, 1], [1, 2]]);
         assert!((m.accuracy - 4.0 / 6.0).abs() < 1e-12);
-        // Positive scores 0.9, 0.8, 0.4 vs negatives 0.3, 0.6, 0.1: 7 of 9 pairs ordered.
-        assert!((m.roc_auc - 7.0 / 9.0).abs() < 1e-12);
-        let expected_ll = -[0.9f64, 0.8, 0.7, 0.4, 0.9, 0.4]
-            .iter()
-            .map(|p| p.ln())
-            .sum::<f64>()
-            / 6.0;
+        // Positive scores 0.9, 0.8, 0.4 vs negatives 0.3, 0.6, 0.1: 8 of 9 pairs ordered.
+        assert!((m.roc_auc - 8.0 / 9.0).abs() < 1e-12);
+        let expected_ll = -[0.9f64, 0.8, 0.7, 0.4, 0.9, 0.4].iter().map(|p| p.ln()).sum::<f64>() / 6.0;
         assert!((m.log_loss - expected_ll).abs() < 1e-6);
         let roc = roc_curve(&p, &y);
         assert_eq!(roc.first(), Some(&(0.0, 0.0)));

@@ -39,29 +39,27 @@ impl CustomOp1 for Im2Col3x3 {
         let src = contiguous_f32(storage, layout, self.name())?;
         let (b, h, w, c) = dims4(layout, self.name())?;
         let mut out = vec![0f32; b * h * w * 9 * c];
-        out.par_chunks_mut(w * 9 * c)
-            .enumerate()
-            .for_each(|(row_idx, row)| {
-                let (bi, y) = (row_idx / h, row_idx % h);
-                for x in 0..w {
-                    let dst = &mut row[x * 9 * c..(x + 1) * 9 * c];
-                    for dy in 0..3 {
-                        let sy = y as isize + dy as isize - 1;
-                        if sy < 0 || sy >= h as isize {
+        out.par_chunks_mut(w * 9 * c).enumerate().for_each(|(row_idx, row)| {
+            let (bi, y) = (row_idx / h, row_idx % h);
+            for x in 0..w {
+                let dst = &mut row[x * 9 * c..(x + 1) * 9 * c];
+                for dy in 0..3 {
+                    let sy = y as isize + dy as isize - 1;
+                    if sy < 0 || sy >= h as isize {
+                        continue;
+                    }
+                    for dx in 0..3 {
+                        let sx = x as isize + dx as isize - 1;
+                        if sx < 0 || sx >= w as isize {
                             continue;
                         }
-                        for dx in 0..3 {
-                            let sx = x as isize + dx as isize - 1;
-                            if sx < 0 || sx >= w as isize {
-                                continue;
-                            }
-                            let s = ((bi * h + sy as usize) * w + sx as usize) * c;
-                            let t = (dy * 3 + dx) * c;
-                            dst[t..t + c].copy_from_slice(&src[s..s + c]);
-                        }
+                        let s = ((bi * h + sy as usize) * w + sx as usize) * c;
+                        let t = (dy * 3 + dx) * c;
+                        dst[t..t + c].copy_from_slice(&src[s..s + c]);
                     }
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), Shape::from((b * h * w, 9 * c))))
     }
 
@@ -85,32 +83,29 @@ impl CustomOp1 for Col2Im3x3 {
         let (b, h, w, c9) = dims4(layout, self.name())?;
         let c = c9 / 9;
         let mut out = vec![0f32; b * h * w * c];
-        out.par_chunks_mut(w * c)
-            .enumerate()
-            .for_each(|(row_idx, row)| {
-                let (bi, sy) = (row_idx / h, row_idx % h);
-                for sx in 0..w {
-                    let dst = &mut row[sx * c..(sx + 1) * c];
-                    // Pixel (sy, sx) was tap (dy, dx) of output pixel (sy + 1 - dy, sx + 1 - dx).
-                    for dy in 0..3 {
-                        let y = sy as isize + 1 - dy as isize;
-                        if y < 0 || y >= h as isize {
+        out.par_chunks_mut(w * c).enumerate().for_each(|(row_idx, row)| {
+            let (bi, sy) = (row_idx / h, row_idx % h);
+            for sx in 0..w {
+                let dst = &mut row[sx * c..(sx + 1) * c];
+                // Pixel (sy, sx) was tap (dy, dx) of output pixel (sy + 1 - dy, sx + 1 - dx).
+                for dy in 0..3 {
+                    let y = sy as isize + 1 - dy as isize;
+                    if y < 0 || y >= h as isize {
+                        continue;
+                    }
+                    for dx in 0..3 {
+                        let x = sx as isize + 1 - dx as isize;
+                        if x < 0 || x >= w as isize {
                             continue;
                         }
-                        for dx in 0..3 {
-                            let x = sx as isize + 1 - dx as isize;
-                            if x < 0 || x >= w as isize {
-                                continue;
-                            }
-                            let s =
-                                ((bi * h + y as usize) * w + x as usize) * c9 + (dy * 3 + dx) * c;
-                            for (d, g) in dst.iter_mut().zip(&src[s..s + c]) {
-                                *d += g;
-                            }
+                        let s = ((bi * h + y as usize) * w + x as usize) * c9 + (dy * 3 + dx) * c;
+                        for (d, g) in dst.iter_mut().zip(&src[s..s + c]) {
+                            *d += g;
                         }
                     }
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), Shape::from((b, h, w, c))))
     }
 }
@@ -127,26 +122,21 @@ impl CustomOp1 for MaxPool2 {
         let src = contiguous_f32(storage, layout, self.name())?;
         let (b, h, w, c) = dims4(layout, self.name())?;
         if h % 2 != 0 || w % 2 != 0 {
-            bail!(
-                "{}: height and width must be even, got {h}x{w}",
-                self.name()
-            );
+            bail!("{}: height and width must be even, got {h}x{w}", self.name());
         }
         let (h2, w2) = (h / 2, w / 2);
         let mut out = vec![0f32; b * h2 * w2 * c];
-        out.par_chunks_mut(w2 * c)
-            .enumerate()
-            .for_each(|(row_idx, row)| {
-                let (bi, y) = (row_idx / h2, row_idx % h2);
-                for x in 0..w2 {
-                    let dst = &mut row[x * c..(x + 1) * c];
-                    let p = |dy: usize, dx: usize| ((bi * h + 2 * y + dy) * w + 2 * x + dx) * c;
-                    let (a, b_, c_, d) = (p(0, 0), p(0, 1), p(1, 0), p(1, 1));
-                    for (k, o) in dst.iter_mut().enumerate() {
-                        *o = src[a + k].max(src[b_ + k]).max(src[c_ + k]).max(src[d + k]);
-                    }
+        out.par_chunks_mut(w2 * c).enumerate().for_each(|(row_idx, row)| {
+            let (bi, y) = (row_idx / h2, row_idx % h2);
+            for x in 0..w2 {
+                let dst = &mut row[x * c..(x + 1) * c];
+                let p = |dy: usize, dx: usize| ((bi * h + 2 * y + dy) * w + 2 * x + dx) * c;
+                let (a, b_, c_, d) = (p(0, 0), p(0, 1), p(1, 0), p(1, 1));
+                for (k, o) in dst.iter_mut().enumerate() {
+                    *o = src[a + k].max(src[b_ + k]).max(src[c_ + k]).max(src[d + k]);
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), Shape::from((b, h2, w2, c))))
     }
 
@@ -180,24 +170,22 @@ impl CustomOp3 for MaxPool2Bwd {
         let (h2, w2) = (h / 2, w / 2);
         let mut out = vec![0f32; b * h * w * c];
         // One chunk = two input rows, written only by the pooled row above them.
-        out.par_chunks_mut(2 * w * c)
-            .enumerate()
-            .for_each(|(chunk_idx, rows)| {
-                let (bi, y) = (chunk_idx / h2, chunk_idx % h2);
-                for x in 0..w2 {
-                    let o = ((bi * h2 + y) * w2 + x) * c;
-                    for k in 0..c {
-                        let m = res[o + k];
-                        for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                            let src = ((bi * h + 2 * y + dy) * w + 2 * x + dx) * c + k;
-                            if arg[src] == m {
-                                rows[(dy * w + 2 * x + dx) * c + k] = grad[o + k];
-                                break;
-                            }
+        out.par_chunks_mut(2 * w * c).enumerate().for_each(|(chunk_idx, rows)| {
+            let (bi, y) = (chunk_idx / h2, chunk_idx % h2);
+            for x in 0..w2 {
+                let o = ((bi * h2 + y) * w2 + x) * c;
+                for k in 0..c {
+                    let m = res[o + k];
+                    for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        let src = ((bi * h + 2 * y + dy) * w + 2 * x + dx) * c + k;
+                        if arg[src] == m {
+                            rows[(dy * w + 2 * x + dx) * c + k] = grad[o + k];
+                            break;
                         }
                     }
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), Shape::from((b, h, w, c))))
     }
 }

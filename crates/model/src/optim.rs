@@ -29,15 +29,7 @@ impl AdamW {
                 Ok((name, var, m, v))
             })
             .collect::<Result<_>>()?;
-        Ok(Self {
-            params,
-            lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay,
-            step: 0,
-        })
+        Ok(Self { params, lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step: 0 })
     }
 
     /// Number of steps taken so far.
@@ -72,21 +64,14 @@ impl AdamW {
             tensors.insert(format!("{name}.m"), m.as_tensor().clone());
             tensors.insert(format!("{name}.v"), v.as_tensor().clone());
         }
-        tensors.insert(
-            "step".into(),
-            Tensor::new(&[self.step as u32], &candle_core::Device::Cpu)?,
-        );
+        tensors.insert("step".into(), Tensor::new(&[self.step as u32], &candle_core::Device::Cpu)?);
         candle_core::safetensors::save(&tensors, path)
     }
 
     /// Restores what [`AdamW::save`] wrote; fails naming the first missing tensor.
     pub fn load(&mut self, path: &Path) -> Result<()> {
         let tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu)?;
-        let get = |k: &str| {
-            tensors
-                .get(k)
-                .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks {k}")))
-        };
+        let get = |k: &str| tensors.get(k).ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks {k}")));
         for (name, _, m, v) in &self.params {
             m.set(get(&format!("{name}.m"))?)?;
             v.set(get(&format!("{name}.v"))?)?;

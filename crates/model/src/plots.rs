@@ -16,11 +16,7 @@ fn register_fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The bytes are DejaVu Sans from the `dejavu` crate; failure only loses text.
-        let _ = plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            dejavu::sans::regular(),
-        );
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
     });
 }
 
@@ -50,40 +46,21 @@ macro_rules! png_and_svg {
 
 /// Loss and accuracy per epoch (train and validation): `training_curves.{png,svg}`.
 pub fn training_curves(dir: &Path, history: &[EpochRecord]) -> PlotResult {
-    png_and_svg!(dir, "training_curves", (1000, 420), |root: &DrawingArea<
-        _,
-        Shift,
-    >| draw_curves(
-        root, history
-    ))
+    png_and_svg!(dir, "training_curves", (1000, 420), |root: &DrawingArea<_, Shift>| draw_curves(root, history))
 }
 
-fn draw_curves<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    history: &[EpochRecord],
-) -> PlotResult {
+fn draw_curves<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, history: &[EpochRecord]) -> PlotResult {
     root.fill(&WHITE).map_err(e)?;
     let (left, right) = root.split_horizontally(500);
     let n = history.len().max(2) as f64;
-    let panels: [(
-        &DrawingArea<DB, Shift>,
-        &str,
-        fn(&EpochRecord) -> f64,
-        fn(&EpochRecord) -> f64,
-    ); 2] = [
+    let panels: [(&DrawingArea<DB, Shift>, &str, fn(&EpochRecord) -> f64, fn(&EpochRecord) -> f64); 2] = [
         (&left, "loss", |h| h.train_loss, |h| h.val_loss),
         (&right, "accuracy", |h| h.train_accuracy, |h| h.val_accuracy),
     ];
     for (area, name, train, val) in panels {
         let values = history.iter().flat_map(|h| [train(h), val(h)]);
-        let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-            (lo.min(v), hi.max(v))
-        });
-        let (lo, hi) = if lo.is_finite() {
-            (lo - 0.02, hi + 0.02)
-        } else {
-            (0.0, 1.0)
-        };
+        let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let (lo, hi) = if lo.is_finite() { (lo - 0.02, hi + 0.02) } else { (0.0, 1.0) };
         let mut chart = ChartBuilder::on(area)
             .caption(name, ("sans-serif", 20))
             .margin(10)
@@ -94,20 +71,12 @@ fn draw_curves<DB: DrawingBackend>(
         chart.configure_mesh().x_desc("epoch").draw().map_err(e)?;
         for (label, f, color) in [("train", train, BLUE), ("validation", val, RED)] {
             chart
-                .draw_series(LineSeries::new(
-                    history.iter().map(|h| (h.epoch as f64, f(h))),
-                    color.stroke_width(2),
-                ))
+                .draw_series(LineSeries::new(history.iter().map(|h| (h.epoch as f64, f(h))), color.stroke_width(2)))
                 .map_err(e)?
                 .label(label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(e)?;
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(e)?;
     }
     Ok(())
 }
@@ -115,39 +84,20 @@ fn draw_curves<DB: DrawingBackend>(
 /// Confusion matrix, ROC curve and reliability diagram of P(dog) against labels.
 pub fn evaluation_plots(dir: &Path, p_dog: &[f32], labels: &[u8]) -> PlotResult {
     let m = metrics::compute(p_dog, labels);
-    png_and_svg!(dir, "confusion_matrix", (460, 420), |root: &DrawingArea<
-        _,
-        Shift,
-    >| draw_confusion(
+    png_and_svg!(dir, "confusion_matrix", (460, 420), |root: &DrawingArea<_, Shift>| draw_confusion(
         root,
         &m.confusion
     ))?;
     let roc = metrics::roc_curve(p_dog, labels);
-    png_and_svg!(dir, "roc_curve", (460, 440), |root: &DrawingArea<
-        _,
-        Shift,
-    >| draw_roc(
-        root, &roc, m.roc_auc
-    ))?;
+    png_and_svg!(dir, "roc_curve", (460, 440), |root: &DrawingArea<_, Shift>| draw_roc(root, &roc, m.roc_auc))?;
     let bins = metrics::reliability(p_dog, labels, 10);
-    png_and_svg!(dir, "reliability", (460, 440), |root: &DrawingArea<
-        _,
-        Shift,
-    >| draw_reliability(
-        root, &bins, m.ece
-    ))
+    png_and_svg!(dir, "reliability", (460, 440), |root: &DrawingArea<_, Shift>| draw_reliability(root, &bins, m.ece))
 }
 
-fn draw_confusion<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    c: &[[usize; 2]; 2],
-) -> PlotResult {
+fn draw_confusion<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &[[usize; 2]; 2]) -> PlotResult {
     root.fill(&WHITE).map_err(e)?;
     let mut chart = ChartBuilder::on(root)
-        .caption(
-            "confusion matrix (rows: true, columns: predicted)",
-            ("sans-serif", 15),
-        )
+        .caption("confusion matrix (rows: true, columns: predicted)", ("sans-serif", 15))
         .margin(15)
         .x_label_area_size(30)
         .y_label_area_size(40)
@@ -168,9 +118,7 @@ fn draw_confusion<DB: DrawingBackend>(
             let (x, y) = (p as f64, 1.0 - t as f64);
             let shade = 1.0 - 0.8 * v as f64 / max;
             let fill = RGBColor((shade * 255.0) as u8, (shade * 255.0) as u8, 255);
-            chart
-                .draw_series([Rectangle::new([(x, y), (x + 1.0, y + 1.0)], fill.filled())])
-                .map_err(e)?;
+            chart.draw_series([Rectangle::new([(x, y), (x + 1.0, y + 1.0)], fill.filled())]).map_err(e)?;
             chart
                 .draw_series([Text::new(
                     format!("{v}"),
@@ -183,11 +131,7 @@ fn draw_confusion<DB: DrawingBackend>(
     Ok(())
 }
 
-fn draw_roc<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    roc: &[(f64, f64)],
-    auc: f64,
-) -> PlotResult {
+fn draw_roc<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, roc: &[(f64, f64)], auc: f64) -> PlotResult {
     root.fill(&WHITE).map_err(e)?;
     let mut chart = ChartBuilder::on(root)
         .caption(format!("ROC curve (AUC {auc:.4})"), ("sans-serif", 18))
@@ -196,18 +140,9 @@ fn draw_roc<DB: DrawingBackend>(
         .y_label_area_size(45)
         .build_cartesian_2d(0.0..1.0, 0.0..1.0)
         .map_err(e)?;
-    chart
-        .configure_mesh()
-        .x_desc("false positive rate")
-        .y_desc("true positive rate")
-        .draw()
-        .map_err(e)?;
-    chart
-        .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
-        .map_err(e)?;
-    chart
-        .draw_series(LineSeries::new(roc.iter().copied(), BLUE.stroke_width(2)))
-        .map_err(e)?;
+    chart.configure_mesh().x_desc("false positive rate").y_desc("true positive rate").draw().map_err(e)?;
+    chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3))).map_err(e)?;
+    chart.draw_series(LineSeries::new(roc.iter().copied(), BLUE.stroke_width(2))).map_err(e)?;
     Ok(())
 }
 
@@ -224,22 +159,14 @@ fn draw_reliability<DB: DrawingBackend>(
         .y_label_area_size(45)
         .build_cartesian_2d(0.5..1.0, 0.0..1.0)
         .map_err(e)?;
+    chart.configure_mesh().x_desc("confidence").y_desc("accuracy").draw().map_err(e)?;
+    chart.draw_series(LineSeries::new([(0.5, 0.5), (1.0, 1.0)], BLACK.mix(0.3))).map_err(e)?;
     chart
-        .configure_mesh()
-        .x_desc("confidence")
-        .y_desc("accuracy")
-        .draw()
-        .map_err(e)?;
-    chart
-        .draw_series(LineSeries::new([(0.5, 0.5), (1.0, 1.0)], BLACK.mix(0.3)))
-        .map_err(e)?;
-    chart
-        .draw_series(bins.iter().filter(|b| b.count > 0).map(|b| {
-            Rectangle::new(
-                [(b.lower, 0.0), (b.upper, b.accuracy)],
-                BLUE.mix(0.5).filled(),
-            )
-        }))
+        .draw_series(
+            bins.iter()
+                .filter(|b| b.count > 0)
+                .map(|b| Rectangle::new([(b.lower, 0.0), (b.upper, b.accuracy)], BLUE.mix(0.5).filled())),
+        )
         .map_err(e)?;
     Ok(())
 }

@@ -31,10 +31,7 @@ pub enum PreprocessError {
     ZeroSize { width: u32, height: u32 },
     /// The format was recognised but the data is corrupt or truncated.
     #[error("corrupt or truncated {format} image: {reason}")]
-    Corrupt {
-        format: &'static str,
-        reason: String,
-    },
+    Corrupt { format: &'static str, reason: String },
     /// Resizing failed (should not happen for valid sizes).
     #[error("resize failed: {0}")]
     Resize(String),
@@ -65,25 +62,15 @@ pub struct PreprocessConfig {
 
 impl Default for PreprocessConfig {
     fn default() -> Self {
-        Self {
-            size: 128,
-            max_pixels: 40_000_000,
-        }
+        Self { size: 128, max_pixels: 40_000_000 }
     }
 }
 
 /// The formats we accept, recognised from content (never from a name or MIME type).
 pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
     let format = image::guess_format(bytes).ok()?;
-    matches!(
-        format,
-        ImageFormat::Jpeg
-            | ImageFormat::Png
-            | ImageFormat::Gif
-            | ImageFormat::WebP
-            | ImageFormat::Bmp
-    )
-    .then_some(format)
+    matches!(format, ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::Gif | ImageFormat::WebP | ImageFormat::Bmp)
+        .then_some(format)
 }
 
 fn format_name(format: ImageFormat) -> &'static str {
@@ -104,10 +91,8 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PreprocessE
         return Err(PreprocessError::Empty);
     }
     let format = sniff_format(bytes).ok_or(PreprocessError::UnsupportedFormat)?;
-    let corrupt = |e: image::ImageError| PreprocessError::Corrupt {
-        format: format_name(format),
-        reason: e.to_string(),
-    };
+    let corrupt =
+        |e: image::ImageError| PreprocessError::Corrupt { format: format_name(format), reason: e.to_string() };
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     // Decoders may allocate a few buffers of the output size; 16 bytes a pixel covers RGBA16.
@@ -119,15 +104,9 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PreprocessE
         return Err(PreprocessError::ZeroSize { width, height });
     }
     if u64::from(width) * u64::from(height) > max_pixels {
-        return Err(PreprocessError::TooManyPixels {
-            width,
-            height,
-            limit: max_pixels,
-        });
+        return Err(PreprocessError::TooManyPixels { width, height, limit: max_pixels });
     }
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     img.apply_orientation(orientation);
     Ok(to_rgb_over_white(img))
@@ -161,19 +140,13 @@ pub struct CropBox {
 /// Resizes (optionally a crop of) an RGB image to `size x size` with the shared filter.
 /// The whole image is squashed, aspect ratio not kept: the training photos were squashed
 /// the same way, so serving sees the geometry training saw.
-pub fn resize_rgb(
-    src: &RgbImage,
-    crop: Option<CropBox>,
-    size: u32,
-) -> Result<RgbImage, PreprocessError> {
+pub fn resize_rgb(src: &RgbImage, crop: Option<CropBox>, size: u32) -> Result<RgbImage, PreprocessError> {
     let mut dst = RgbImage::new(size, size);
     let mut options = ResizeOptions::new().resize_alg(resize_alg());
     if let Some(c) = crop {
         options = options.crop(c.left, c.top, c.width, c.height);
     }
-    Resizer::new()
-        .resize(src, &mut dst, &options)
-        .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+    Resizer::new().resize(src, &mut dst, &options).map_err(|e| PreprocessError::Resize(e.to_string()))?;
     Ok(dst)
 }
 
@@ -186,17 +159,10 @@ pub fn bound_short_side(img: RgbImage, max_short_side: u32) -> Result<RgbImage, 
         return Ok(img);
     }
     let scale = f64::from(max_short_side) / f64::from(short);
-    let (nw, nh) = (
-        ((f64::from(w) * scale).round() as u32).max(1),
-        ((f64::from(h) * scale).round() as u32).max(1),
-    );
+    let (nw, nh) = (((f64::from(w) * scale).round() as u32).max(1), ((f64::from(h) * scale).round() as u32).max(1));
     let mut dst = RgbImage::new(nw, nh);
     Resizer::new()
-        .resize(
-            &img,
-            &mut dst,
-            &ResizeOptions::new().resize_alg(resize_alg()),
-        )
+        .resize(&img, &mut dst, &ResizeOptions::new().resize_alg(resize_alg()))
         .map_err(|e| PreprocessError::Resize(e.to_string()))?;
     Ok(dst)
 }

@@ -34,29 +34,15 @@ pub enum TrainError {
     #[error("plot error: {0}")]
     Plot(String),
     #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("invalid checkpoint state {path}: {source}")]
-    State {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    State { path: PathBuf, source: serde_json::Error },
     #[error("no usable images: {0}")]
     Empty(String),
 }
 
-fn io_err<'a>(
-    what: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> TrainError + 'a {
-    move |source| TrainError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TrainError + 'a {
+    move |source| TrainError::Io { what, path: path.to_path_buf(), source }
 }
 
 /// Everything a training run needs.
@@ -77,6 +63,8 @@ pub struct TrainConfig {
     pub max_per_class: Option<usize>,
     /// Optimisation steps per epoch (`None` = one pass over the training split).
     pub steps_per_epoch: Option<usize>,
+    /// Stop this invocation after this many epochs (continue later with `resume`).
+    pub stop_after: Option<usize>,
     pub augment: Augment,
     pub preprocess: PreprocessConfig,
     pub model: seed_cnn::Config,
@@ -101,9 +89,10 @@ impl TrainConfig {
             patience: 4,
             max_per_class: None,
             steps_per_epoch: None,
+            stop_after: None,
             augment: Augment::default(),
             preprocess: PreprocessConfig::default(),
-            model: seed_cnn::Config::default(),
+            model: seed_cnn::Config { batch_norm: true, ..seed_cnn::Config::default() },
             version: "seed-cnn-1".into(),
             resume: false,
             progress: true,
@@ -154,12 +143,7 @@ pub fn batch_tensor(images: &[RgbImage], size: u32) -> candle_core::Result<Tenso
 }
 
 /// P(dog) of already-resized images, with the candle model, in batches.
-pub fn predict_batched(
-    model: &SeedCnn,
-    images: &[RgbImage],
-    size: u32,
-    batch: usize,
-) -> candle_core::Result<Vec<f32>> {
+pub fn predict_batched(model: &SeedCnn, images: &[RgbImage], size: u32, batch: usize) -> candle_core::Result<Vec<f32>> {
     let mut out = Vec::with_capacity(images.len());
     for chunk in images.chunks(batch.max(1)) {
         let logits = model.forward_logits(&batch_tensor(chunk, size)?, false)?;
@@ -183,11 +167,7 @@ fn smoothed_bce(logits: &Tensor, labels: &Tensor, smoothing: f64) -> candle_core
 }
 
 /// Validation pass: whole image squashed to the input size, as serving does.
-fn evaluate(
-    model: &SeedCnn,
-    set: &data::DecodedSet,
-    cfg: &TrainConfig,
-) -> Result<(Vec<f32>, Metrics), TrainError> {
+fn evaluate(model: &SeedCnn, set: &data::DecodedSet, cfg: &TrainConfig) -> Result<(Vec<f32>, Metrics), TrainError> {
     let resized: Vec<RgbImage> = set
         .images
         .par_iter()
@@ -217,10 +197,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
             *v = kept;
         };
         cap(&mut train_s, n);
-        cap(
-            &mut val_s,
-            (n as f64 * cfg.val_fraction / (1.0 - cfg.val_fraction)).ceil() as usize,
-        );
+        cap(&mut val_s, (n as f64 * cfg.val_fraction / (1.0 - cfg.val_fraction)).ceil() as usize);
     }
     tracing::info!(train = train_s.len(), val = val_s.len(), "decoding images");
     let bound = cfg.preprocess.size * 2;
@@ -238,6 +215,12 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
     }
 
     let varmap = VarMap::new();
+    {
+        let mut vars = varmap.data().lock().map_err(|_| TrainError::Empty("poisoned var map".into()))?;
+        for (name, t) in SeedCnn::initial_tensors(&cfg.model, cfg.seed)? {
+            vars.insert(name, candle_core::Var::from_tensor(&t)?);
+        }
+    }
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let model = SeedCnn::load(vb, &cfg.model)?;
     let named: Vec<(String, candle_core::Var)> = varmap
@@ -260,36 +243,26 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
     };
     let mut varmap = varmap;
     if cfg.resume && state_path.exists() {
-        let text =
-            std::fs::read_to_string(&state_path).map_err(io_err("cannot read", &state_path))?;
-        state = serde_json::from_str(&text).map_err(|source| TrainError::State {
-            path: state_path.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&state_path).map_err(io_err("cannot read", &state_path))?;
+        state = serde_json::from_str(&text).map_err(|source| TrainError::State { path: state_path.clone(), source })?;
         varmap.load(ckpt_dir.join("model.safetensors"))?;
         opt.load(&ckpt_dir.join("optimizer.safetensors"))?;
         tracing::info!(epoch = state.next_epoch, "resumed from checkpoint");
     }
 
     let n_train = train_set.images.len();
-    let steps_per_epoch = cfg
-        .steps_per_epoch
-        .unwrap_or(n_train / cfg.batch_size)
-        .max(1);
+    let steps_per_epoch = cfg.steps_per_epoch.unwrap_or(n_train / cfg.batch_size).max(1);
     let total_steps = steps_per_epoch * cfg.epochs;
     let warmup = (steps_per_epoch / 2).clamp(1, 300);
     let size = cfg.preprocess.size;
     let mut order: Vec<usize> = Vec::new();
     let mut cursor = usize::MAX;
 
-    let mut epoch = state.next_epoch;
+    let first_epoch = state.next_epoch;
+    let mut epoch = first_epoch;
     while epoch < cfg.epochs {
         let epoch_start = Instant::now();
-        let bar = if cfg.progress {
-            ProgressBar::new(steps_per_epoch as u64)
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = if cfg.progress { ProgressBar::new(steps_per_epoch as u64) } else { ProgressBar::hidden() };
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -302,11 +275,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
             if cursor.saturating_add(cfg.batch_size) > order.len() {
                 // A fresh permutation per pass; seeded by pass number so resume reproduces it.
                 order = (0..n_train).collect();
-                let pass =
-                    (epoch * steps_per_epoch + step_in_epoch) * cfg.batch_size / n_train.max(1);
-                order.shuffle(&mut StdRng::seed_from_u64(
-                    cfg.seed.wrapping_mul(1_000_003).wrapping_add(pass as u64),
-                ));
+                let pass = (epoch * steps_per_epoch + step_in_epoch) * cfg.batch_size / n_train.max(1);
+                order.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(pass as u64)));
                 cursor = 0;
             }
             let idx = &order[cursor..cursor + cfg.batch_size.min(n_train)];
@@ -316,15 +286,11 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
                 .par_iter()
                 .enumerate()
                 .map(|(k, &i)| {
-                    let mut rng =
-                        StdRng::seed_from_u64(cfg.seed ^ ((global_step as u64) << 20) ^ k as u64);
+                    let mut rng = StdRng::seed_from_u64(cfg.seed ^ ((global_step as u64) << 20) ^ k as u64);
                     cfg.augment.apply(&train_set.images[i], size, &mut rng)
                 })
                 .collect::<Result<_, _>>()?;
-            let labels: Vec<f32> = idx
-                .iter()
-                .map(|&i| f32::from(train_set.labels[i]))
-                .collect();
+            let labels: Vec<f32> = idx.iter().map(|&i| f32::from(train_set.labels[i])).collect();
             let x = batch_tensor(&views, size)?;
             let y = Tensor::from_vec(labels.clone(), labels.len(), &Device::Cpu)?;
             lr = lr_at(cfg.learning_rate, global_step, warmup, total_steps);
@@ -334,11 +300,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
             opt.backward_step(&loss)?;
             let l = f64::from(loss.to_scalar::<f32>()?);
             let logits_v = logits.to_vec1::<f32>()?;
-            correct += logits_v
-                .iter()
-                .zip(&labels)
-                .filter(|(z, y)| (**z >= 0.0) == (**y >= 0.5))
-                .count();
+            correct += logits_v.iter().zip(&labels).filter(|(z, y)| (**z >= 0.0) == (**y >= 0.5)).count();
             seen += labels.len();
             loss_sum += l * labels.len() as f64;
             let ips = seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
@@ -384,19 +346,22 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
         if record.val_loss < state.best_val_loss {
             state.best_val_loss = record.val_loss;
             state.best_epoch = record.epoch;
-            varmap.save(cfg.out_dir.join("model.safetensors"))?;
+            candle_core::safetensors::save(&model.inference_tensors()?, cfg.out_dir.join("model.safetensors"))?;
+            varmap.save(ckpt_dir.join("best.safetensors"))?;
         }
         state.history.push(record);
         state.next_epoch = epoch + 1;
         state.wall_time_s += epoch_start.elapsed().as_secs_f64();
         varmap.save(ckpt_dir.join("model.safetensors"))?;
         opt.save(&ckpt_dir.join("optimizer.safetensors"))?;
-        let text = serde_json::to_string_pretty(&state).map_err(|source| TrainError::State {
-            path: state_path.clone(),
-            source,
-        })?;
+        let text = serde_json::to_string_pretty(&state)
+            .map_err(|source| TrainError::State { path: state_path.clone(), source })?;
         std::fs::write(&state_path, text).map_err(io_err("cannot write", &state_path))?;
         write_history(&cfg.out_dir.join("history.csv"), &state.history)?;
+        if cfg.stop_after.is_some_and(|n| state.next_epoch >= first_epoch + n) {
+            tracing::info!(epoch = state.next_epoch, "stopping as asked; continue with --resume");
+            break;
+        }
         if state.next_epoch - state.best_epoch >= cfg.patience {
             tracing::info!(best_epoch = state.best_epoch, "early stopping");
             break;
@@ -405,16 +370,19 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
     }
 
     // Final: best weights, full validation metrics, card and plots.
-    varmap.load(cfg.out_dir.join("model.safetensors"))?;
+    varmap.load(ckpt_dir.join("best.safetensors"))?;
     let (p_val, val) = evaluate(&model, &val_set, cfg)?;
     let count = |set: &data::DecodedSet, l: u8| set.labels.iter().filter(|&&x| x == l).count();
-    let parameters = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let inference_tensors = model.inference_tensors()?;
+    let parameters = inference_tensors.values().map(|t| t.elem_count()).sum();
+    // The shipped network has batch norm folded in: its card describes it without.
+    let shipped_config = seed_cnn::Config { batch_norm: false, ..cfg.model.clone() };
     let card = ModelCard {
         format: crate::card::CARD_FORMAT,
         name: "catsdogs".into(),
         version: cfg.version.clone(),
         architecture: "seed-cnn".into(),
-        architecture_config: serde_json::to_value(&cfg.model).unwrap_or_default(),
+        architecture_config: serde_json::to_value(&shipped_config).unwrap_or_default(),
         classes: data::CLASSES.iter().map(|s| s.to_string()).collect(),
         parameters,
         preprocessing: Preprocessing::standard(cfg.preprocess),
@@ -437,17 +405,11 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
             learning_rate: cfg.learning_rate,
             weight_decay: cfg.weight_decay,
             label_smoothing: cfg.label_smoothing,
+            batch_norm: cfg.model.batch_norm,
             augment: cfg.augment,
-            wall_time_s: state
-                .wall_time_s
-                .max(started.elapsed().as_secs_f64().min(state.wall_time_s + 1.0)),
+            wall_time_s: state.wall_time_s.max(started.elapsed().as_secs_f64().min(state.wall_time_s + 1.0)),
             train_images_per_s: state.images_seen as f64
-                / state
-                    .history
-                    .iter()
-                    .map(|h| h.seconds)
-                    .sum::<f64>()
-                    .max(1e-9),
+                / state.history.iter().map(|h| h.seconds).sum::<f64>().max(1e-9),
         }),
         validation: Some(val),
         created_at: chrono::Utc::now().to_rfc3339(),
@@ -457,18 +419,13 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
     card.save(&cfg.out_dir.join("model.json"))?;
     plots::training_curves(&cfg.out_dir, &state.history).map_err(TrainError::Plot)?;
     plots::evaluation_plots(&cfg.out_dir, &p_val, &val_set.labels).map_err(TrainError::Plot)?;
-    Ok(TrainOutcome {
-        card,
-        history: state.history,
-        out_dir: cfg.out_dir.clone(),
-    })
+    Ok(TrainOutcome { card, history: state.history, out_dir: cfg.out_dir.clone() })
 }
 
 fn write_history(path: &Path, history: &[EpochRecord]) -> Result<(), TrainError> {
     let mut f = std::fs::File::create(path).map_err(io_err("cannot write", path))?;
-    let mut text = String::from(
-        "epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,val_auc,images_per_s,seconds\n",
-    );
+    let mut text =
+        String::from("epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,val_auc,images_per_s,seconds\n");
     for h in history {
         text.push_str(&format!(
             "{},{:.6e},{:.6},{:.6},{:.6},{:.6},{:.6},{:.2},{:.1}\n",
@@ -483,6 +440,5 @@ fn write_history(path: &Path, history: &[EpochRecord]) -> Result<(), TrainError>
             h.seconds
         ));
     }
-    f.write_all(text.as_bytes())
-        .map_err(io_err("cannot write", path))
+    f.write_all(text.as_bytes()).map_err(io_err("cannot write", path))
 }

@@ -19,10 +19,7 @@ pub enum ExportError {
     #[error("cannot read weights for export: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("cannot write {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
 }
 
 /// One node attribute value.
@@ -59,10 +56,7 @@ fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> proto::ValueInfoProto
     proto::ValueInfoProto {
         name: name.to_string(),
         r#type: Some(proto::TypeProto {
-            tensor_type: Some(proto::TypeProtoTensor {
-                elem_type,
-                shape: Some(proto::TensorShapeProto { dim }),
-            }),
+            tensor_type: Some(proto::TypeProtoTensor { elem_type, shape: Some(proto::TensorShapeProto { dim }) }),
         }),
         doc_string: String::new(),
     }
@@ -78,25 +72,18 @@ impl GraphBuilder {
 
     /// Declares a `u8` graph input.
     pub fn input_u8(&mut self, name: &str, dims: &[Dim]) {
-        self.graph
-            .input
-            .push(value_info(name, data_type::UINT8, dims));
+        self.graph.input.push(value_info(name, data_type::UINT8, dims));
     }
 
     /// Declares a float graph output.
     pub fn output_f32(&mut self, name: &str, dims: &[Dim]) {
-        self.graph
-            .output
-            .push(value_info(name, data_type::FLOAT, dims));
+        self.graph.output.push(value_info(name, data_type::FLOAT, dims));
     }
 
     /// Adds a float initializer from a candle tensor (any layout) and returns its name.
     pub fn weight(&mut self, name: &str, t: &Tensor) -> Result<String, ExportError> {
         let dims = t.dims().iter().map(|&d| d as i64).collect();
-        let values = t
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1::<f32>()?;
+        let values = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         Ok(self.f32_tensor(name, dims, &values))
     }
 
@@ -125,24 +112,13 @@ impl GraphBuilder {
     }
 
     /// Adds a node; its single output gets a fresh name (returned) unless `output` is given.
-    pub fn node(
-        &mut self,
-        op: &str,
-        inputs: &[&str],
-        attrs: Vec<(&str, Attr)>,
-        output: Option<&str>,
-    ) -> String {
+    pub fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, output: Option<&str>) -> String {
         self.counter += 1;
-        let out = output
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("{}_{}", op.to_lowercase(), self.counter));
+        let out = output.map(str::to_string).unwrap_or_else(|| format!("{}_{}", op.to_lowercase(), self.counter));
         let attribute = attrs
             .into_iter()
             .map(|(name, a)| {
-                let mut p = proto::AttributeProto {
-                    name: name.to_string(),
-                    ..Default::default()
-                };
+                let mut p = proto::AttributeProto { name: name.to_string(), ..Default::default() };
                 match a {
                     Attr::Int(i) => (p.r#type, p.i) = (attribute_type::INT, i),
                     Attr::Ints(v) => (p.r#type, p.ints) = (attribute_type::INTS, v),
@@ -167,10 +143,7 @@ impl GraphBuilder {
     pub fn finish(self, metadata: &BTreeMap<String, String>) -> Vec<u8> {
         let model = proto::ModelProto {
             ir_version: IR_VERSION,
-            opset_import: vec![proto::OperatorSetIdProto {
-                domain: String::new(),
-                version: OPSET,
-            }],
+            opset_import: vec![proto::OperatorSetIdProto { domain: String::new(), version: OPSET }],
             producer_name: "catsdogs".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             domain: String::new(),
@@ -179,10 +152,7 @@ impl GraphBuilder {
             graph: Some(self.graph),
             metadata_props: metadata
                 .iter()
-                .map(|(k, v)| proto::StringStringEntryProto {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
+                .map(|(k, v)| proto::StringStringEntryProto { key: k.clone(), value: v.clone() })
                 .collect(),
         };
         model.encode_to_vec()

@@ -1,0 +1,102 @@
+//! The shipped model through both backends: they agree on real photos, and the ONNX
+//! Runtime path reaches the accuracy the model card promises on the validation split.
+use std::path::{Path, PathBuf};
+
+use catsdogs_core::{BackendKind, InferenceError, LoadedModel, evaluate};
+use image::{Rgb, RgbImage};
+
+fn shipped_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/seed-cnn")
+}
+
+/// `CATSDOGS_DATA_DIR`, else `../shared/data/train` beside the repository.
+fn photos() -> Option<PathBuf> {
+    let dir = std::env::var_os("CATSDOGS_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/train"));
+    if dir.join("cat").is_dir() && dir.join("dog").is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED: no photos at {} (set CATSDOGS_DATA_DIR)", dir.display());
+        None
+    }
+}
+
+fn both() -> (LoadedModel, LoadedModel) {
+    let ort = LoadedModel::load(&shipped_model(), BackendKind::Onnxruntime, 2).expect("onnxruntime backend");
+    let candle = LoadedModel::load(&shipped_model(), BackendKind::Candle, 2).expect("candle backend");
+    (ort, candle)
+}
+
+fn max_diff(ort: &LoadedModel, candle: &LoadedModel, images: &[RgbImage]) -> f32 {
+    let a = ort.predict_images(images).expect("ort");
+    let b = candle.predict_images(images).expect("candle");
+    assert_eq!(a.len(), images.len());
+    a.iter().zip(&b).map(|(x, y)| (x.p_dog - y.p_dog).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn backends_agree_on_real_photos() {
+    let Some(dir) = photos() else { return };
+    let (ort, candle) = both();
+    let mut images = Vec::new();
+    for class in ["cat", "dog"] {
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(dir.join(class)).expect("read dir").filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        for f in files.iter().step_by(97).take(48) {
+            images.push(ort.preprocess(&std::fs::read(f).expect("read")).expect("preprocess"));
+        }
+    }
+    let diff = max_diff(&ort, &candle, &images);
+    assert!(diff < 1e-4, "onnxruntime and candle differ by {diff}");
+}
+
+#[test]
+fn backends_agree_on_generated_images_and_batch_sizes() {
+    let (ort, candle) = both();
+    let size = ort.preprocess_config().size;
+    let images: Vec<RgbImage> = (0..5u32)
+        .map(|k| {
+            RgbImage::from_fn(size, size, |x, y| {
+                Rgb([(x * (k + 1)) as u8, (y * 3 + k * 40) as u8, ((x ^ y) * k) as u8])
+            })
+        })
+        .collect();
+    assert!(max_diff(&ort, &candle, &images) < 1e-4);
+    // One image alone gives the same answer as inside a batch.
+    let single = ort.predict_images(&images[2..3]).expect("single")[0].p_dog;
+    let batched = ort.predict_images(&images).expect("batch")[2].p_dog;
+    assert!((single - batched).abs() < 1e-5);
+}
+
+#[test]
+fn shipped_model_meets_its_card_on_the_validation_split() {
+    let Some(dir) = photos() else { return };
+    let (ort, _) = both();
+    let promised = ort.card.validation.as_ref().expect("card has validation metrics").accuracy;
+    let report = evaluate(&ort, &dir, true, None, 64).expect("evaluate");
+    eprintln!("{}", report.table());
+    assert!(report.metrics.count > 4000, "the whole validation split was evaluated");
+    assert!(
+        report.metrics.accuracy >= promised - 0.02,
+        "accuracy {:.4} is more than 2 points below the card's {:.4}",
+        report.metrics.accuracy,
+        promised
+    );
+}
+
+#[test]
+fn bad_inputs_and_missing_files_are_typed_errors() {
+    let (ort, _) = both();
+    assert!(matches!(ort.predict_bytes(b"not an image"), Err(InferenceError::Preprocess(_))));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    assert!(matches!(LoadedModel::load(tmp.path(), BackendKind::Candle, 1), Err(InferenceError::MissingFile(_))));
+    // A card whose ONNX file is garbage: an ONNX Runtime error, not a crash.
+    for f in ["model.json", "model.safetensors"] {
+        std::fs::copy(shipped_model().join(f), tmp.path().join(f)).expect("copy");
+    }
+    std::fs::write(tmp.path().join("model.onnx"), b"garbage").expect("write");
+    assert!(matches!(LoadedModel::load(tmp.path(), BackendKind::Onnxruntime, 1), Err(InferenceError::Ort(_))));
+    assert!(LoadedModel::load(tmp.path(), BackendKind::Candle, 1).is_ok());
+}

@@ -1,0 +1,220 @@
+//! The shared preprocessing path: every format and orientation decodes, every bad input
+//! is a typed error (never a panic), and every consumer gets the same pixels.
+use std::io::Cursor;
+
+use catsdogs_model::preprocess::{self, PreprocessConfig, PreprocessError, decode_rgb, preprocess};
+use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
+
+const LIMIT: u64 = 40_000_000;
+
+/// A 48x32 test card: left half red, right half blue, a green top-left corner.
+fn card() -> RgbImage {
+    RgbImage::from_fn(48, 32, |x, y| {
+        if x < 8 && y < 8 {
+            Rgb([0, 255, 0])
+        } else if x < 24 {
+            Rgb([255, 0, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    })
+}
+
+fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, format).expect("encode");
+    out.into_inner()
+}
+
+fn close(a: &Rgb<u8>, b: [u8; 3], tol: u8) -> bool {
+    a.0.iter().zip(b).all(|(x, y)| x.abs_diff(y) <= tol)
+}
+
+#[test]
+fn every_supported_format_decodes_to_rgb() {
+    let img = DynamicImage::ImageRgb8(card());
+    for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Gif, ImageFormat::WebP, ImageFormat::Bmp] {
+        let bytes = encode(&img, format);
+        assert_eq!(preprocess::sniff_format(&bytes), Some(format));
+        let rgb = decode_rgb(&bytes, LIMIT).unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        assert_eq!(rgb.dimensions(), (48, 32), "{format:?}");
+        assert!(
+            close(rgb.get_pixel(40, 20), [0, 0, 255], 40),
+            "{format:?} right half is blue: {:?}",
+            rgb.get_pixel(40, 20)
+        );
+        assert!(close(rgb.get_pixel(15, 20), [255, 0, 0], 40), "{format:?} left half is red");
+    }
+}
+
+#[test]
+fn grey_sixteen_bit_and_alpha_become_rgb() {
+    let grey = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(10, 10, image::Luma([77])));
+    let rgb = decode_rgb(&encode(&grey, ImageFormat::Png), LIMIT).expect("grey");
+    assert_eq!(rgb.get_pixel(3, 3).0, [77, 77, 77]);
+
+    let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(10, 10, Rgb([65535u16, 0, 32896])));
+    let rgb = decode_rgb(&encode(&deep, ImageFormat::Png), LIMIT).expect("16-bit");
+    assert_eq!(rgb.get_pixel(0, 0).0, [255, 0, 128]);
+
+    // Fully transparent pixels become white, opaque ones keep their colour.
+    let rgba = RgbaImage::from_fn(10, 10, |x, _| if x < 5 { Rgba([10, 20, 30, 0]) } else { Rgba([10, 20, 30, 255]) });
+    let rgb = decode_rgb(&encode(&DynamicImage::ImageRgba8(rgba), ImageFormat::Png), LIMIT).expect("alpha");
+    assert_eq!(rgb.get_pixel(1, 1).0, [255, 255, 255]);
+    assert_eq!(rgb.get_pixel(8, 1).0, [10, 20, 30]);
+}
+
+#[test]
+fn cmyk_jpeg_decodes_to_rgb() {
+    // Pure cyan in CMYK (C=255, M=Y=K=0); the encoder writes the Adobe marker.
+    let (w, h) = (16u16, 16u16);
+    let data: Vec<u8> = (0..w as usize * h as usize).flat_map(|_| [255u8, 0, 0, 0]).collect();
+    let mut bytes = Vec::new();
+    jpeg_encoder::Encoder::new(&mut bytes, 95).encode(&data, w, h, jpeg_encoder::ColorType::Cmyk).expect("cmyk jpeg");
+    let rgb = decode_rgb(&bytes, LIMIT).expect("CMYK decodes");
+    assert_eq!(rgb.dimensions(), (16, 16));
+    let p = rgb.get_pixel(8, 8);
+    assert!(p[0] < 80 && p[1] > 170 && p[2] > 170, "cyan expected, got {p:?}");
+}
+
+#[test]
+fn animated_gif_uses_the_first_frame() {
+    use image::codecs::gif::GifEncoder;
+    use image::{Delay, Frame};
+    let mut bytes = Vec::new();
+    {
+        let mut enc = GifEncoder::new(&mut bytes);
+        for colour in [[255u8, 0, 0, 255], [0, 0, 255, 255]] {
+            let frame =
+                Frame::from_parts(RgbaImage::from_pixel(8, 8, Rgba(colour)), 0, 0, Delay::from_numer_denom_ms(100, 1));
+            enc.encode_frame(frame).expect("frame");
+        }
+    }
+    let rgb = decode_rgb(&bytes, LIMIT).expect("gif");
+    assert!(close(rgb.get_pixel(4, 4), [255, 0, 0], 10), "first frame is red, got {:?}", rgb.get_pixel(4, 4));
+}
+
+/// Inserts an EXIF APP1 segment with the given orientation right after the JPEG SOI.
+fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = Vec::new();
+    tiff.extend_from_slice(b"MM\x00\x2a\x00\x00\x00\x08"); // big-endian TIFF, IFD at 8
+    tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
+    tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_be_bytes()); // count
+    tiff.extend_from_slice(&orientation.to_be_bytes());
+    tiff.extend_from_slice(&[0, 0]);
+    tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+    let mut payload = b"Exif\x00\x00".to_vec();
+    payload.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+#[test]
+fn exif_orientation_is_applied() {
+    let jpeg = encode(&DynamicImage::ImageRgb8(card()), ImageFormat::Jpeg);
+    // 6 = rotate 90 degrees clockwise to display: 48x32 becomes 32x48 and the green
+    // top-left corner moves to the top-right.
+    let rgb = decode_rgb(&with_exif_orientation(&jpeg, 6), LIMIT).expect("exif jpeg");
+    assert_eq!(rgb.dimensions(), (32, 48));
+    assert!(close(rgb.get_pixel(28, 3), [0, 255, 0], 60), "corner moved: {:?}", rgb.get_pixel(28, 3));
+    // 3 = rotate 180: the corner is bottom-right.
+    let rgb = decode_rgb(&with_exif_orientation(&jpeg, 3), LIMIT).expect("exif jpeg");
+    assert_eq!(rgb.dimensions(), (48, 32));
+    assert!(close(rgb.get_pixel(44, 28), [0, 255, 0], 60));
+}
+
+fn png_with_declared_size(width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = encode(&DynamicImage::ImageRgb8(RgbImage::new(1, 1)), ImageFormat::Png);
+    // IHDR data starts at byte 16 (8 signature + 4 length + 4 type); CRC covers type+data.
+    bytes[16..20].copy_from_slice(&width.to_be_bytes());
+    bytes[20..24].copy_from_slice(&height.to_be_bytes());
+    let crc = crc32fast::hash(&bytes[12..29]);
+    bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    assert_eq!(decode_rgb(&[], LIMIT), Err(PreprocessError::Empty));
+    assert_eq!(decode_rgb(b"hello, I am a text file named cat.jpg", LIMIT), Err(PreprocessError::UnsupportedFormat));
+    // A TIFF header: an image format, but not one we accept.
+    let tiff = b"II*\x00\x08\x00\x00\x00rest of a tiff file";
+    assert_eq!(decode_rgb(tiff, LIMIT), Err(PreprocessError::UnsupportedFormat));
+
+    let bomb = png_with_declared_size(100_000, 100_000);
+    assert!(matches!(
+        decode_rgb(&bomb, LIMIT),
+        Err(PreprocessError::TooManyPixels { width: 100_000, height: 100_000, .. })
+    ));
+
+    let zero = png_with_declared_size(0, 10);
+    let err = decode_rgb(&zero, LIMIT).expect_err("0-width PNG");
+    assert!(matches!(err, PreprocessError::ZeroSize { .. } | PreprocessError::Corrupt { .. }), "{err:?}");
+
+    let jpeg = encode(&DynamicImage::ImageRgb8(card()), ImageFormat::Jpeg);
+    let err = decode_rgb(&jpeg[..jpeg.len() / 2], LIMIT).expect_err("truncated JPEG");
+    assert_eq!(err.code(), "corrupt_image", "{err:?}");
+    let png = encode(&DynamicImage::ImageRgb8(card()), ImageFormat::Png);
+    let err = decode_rgb(&png[..png.len() - 20], LIMIT).expect_err("truncated PNG");
+    assert_eq!(err.code(), "corrupt_image", "{err:?}");
+}
+
+#[test]
+fn no_prefix_or_bit_flip_panics() {
+    let config = PreprocessConfig::default();
+    for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Gif, ImageFormat::WebP, ImageFormat::Bmp] {
+        let bytes = encode(&DynamicImage::ImageRgb8(card()), format);
+        for cut in (0..bytes.len()).step_by(7) {
+            let _ = preprocess(&bytes[..cut], &config);
+        }
+        for i in (0..bytes.len()).step_by(5) {
+            let mut flipped = bytes.clone();
+            flipped[i] ^= 0x5a;
+            let _ = preprocess(&flipped, &config);
+        }
+    }
+}
+
+#[test]
+fn any_shape_becomes_the_model_input_size() {
+    let config = PreprocessConfig::default();
+    for (w, h) in [(1, 1), (2000, 1), (1, 3000), (640, 480), (128, 128)] {
+        let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(w, h, Rgb([9, 99, 199])));
+        let out = preprocess(&encode(&img, ImageFormat::Png), &config).expect("resize");
+        assert_eq!(out.dimensions(), (128, 128));
+        assert_eq!(out.get_pixel(64, 64).0, [9, 99, 199], "{w}x{h} keeps a flat colour");
+    }
+}
+
+#[test]
+fn training_cache_and_serving_give_identical_pixels() {
+    // Training decodes once into a cache (shorter side bounded to 2x the input) and
+    // resizes from it; serving preprocesses the bytes directly. Both must agree exactly.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = PreprocessConfig::default();
+    for (i, (w, h)) in [(180u32, 180u32), (200, 150), (256, 300)].into_iter().enumerate() {
+        let img =
+            RgbImage::from_fn(w, h, |x, y| Rgb([(x * 7 % 256) as u8, (y * 3 % 256) as u8, ((x + y) % 256) as u8]));
+        for (label, sub) in [(0, "cat"), (1, "dog")] {
+            let d = dir.path().join(sub);
+            std::fs::create_dir_all(&d).expect("mkdir");
+            img.save(d.join(format!("{i}_{label}.png"))).expect("save");
+        }
+    }
+    let samples = catsdogs_model::data::scan(dir.path()).expect("scan");
+    let cached = catsdogs_model::data::decode_all(&samples, config.max_pixels, config.size * 2);
+    assert!(cached.skipped.is_empty());
+    for (s, img) in samples.iter().zip(&cached.images) {
+        let from_cache = preprocess::resize_rgb(img, None, config.size).expect("resize");
+        let served = preprocess(&std::fs::read(&s.path).expect("read"), &config).expect("preprocess");
+        if img.width().min(img.height()) <= config.size * 2 {
+            assert_eq!(from_cache, served, "{}", s.path.display());
+        }
+    }
+}
