@@ -52,6 +52,15 @@ pub struct TrainArgs {
     /// folded into the convolutions of the saved model).
     #[arg(long)]
     pub no_batch_norm: bool,
+    /// Augmentation: smallest crop area as a fraction of the image (1 = no crop).
+    #[arg(long, default_value_t = 0.6)]
+    pub aug_min_area: f64,
+    /// Augmentation: largest rotation in degrees (0 = none).
+    #[arg(long, default_value_t = 12.0)]
+    pub aug_rotation: f64,
+    /// Augmentation: brightness/contrast/saturation jitter (0 = none).
+    #[arg(long, default_value_t = 0.2)]
+    pub aug_jitter: f64,
     /// Stop after N epochs of this invocation (continue later with --resume).
     #[arg(long)]
     pub stop_after: Option<usize>,
@@ -78,6 +87,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
     cfg.version = a.version;
     cfg.resume = a.resume;
     cfg.stop_after = a.stop_after;
+    cfg.augment.min_area = a.aug_min_area;
+    cfg.augment.max_rotation_deg = a.aug_rotation;
+    cfg.augment.jitter = a.aug_jitter;
     cfg.model.batch_norm = !a.no_batch_norm;
     cfg.progress = !a.quiet;
     let outcome = train::train(&cfg).context("training failed")?;

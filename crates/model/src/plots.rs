@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::metrics;
@@ -131,17 +132,30 @@ fn draw_confusion<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &[[usize
     Ok(())
 }
 
-fn draw_roc<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, roc: &[(f64, f64)], auc: f64) -> PlotResult {
+/// Square axes from `(x0, 0)` to `(1, 1)` with the diagonal drawn as reference.
+fn unit_axes<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    caption: String,
+    x0: f64,
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
     root.fill(&WHITE).map_err(e)?;
     let mut chart = ChartBuilder::on(root)
-        .caption(format!("ROC curve (AUC {auc:.4})"), ("sans-serif", 18))
+        .caption(caption, ("sans-serif", 18))
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(45)
-        .build_cartesian_2d(0.0..1.0, 0.0..1.0)
+        .build_cartesian_2d(x0..1.0, 0.0..1.0)
         .map_err(e)?;
-    chart.configure_mesh().x_desc("false positive rate").y_desc("true positive rate").draw().map_err(e)?;
-    chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3))).map_err(e)?;
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw().map_err(e)?;
+    chart.draw_series(LineSeries::new([(x0, x0), (1.0, 1.0)], BLACK.mix(0.3))).map_err(e)?;
+    Ok(chart)
+}
+
+fn draw_roc<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, roc: &[(f64, f64)], auc: f64) -> PlotResult {
+    let mut chart =
+        unit_axes(root, format!("ROC curve (AUC {auc:.4})"), 0.0, "false positive rate", "true positive rate")?;
     chart.draw_series(LineSeries::new(roc.iter().copied(), BLUE.stroke_width(2))).map_err(e)?;
     Ok(())
 }
@@ -151,22 +165,10 @@ fn draw_reliability<DB: DrawingBackend>(
     bins: &[metrics::ReliabilityBin],
     ece: f64,
 ) -> PlotResult {
-    root.fill(&WHITE).map_err(e)?;
-    let mut chart = ChartBuilder::on(root)
-        .caption(format!("reliability (ECE {ece:.4})"), ("sans-serif", 18))
-        .margin(15)
-        .x_label_area_size(35)
-        .y_label_area_size(45)
-        .build_cartesian_2d(0.5..1.0, 0.0..1.0)
-        .map_err(e)?;
-    chart.configure_mesh().x_desc("confidence").y_desc("accuracy").draw().map_err(e)?;
-    chart.draw_series(LineSeries::new([(0.5, 0.5), (1.0, 1.0)], BLACK.mix(0.3))).map_err(e)?;
+    let mut chart = unit_axes(root, format!("reliability (ECE {ece:.4})"), 0.5, "confidence", "accuracy")?;
+    let bars = bins.iter().filter(|b| b.count > 0);
     chart
-        .draw_series(
-            bins.iter()
-                .filter(|b| b.count > 0)
-                .map(|b| Rectangle::new([(b.lower, 0.0), (b.upper, b.accuracy)], BLUE.mix(0.5).filled())),
-        )
+        .draw_series(bars.map(|b| Rectangle::new([(b.lower, 0.0), (b.upper, b.accuracy)], BLUE.mix(0.5).filled())))
         .map_err(e)?;
     Ok(())
 }
