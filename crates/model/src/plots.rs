@@ -12,6 +12,8 @@ use crate::metrics;
 use crate::train::EpochRecord;
 
 type PlotResult = Result<(), String>;
+/// Reads one curve's value from an epoch record.
+type Metric = fn(&EpochRecord) -> f64;
 
 fn register_fonts() {
     static ONCE: Once = Once::new();
@@ -54,7 +56,7 @@ fn draw_curves<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, history: &[Epo
     root.fill(&WHITE).map_err(e)?;
     let (left, right) = root.split_horizontally(500);
     let n = history.len().max(2) as f64;
-    let panels: [(&DrawingArea<DB, Shift>, &str, fn(&EpochRecord) -> f64, fn(&EpochRecord) -> f64); 2] = [
+    let panels: [(&DrawingArea<DB, Shift>, &str, Metric, Metric); 2] = [
         (&left, "loss", |h| h.train_loss, |h| h.val_loss),
         (&right, "accuracy", |h| h.train_accuracy, |h| h.val_accuracy),
     ];
