@@ -39,20 +39,27 @@ pub fn find_onnxruntime_library() -> Result<PathBuf, InferenceError> {
 }
 
 fn environment() -> Result<&'static ort::environment::Environment, InferenceError> {
-    static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let lib = find_onnxruntime_library().map_err(|e| e.to_string())?;
-        let builder = ort::init_from(&lib).map_err(|e| format!("cannot load {}: {e}", lib.display()))?;
-        builder.with_name("catsdogs").build().map_err(|e| e.to_string())
-    })
-    .as_ref()
-    .map_err(|e| {
-        if e.contains("not found") {
-            InferenceError::OrtLibraryMissing { searched: e.clone() }
-        } else {
-            InferenceError::Ort(e.clone())
-        }
-    })
+    /// Why the process-wide environment could not be created (kept, so every later
+    /// load reports the same typed error).
+    enum Failure {
+        Missing(String),
+        Broken(String),
+    }
+    static ENV: OnceLock<Result<ort::environment::Environment, Failure>> = OnceLock::new();
+    let env = ENV.get_or_init(|| {
+        let lib = find_onnxruntime_library().map_err(|e| match e {
+            InferenceError::OrtLibraryMissing { searched } => Failure::Missing(searched),
+            other => Failure::Broken(other.to_string()),
+        })?;
+        let builder =
+            ort::init_from(&lib).map_err(|e| Failure::Broken(format!("cannot load {}: {e}", lib.display())))?;
+        builder.with_name("catsdogs").build().map_err(|e| Failure::Broken(e.to_string()))
+    });
+    match env {
+        Ok(env) => Ok(env),
+        Err(Failure::Missing(searched)) => Err(InferenceError::OrtLibraryMissing { searched: searched.clone() }),
+        Err(Failure::Broken(msg)) => Err(InferenceError::Ort(msg.clone())),
+    }
 }
 
 fn ort_err(e: impl std::fmt::Display) -> InferenceError {

@@ -180,7 +180,6 @@ fn evaluate(model: &SeedCnn, set: &data::DecodedSet, cfg: &TrainConfig) -> Resul
 
 /// Runs (or resumes) training and writes model, card, history and plots to `out_dir`.
 pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
-    let started = Instant::now();
     std::fs::create_dir_all(&cfg.out_dir).map_err(io_err("cannot create", &cfg.out_dir))?;
     let ckpt_dir = cfg.out_dir.join("checkpoint");
     std::fs::create_dir_all(&ckpt_dir).map_err(io_err("cannot create", &ckpt_dir))?;
@@ -407,7 +406,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
             label_smoothing: cfg.label_smoothing,
             batch_norm: cfg.model.batch_norm,
             augment: cfg.augment,
-            wall_time_s: state.wall_time_s.max(started.elapsed().as_secs_f64().min(state.wall_time_s + 1.0)),
+            wall_time_s: state.wall_time_s,
             train_images_per_s: state.images_seen as f64
                 / state.history.iter().map(|h| h.seconds).sum::<f64>().max(1e-9),
         }),
