@@ -149,21 +149,31 @@ pub fn predict(a: PredictArgs) -> Result<ExitCode> {
             model.preprocess(&bytes).map_err(|e| e.to_string())
         })
         .collect();
-    let ok: Vec<(usize, &RgbImage)> =
-        prepared.iter().enumerate().filter_map(|(i, r)| r.as_ref().ok().map(|img| (i, img))).collect();
+    // Move the decoded images out (no copies); keep each file's error in its place.
+    let mut errors: Vec<Option<String>> = Vec::with_capacity(prepared.len());
+    let (mut ok_index, mut ok_images) = (Vec::new(), Vec::new());
+    for (i, r) in prepared.into_iter().enumerate() {
+        match r {
+            Ok(img) => {
+                ok_index.push(i);
+                ok_images.push(img);
+                errors.push(None);
+            }
+            Err(e) => errors.push(Some(e)),
+        }
+    }
     let mut results: Vec<Option<Prediction>> = vec![None; a.files.len()];
-    for chunk in ok.chunks(a.model.batch_size.max(1)) {
-        let images: Vec<RgbImage> = chunk.iter().map(|(_, img)| (*img).clone()).collect();
-        let preds = model.predict_images(&images)?;
-        for ((i, _), p) in chunk.iter().zip(preds) {
+    let batch = a.model.batch_size.max(1);
+    for (images, indices) in ok_images.chunks(batch).zip(ok_index.chunks(batch)) {
+        for (i, p) in indices.iter().zip(model.predict_images(images)?) {
             results[*i] = Some(p);
         }
     }
     let mut failed = 0;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for ((file, prep), pred) in a.files.iter().zip(&prepared).zip(&results) {
-        match (prep, pred) {
+    for ((file, error), pred) in a.files.iter().zip(&errors).zip(&results) {
+        match (error, pred) {
             (_, Some(p)) => {
                 if a.json {
                     let line = serde_json::json!({"file": file.display().to_string(), "label": p.label(), "p_cat": p.p_cat(), "p_dog": p.p_dog, "model_version": model.card.version, "backend": model.backend_kind().to_string()});
@@ -172,14 +182,14 @@ pub fn predict(a: PredictArgs) -> Result<ExitCode> {
                     writeln!(out, "{}\t{}\tP(cat)={:.4}\tP(dog)={:.4}", file.display(), p.label(), p.p_cat(), p.p_dog)?;
                 }
             }
-            (Err(e), None) => {
+            (Some(e), None) => {
                 failed += 1;
                 if a.json {
                     writeln!(out, "{}", serde_json::json!({"file": file.display().to_string(), "error": e}))?;
                 }
                 eprintln!("{}: {e}", file.display());
             }
-            (Ok(_), None) => bail!("internal error: {} was not classified", file.display()),
+            (None, None) => bail!("internal error: {} was not classified", file.display()),
         }
     }
     Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
