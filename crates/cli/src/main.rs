@@ -4,9 +4,10 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod commands;
+mod serve;
 
 #[derive(Parser)]
-#[command(name = "catsdogs", version, about = "Cats-vs-dogs image classifier: train, evaluate, export, predict")]
+#[command(name = "catsdogs", version, about = "Cats-vs-dogs image classifier: train, evaluate, export, predict, serve")]
 struct Cli {
     /// Log filter (e.g. info, debug, catsdogs_model=debug).
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
@@ -25,6 +26,8 @@ enum Command {
     Predict(commands::PredictArgs),
     /// Write a trained model as an ONNX graph.
     Export(commands::ExportArgs),
+    /// Serve the web page and the JSON API (http://127.0.0.1:8000 by default).
+    Serve(serve::ServeArgs),
 }
 
 fn tune_allocator() {
@@ -39,6 +42,8 @@ fn tune_allocator() {
 
 fn main() -> Result<ExitCode> {
     tune_allocator();
+    // Precedence: flags, then the environment, then `.env` (which never overrides the environment).
+    let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log_level).context("invalid --log-level")?)
@@ -49,5 +54,6 @@ fn main() -> Result<ExitCode> {
         Command::Eval(a) => commands::eval(a).map(|_| ExitCode::SUCCESS),
         Command::Predict(a) => commands::predict(a),
         Command::Export(a) => commands::export(a).map(|_| ExitCode::SUCCESS),
+        Command::Serve(a) => serve::serve(a).map(|_| ExitCode::SUCCESS),
     }
 }

@@ -1,0 +1,84 @@
+//! `catsdogs serve`: the HTTP service with defaults that work on a fresh machine.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use catsdogs_core::BackendKind;
+use catsdogs_server::{ServerConfig, TokenSource};
+use clap::Args;
+
+use crate::commands::DEFAULT_MODEL_DIR;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CATSDOGS_ADDR", default_value = "127.0.0.1:8000")]
+    pub addr: SocketAddr,
+    /// Directory for the SQLite database, the generated token and the pseudonymisation key.
+    #[arg(long, env = "CATSDOGS_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// `sqlite://FILE` or `postgres://USER:PASS@HOST:PORT/DB` (default: SQLite in --data-dir;
+    /// the seed's DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD are used when DB_HOST is set).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Model directory (model.json + model.onnx).
+    #[arg(long, env = "CATSDOGS_MODEL", default_value = DEFAULT_MODEL_DIR)]
+    pub model: PathBuf,
+    #[arg(long, env = "CATSDOGS_BACKEND", default_value = "onnxruntime")]
+    pub backend: BackendKind,
+    /// Accepted bearer tokens, comma-separated (several during a rotation). Without one, a
+    /// random token is generated in --data-dir/api-token (mode 0600).
+    #[arg(long, env = "API_TOKEN", hide_env_values = true, value_delimiter = ',')]
+    pub api_token: Vec<String>,
+    /// Largest upload per file, in MiB.
+    #[arg(long, env = "CATSDOGS_MAX_UPLOAD_MIB", default_value_t = 10.0)]
+    pub max_upload_mib: f64,
+    /// Most files in one /api/predict/batch request.
+    #[arg(long, env = "CATSDOGS_MAX_BATCH_FILES", default_value_t = 32)]
+    pub max_batch_files: usize,
+    /// Inference threads (default: all cores).
+    #[arg(long, env = "CATSDOGS_THREADS")]
+    pub threads: Option<usize>,
+}
+
+/// The seed's PostgreSQL settings, when DB_HOST is set.
+fn seed_database_url() -> Option<String> {
+    let host = std::env::var("DB_HOST").ok().filter(|h| !h.is_empty())?;
+    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let (port, name, user, pass) =
+        (var("DB_PORT", "5432"), var("DB_NAME", "catsdogs"), var("DB_USER", "postgres"), var("DB_PASSWORD", ""));
+    let creds = if pass.is_empty() { user } else { format!("{user}:{pass}") };
+    Some(format!("postgres://{creds}@{host}:{port}/{name}"))
+}
+
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let mut cfg = ServerConfig::new(a.model, a.data_dir);
+    cfg.addr = a.addr;
+    cfg.database_url = a.database_url.or_else(seed_database_url);
+    cfg.backend = a.backend;
+    cfg.tokens = a.api_token.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+    anyhow::ensure!(a.max_upload_mib > 0.0, "--max-upload-mib must be positive");
+    cfg.max_upload_bytes = (a.max_upload_mib * 1024.0 * 1024.0) as usize;
+    cfg.max_batch_files = a.max_batch_files.max(1);
+    if let Some(t) = a.threads {
+        cfg.inference_threads = t.max(1);
+        cfg.max_concurrent_inferences = t.max(1);
+    }
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listener = catsdogs_server::bind(&cfg).await?;
+        let (app, source) = catsdogs_server::build(cfg.clone()).await?;
+        match source {
+            TokenSource::Configured(n) => tracing::info!(tokens = n, "API tokens from API_TOKEN / --api-token"),
+            TokenSource::File { path, created } => eprintln!(
+                "API token {} {} (send it as `Authorization: Bearer <token>`)",
+                if created { "generated in" } else { "read from" },
+                path.display()
+            ),
+        }
+        let addr = listener.local_addr().unwrap_or(cfg.addr);
+        eprintln!("catsdogs listening on http://{addr}  (page: /  API docs: /docs/)");
+        catsdogs_server::run(app, listener, catsdogs_server::shutdown_signal()).await.context("server failed")
+    })
+}

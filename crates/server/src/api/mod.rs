@@ -1,0 +1,51 @@
+//! JSON routes and their OpenAPI description.
+pub mod feedback;
+pub mod health;
+pub mod metrics;
+pub mod predict;
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+/// The OpenAPI document served at `/openapi.json` and shown at `/docs`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "catsdogs",
+        description = "Cats-vs-dogs image classification. Every `/api/*` route except `/api/health` needs \
+                       `Authorization: Bearer <token>`. Errors are `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    paths(
+        predict::predict,
+        predict::predict_batch,
+        feedback::feedback,
+        metrics::daily,
+        metrics::last_7_days,
+        health::api_health,
+        health::seed_health,
+        health::info,
+    ),
+    components(schemas(
+        crate::error::ErrorBody,
+        crate::error::ErrorDetail,
+        feedback::SeedFeedback,
+        feedback::PredictionFeedback,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "predict", description = "Classify images"),
+        (name = "feedback", description = "Say whether a prediction was right"),
+        (name = "metrics", description = "Service metrics per day and over 7 days"),
+        (name = "health", description = "Liveness, readiness, model information"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}

@@ -1,0 +1,301 @@
+//! `POST /api/predict` and `POST /api/predict/batch`.
+use axum::Json;
+use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
+use axum::extract::{Multipart, State};
+use axum::http::StatusCode;
+use catsdogs_core::Prediction;
+use catsdogs_store::{PredictionRecord, PredictionStatus};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorDetail};
+use crate::state::AppState;
+
+/// The seed's percentages, formatted as strings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Probabilities {
+    #[schema(example = "12.35%")]
+    pub cat: String,
+    #[schema(example = "87.65%")]
+    pub dog: String,
+}
+
+/// One classified image: the seed's fields (same names and formats) plus ours.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PredictResponse {
+    /// Id of the stored prediction; send it back with feedback.
+    pub id: String,
+    /// The uploaded file name, echoed (only a pseudonym of it is stored).
+    pub filename: String,
+    #[schema(example = "Dog")]
+    pub prediction: String,
+    #[schema(example = "87.65%")]
+    pub confidence: String,
+    pub probabilities: Probabilities,
+    /// `cat` or `dog`.
+    pub label: String,
+    pub p_dog: f64,
+    pub p_cat: f64,
+    pub model_version: String,
+    /// Decode + resize + forward time on the server, in milliseconds.
+    pub latency_ms: f64,
+}
+
+/// One file of a batch: a prediction or an error, never both.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItem {
+    pub filename: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<PredictResponse>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+    /// HTTP status this file would have had on `/api/predict`.
+    pub status: u16,
+}
+
+/// Results in upload order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResponse {
+    pub results: Vec<BatchItem>,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub latency_ms: f64,
+}
+
+/// Multipart form with one image (OpenAPI only).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// JPEG, PNG, GIF, WebP or BMP; the type is sniffed from the content.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+/// Multipart form with several images (OpenAPI only).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct BatchUploadForm {
+    /// Repeat the `file` field once per image.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    file: Vec<Vec<u8>>,
+}
+
+fn pct(p: f64) -> String {
+    format!("{:.2}%", p * 100.0)
+}
+
+fn response(id: String, filename: String, p: Prediction, model_version: String, latency_ms: f64) -> PredictResponse {
+    let p_dog = f64::from(p.p_dog);
+    let p_cat = 1.0 - p_dog;
+    let label = p.label();
+    PredictResponse {
+        id,
+        filename,
+        prediction: if label == "dog" { "Dog".into() } else { "Cat".into() },
+        confidence: pct(p_dog.max(p_cat)),
+        probabilities: Probabilities { cat: pct(p_cat), dog: pct(p_dog) },
+        label: label.into(),
+        p_dog,
+        p_cat,
+        model_version,
+        latency_ms,
+    }
+}
+
+pub(crate) fn multipart_rejection(e: MultipartRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_content_type",
+        format!("expected a multipart/form-data body with a `file` field ({e})"),
+    )
+}
+
+fn multipart_error(e: MultipartError, limit: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::payload_too_large(limit)
+    } else {
+        ApiError::bad_request("invalid_multipart", format!("malformed multipart body: {}", e.body_text()))
+    }
+}
+
+/// Reads one field, refusing more than `limit` bytes.
+async fn read_limited(mut field: Field<'_>, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// A file read from the form, or why it could not be read.
+struct Upload {
+    filename: String,
+    bytes: Result<Vec<u8>, ApiError>,
+}
+
+/// Reads every `file` (or `files`) field; other fields are ignored.
+async fn read_uploads(mut mp: Multipart, limit: usize, max_files: usize) -> Result<Vec<Upload>, ApiError> {
+    let mut out = Vec::new();
+    loop {
+        let field = match mp.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return Err(multipart_error(e, limit)),
+        };
+        if !matches!(field.name(), Some("file" | "files")) {
+            continue;
+        }
+        if out.len() == max_files {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_files",
+                format!("more than {max_files} files in one request"),
+            ));
+        }
+        let filename = field.file_name().unwrap_or_default().to_string();
+        let bytes = read_limited(field, limit).await;
+        let fatal = matches!(&bytes, Err(e) if e.code == "invalid_multipart");
+        out.push(Upload { filename, bytes });
+        if fatal {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+async fn record(state: &AppState, id: &str, filename: &str, outcome: Result<Prediction, &ApiError>, latency_ms: f64) {
+    let (status, label, p_dog, error_code) = match outcome {
+        Ok(p) => (PredictionStatus::Ok, Some(p.label().to_string()), Some(f64::from(p.p_dog)), None),
+        Err(e) => (PredictionStatus::Error, None, None, Some(e.code.to_string())),
+    };
+    let rec = PredictionRecord {
+        id: id.to_string(),
+        created_at: (state.cfg.clock)(),
+        model_version: state.model_version(),
+        status,
+        label,
+        p_dog,
+        latency_ms,
+        error_code,
+        file_ref: state.pseudonymise((!filename.is_empty()).then_some(filename)),
+    };
+    state.record_prediction(rec).await;
+}
+
+/// Classify one image.
+#[utoipa::path(
+    post, path = "/api/predict", tag = "predict",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Prediction", body = PredictResponse),
+        (status = 400, description = "Missing `file` field, empty file or malformed form", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 413, description = "Upload over the size limit", body = crate::error::ErrorBody),
+        (status = 415, description = "Not an image (or not multipart)", body = crate::error::ErrorBody),
+        (status = 422, description = "Corrupt image or too many pixels", body = crate::error::ErrorBody),
+        (status = 503, description = "No model loaded", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn predict(
+    State(state): State<AppState>,
+    mp: Result<Multipart, MultipartRejection>,
+) -> Result<Json<PredictResponse>, ApiError> {
+    state.model()?;
+    let limit = state.cfg.max_upload_bytes;
+    let mut uploads = read_uploads(mp.map_err(multipart_rejection)?, limit, 1).await?;
+    let Some(upload) = uploads.pop() else {
+        return Err(ApiError::bad_request("missing_file", "the form has no `file` field"));
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    let bytes = match upload.bytes {
+        Ok(b) => b,
+        Err(e) => {
+            record(&state, &id, &upload.filename, Err(&e), 0.0).await;
+            return Err(e);
+        }
+    };
+    match state.classify(bytes).await {
+        Ok((p, ms)) => {
+            record(&state, &id, &upload.filename, Ok(p), ms).await;
+            Ok(Json(response(id, upload.filename, p, state.model_version(), ms)))
+        }
+        Err((e, ms)) => {
+            record(&state, &id, &upload.filename, Err(&e), ms).await;
+            Err(e)
+        }
+    }
+}
+
+/// Classify several images in one request; a bad file does not fail the others.
+#[utoipa::path(
+    post, path = "/api/predict/batch", tag = "predict",
+    request_body(content = BatchUploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "One result per file, in order", body = BatchResponse),
+        (status = 400, description = "No `file` field", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 413, description = "Too many files or request too large", body = crate::error::ErrorBody),
+        (status = 503, description = "No model loaded", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn predict_batch(
+    State(state): State<AppState>,
+    mp: Result<Multipart, MultipartRejection>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    state.model()?;
+    let uploads =
+        read_uploads(mp.map_err(multipart_rejection)?, state.cfg.max_upload_bytes, state.cfg.max_batch_files).await?;
+    if uploads.is_empty() {
+        return Err(ApiError::bad_request("missing_file", "the form has no `file` field"));
+    }
+    // Classify the readable files together; keep each file's slot.
+    let mut files = Vec::new();
+    let mut slots = Vec::new();
+    let mut results: Vec<Option<Result<Prediction, ApiError>>> = Vec::with_capacity(uploads.len());
+    let mut names = Vec::with_capacity(uploads.len());
+    for (i, u) in uploads.into_iter().enumerate() {
+        names.push(u.filename);
+        match u.bytes {
+            Ok(b) => {
+                files.push(b);
+                slots.push(i);
+                results.push(None);
+            }
+            Err(e) => results.push(Some(Err(e))),
+        }
+    }
+    let (preds, ms) = if files.is_empty() { (Vec::new(), 0.0) } else { state.classify_many(files).await? };
+    for (slot, r) in slots.into_iter().zip(preds) {
+        results[slot] = Some(r);
+    }
+    let mut items = Vec::with_capacity(results.len());
+    let (mut ok, mut failed) = (0, 0);
+    for (name, r) in names.into_iter().zip(results) {
+        let id = uuid::Uuid::new_v4().to_string();
+        let r = r.unwrap_or_else(|| Err(ApiError::internal("file was not classified")));
+        match r {
+            Ok(p) => {
+                record(&state, &id, &name, Ok(p), ms).await;
+                ok += 1;
+                let res = response(id, name.clone(), p, state.model_version(), ms);
+                items.push(BatchItem { filename: name, result: Some(res), error: None, status: 200 });
+            }
+            Err(e) => {
+                record(&state, &id, &name, Err(&e), ms).await;
+                failed += 1;
+                items.push(BatchItem {
+                    filename: name,
+                    result: None,
+                    error: Some(e.detail()),
+                    status: e.status.as_u16(),
+                });
+            }
+        }
+    }
+    Ok(Json(BatchResponse { results: items, succeeded: ok, failed, latency_ms: ms }))
+}

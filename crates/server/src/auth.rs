@@ -1,0 +1,130 @@
+//! Bearer-token authentication: constant-time comparison, several tokens for rotation,
+//! tokens never logged (only a short fingerprint of their hash).
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The accepted tokens, kept as SHA-256 digests.
+#[derive(Clone)]
+pub struct Tokens {
+    digests: Vec<[u8; 32]>,
+}
+
+/// Who made an authenticated request, as written in logs and the audit log.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub fingerprint: String,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl Tokens {
+    pub fn new<S: AsRef<str>>(tokens: &[S]) -> Self {
+        Self { digests: tokens.iter().map(|t| t.as_ref().trim()).filter(|t| !t.is_empty()).map(digest).collect() }
+    }
+
+    /// Checks a presented token against every accepted one, without early exit.
+    pub fn check(&self, presented: &str) -> Option<Caller> {
+        let d = digest(presented);
+        let mut ok = subtle::Choice::from(0);
+        for known in &self.digests {
+            ok |= known.ct_eq(&d);
+        }
+        bool::from(ok).then(|| Caller { fingerprint: hex::encode(&d[..4]) })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+}
+
+/// Errors of setting up the token file.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use token file {path}: {source}")]
+pub struct TokenFileError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Reads the secret `name` stored in `data_dir`, creating a random one (mode 0600) on first
+/// start. Returns the secret, its path and whether it was just created.
+pub fn load_or_create_secret(data_dir: &Path, name: &str) -> Result<(String, PathBuf, bool), TokenFileError> {
+    let path = data_dir.join(name);
+    let err = |source| TokenFileError { path: path.clone(), source };
+    if path.is_file() {
+        let t = std::fs::read_to_string(&path).map_err(err)?;
+        return Ok((t.trim().to_string(), path, false));
+    }
+    std::fs::create_dir_all(data_dir).map_err(err)?;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&path).map_err(err)?;
+    writeln!(f, "{token}").map_err(err)?;
+    Ok((token, path, true))
+}
+
+/// Middleware: 401 + `WWW-Authenticate` unless a valid `Authorization: Bearer` is present.
+pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization header; send `Authorization: Bearer <token>`"))?;
+    let value = header.to_str().map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| ApiError::unauthorized("Authorization must use the Bearer scheme"))?;
+    let caller = state.tokens.check(token.trim()).ok_or_else(|| ApiError::unauthorized("invalid token"))?;
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_any_rotated_token_only() {
+        let t = Tokens::new(&["old", "new"]);
+        assert!(t.check("old").is_some());
+        assert!(t.check("new").is_some());
+        assert!(t.check("other").is_none());
+        assert!(t.check("").is_none());
+        assert!(Tokens::new(&["", "  "]).is_empty());
+    }
+
+    #[test]
+    fn token_file_is_private_and_stable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, path, created) = load_or_create_secret(dir.path(), "api-token").expect("create");
+        assert!(created);
+        assert_eq!(a.len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let (b, _, created) = load_or_create_secret(dir.path(), "api-token").expect("reload");
+        assert!(!created);
+        assert_eq!(a, b);
+    }
+}

@@ -1,0 +1,69 @@
+//! Service settings, filled by the CLI from flags, environment and `.env`.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use catsdogs_core::BackendKind;
+use chrono::{DateTime, Utc};
+
+/// Source of "now": the system clock in production, a fixed instant in tests.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Utc::now)
+}
+
+/// Everything the service needs to start.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    /// Holds the SQLite file, the generated token and the pseudonymisation key.
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; `None` = SQLite file in `data_dir`.
+    pub database_url: Option<String>,
+    pub model_dir: PathBuf,
+    pub backend: BackendKind,
+    /// Accepted bearer tokens (several during a rotation). Empty = generate one in `data_dir`.
+    pub tokens: Vec<String>,
+    /// Largest accepted upload per file, in bytes.
+    pub max_upload_bytes: usize,
+    /// Most files in one `/api/predict/batch` request.
+    pub max_batch_files: usize,
+    /// Threads ONNX Runtime may use per inference.
+    pub inference_threads: usize,
+    /// Inference jobs allowed to run at the same time.
+    pub max_concurrent_inferences: usize,
+    /// How often pending rows are retried while the database is down.
+    pub retry_interval: std::time::Duration,
+    pub clock: Clock,
+}
+
+impl ServerConfig {
+    /// Defaults that work on a fresh machine (loopback, SQLite under `data_dir`).
+    pub fn new(model_dir: PathBuf, data_dir: PathBuf) -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            data_dir,
+            database_url: None,
+            model_dir,
+            backend: BackendKind::Onnxruntime,
+            tokens: Vec::new(),
+            max_upload_bytes: 10 * 1024 * 1024,
+            max_batch_files: 32,
+            inference_threads: cores,
+            max_concurrent_inferences: cores,
+            retry_interval: std::time::Duration::from_secs(2),
+            clock: system_clock(),
+        }
+    }
+
+    /// The database URL actually used.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("catsdogs.db").display()),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The one error shape of the API: `{"error": {"code": "...", "message": "..."}}` + a status.
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// A stable machine-readable `code` and a message for humans.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// An error response.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("upload larger than the {limit}-byte limit"),
+        )
+    }
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
+    /// The JSON body alone (batch results embed it per file).
+    pub fn detail(&self) -> ErrorDetail {
+        ErrorDetail { code: self.code.to_string(), message: self.message.clone() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(ErrorBody { error: self.detail() })).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"catsdogs\""));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}
+
+impl From<catsdogs_store::StoreError> for ApiError {
+    fn from(e: catsdogs_store::StoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "store unavailable");
+            Self::unavailable("store_unavailable", "the database is unreachable; try again shortly")
+        } else {
+            tracing::error!(error = %e, "store error");
+            Self::internal("database error")
+        }
+    }
+}
+
+impl From<catsdogs_core::InferenceError> for ApiError {
+    fn from(e: catsdogs_core::InferenceError) -> Self {
+        use catsdogs_core::InferenceError as E;
+        use catsdogs_model::preprocess::PreprocessError as P;
+        match e {
+            E::Preprocess(p) => {
+                let code = p.code();
+                let status = match p {
+                    P::UnsupportedFormat => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    P::Empty => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                Self::new(status, code, p.to_string())
+            }
+            other => {
+                tracing::error!(error = %other, "inference failed");
+                Self::internal(format!("inference failed: {other}"))
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The catsdogs HTTP service: seed-compatible JSON API, bearer auth, OpenAPI docs, pages.
+//!
+//! `build` loads the model and opens the store (the service starts even when the
+//! database is down: predictions still answer and their rows wait in memory);
+//! `run` serves until the shutdown future resolves, then drains in-flight requests and
+//! writes (or spills to disk) every pending row.
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod pages;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use catsdogs_core::LoadedModel;
+use catsdogs_store::{Store, StoreOptions, redact_url};
+use sha2::Digest;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use config::{Clock, ServerConfig, system_clock};
+pub use error::ApiError;
+pub use state::{AppState, Shared};
+
+/// Errors that stop the service from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Secret(#[from] auth::TokenFileError),
+    #[error(transparent)]
+    Store(#[from] catsdogs_store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// A built service: state plus routes.
+pub struct App {
+    pub state: AppState,
+    pub router: Router,
+}
+
+/// Where the token came from, for the one line printed at start (never the token itself).
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    Configured(usize),
+    File { path: std::path::PathBuf, created: bool },
+}
+
+/// Loads the model, opens the store and assembles the routes.
+pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source })?;
+    let (tokens, source) = if cfg.tokens.iter().any(|t| !t.trim().is_empty()) {
+        (auth::Tokens::new(&cfg.tokens), TokenSource::Configured(cfg.tokens.len()))
+    } else {
+        let (token, path, created) = auth::load_or_create_secret(&cfg.data_dir, "api-token")?;
+        (auth::Tokens::new(&[token]), TokenSource::File { path, created })
+    };
+    let (key, _, _) = auth::load_or_create_secret(&cfg.data_dir, "pseudonym-key")?;
+    let pseudonym_key: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
+
+    let (model_dir, backend, threads) = (cfg.model_dir.clone(), cfg.backend, cfg.inference_threads);
+    let model = tokio::task::spawn_blocking(move || LoadedModel::load(&model_dir, backend, threads))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match &model {
+        Ok(m) => tracing::info!(version = %m.card.version, backend = %m.backend_kind(), "model loaded"),
+        Err(e) => {
+            tracing::error!(error = %e, dir = %cfg.model_dir.display(), "model not loaded; /api/predict answers 503")
+        }
+    }
+
+    let url = cfg.effective_database_url();
+    let store = Store::open(&url, &StoreOptions::default())?;
+    tracing::info!(url = %redact_url(&url), "store configured");
+    let state: AppState = Arc::new(Shared::new(cfg, model, store, tokens, pseudonym_key));
+    match state.outbox.restore(&state.spill_path()) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(rows = n, "restored prediction rows saved at the last shutdown"),
+        Err(e) => tracing::error!(error = %e, "cannot read spilled prediction rows"),
+    }
+    state.maintain_store().await;
+    if let Some(e) = state.store_error() {
+        tracing::warn!(error = %e, "database not reachable at start; retrying in the background");
+    }
+    let router = router(state.clone());
+    Ok((App { state, router }, source))
+}
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    let upload_limit = state.cfg.max_upload_bytes + 64 * 1024;
+    let batch_limit = state.cfg.max_upload_bytes.saturating_mul(state.cfg.max_batch_files) + 64 * 1024;
+    let protected = Router::new()
+        .route("/api/predict", post(api::predict::predict).layer(DefaultBodyLimit::max(upload_limit)))
+        .route("/api/predict/batch", post(api::predict::predict_batch).layer(DefaultBodyLimit::max(batch_limit)))
+        .route("/api/feedback", post(api::feedback::feedback).layer(DefaultBodyLimit::max(64 * 1024)))
+        .route("/api/metrics/daily", get(api::metrics::daily))
+        .route("/api/metrics/7d", get(api::metrics::last_7_days))
+        .route("/api/info", get(api::health::info))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_token));
+    let public = Router::new()
+        .route("/api/health", get(api::health::api_health))
+        .route("/health", get(api::health::seed_health))
+        .route("/", get(pages::home))
+        .route("/info", get(pages::info))
+        .route("/inference", get(pages::inference));
+    Router::new()
+        .merge(protected)
+        .merge(public)
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", api::ApiDoc::openapi()))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(ApiError::internal("the request handler crashed"))
+        }))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found("not_found", format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
+}
+
+/// Binds `cfg.addr`.
+pub async fn bind(cfg: &ServerConfig) -> Result<TcpListener, StartError> {
+    TcpListener::bind(cfg.addr).await.map_err(|source| StartError::Bind { addr: cfg.addr.to_string(), source })
+}
+
+/// Serves until `shutdown` resolves; then finishes in-flight requests and saves pending rows.
+pub async fn run(
+    app: App,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = app.state.clone();
+    let maintenance = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(state.cfg.retry_interval).await;
+                state.maintain_store().await;
+            }
+        })
+    };
+    let served = axum::serve(listener, app.router).with_graceful_shutdown(shutdown).await;
+    maintenance.abort();
+    // Last chance to write queued rows; what cannot be written is kept on disk for the next start.
+    let _ = tokio::time::timeout(Duration::from_secs(5), state.maintain_store()).await;
+    if !state.outbox.is_empty() {
+        match state.outbox.spill(&state.spill_path()) {
+            Ok(n) => {
+                tracing::warn!(rows = n, path = %state.spill_path().display(), "database down at shutdown; rows saved")
+            }
+            Err(e) => tracing::error!(error = %e, "could not save pending prediction rows"),
+        }
+    }
+    state.store.close().await;
+    served
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}

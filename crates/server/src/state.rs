@@ -1,0 +1,312 @@
+//! Shared state of the service: model, store, tokens, and the rows waiting for the database.
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use catsdogs_core::{LoadedModel, Prediction};
+use catsdogs_store::{PredictionRecord, Store, StoreError};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::auth::Tokens;
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+
+/// Cheap to clone; every handler gets one.
+pub type AppState = Arc<Shared>;
+
+/// Most prediction rows kept in memory while the database is down.
+pub const OUTBOX_CAPACITY: usize = 100_000;
+
+/// Everything handlers share.
+pub struct Shared {
+    pub cfg: ServerConfig,
+    pub model: Option<Arc<LoadedModel>>,
+    /// Why the model is not loaded, for readiness and 503 messages.
+    pub model_error: Option<String>,
+    pub store: Store,
+    pub tokens: Tokens,
+    pub outbox: Outbox,
+    /// Set once migrations have run against the current database.
+    pub migrated: AtomicBool,
+    pub store_error: Mutex<Option<String>>,
+    pub inference_slots: Semaphore,
+    pseudonym_key: [u8; 32],
+    pub started: Instant,
+    /// Predictions answered since start (whether or not they reached the database).
+    pub predictions_served: AtomicU64,
+}
+
+/// Prediction rows that could not be written yet; retried in order, spilled to disk at shutdown.
+#[derive(Default)]
+pub struct Outbox {
+    rows: Mutex<VecDeque<PredictionRecord>>,
+    pub dropped: AtomicU64,
+}
+
+impl Outbox {
+    pub fn push(&self, rec: PredictionRecord) {
+        let mut q = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if q.len() >= OUTBOX_CAPACITY {
+            q.pop_front();
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("outbox full: oldest unsaved prediction row dropped");
+        }
+        q.push_back(rec);
+    }
+    fn pop(&self) -> Option<PredictionRecord> {
+        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop_front()
+    }
+    fn push_front(&self, rec: PredictionRecord) {
+        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_front(rec);
+    }
+    pub fn len(&self) -> usize {
+        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn take_all(&self) -> Vec<PredictionRecord> {
+        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..).collect()
+    }
+
+    /// Writes queued rows in order; stops at the first failure and keeps that row.
+    pub async fn flush(&self, store: &Store) -> Result<usize, StoreError> {
+        let mut n = 0;
+        while let Some(rec) = self.pop() {
+            if let Err(e) = store.insert_prediction(&rec).await {
+                if e.is_unavailable() {
+                    self.push_front(rec);
+                    return Err(e);
+                }
+                tracing::error!(error = %e, id = %rec.id, "prediction row rejected by the database; dropped");
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Saves queued rows as JSON lines (at shutdown, when the database is still down).
+    pub fn spill(&self, path: &Path) -> std::io::Result<usize> {
+        let rows = self.take_all();
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut text = String::new();
+        for r in &rows {
+            text.push_str(&serde_json::to_string(r).map_err(std::io::Error::other)?);
+            text.push('\n');
+        }
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        f.write_all(text.as_bytes())?;
+        Ok(rows.len())
+    }
+
+    /// Loads rows spilled by an earlier run and removes the file.
+    pub fn restore(&self, path: &Path) -> std::io::Result<usize> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut n = 0;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match serde_json::from_str(line) {
+                Ok(r) => {
+                    self.push(r);
+                    n += 1;
+                }
+                Err(e) => tracing::error!(error = %e, "skipping unreadable spilled prediction row"),
+            }
+        }
+        std::fs::remove_file(path)?;
+        Ok(n)
+    }
+}
+
+impl Shared {
+    pub fn new(
+        cfg: ServerConfig,
+        model: Result<LoadedModel, String>,
+        store: Store,
+        tokens: Tokens,
+        pseudonym_key: [u8; 32],
+    ) -> Self {
+        let (model, model_error) = match model {
+            Ok(m) => (Some(Arc::new(m)), None),
+            Err(e) => (None, Some(e)),
+        };
+        let slots = cfg.max_concurrent_inferences.max(1);
+        Self {
+            cfg,
+            model,
+            model_error,
+            store,
+            tokens,
+            outbox: Outbox::default(),
+            migrated: AtomicBool::new(false),
+            store_error: Mutex::new(None),
+            inference_slots: Semaphore::new(slots),
+            pseudonym_key,
+            started: Instant::now(),
+            predictions_served: AtomicU64::new(0),
+        }
+    }
+
+    /// Where queued rows go at shutdown when the database is down.
+    pub fn spill_path(&self) -> PathBuf {
+        self.cfg.data_dir.join("pending-predictions.jsonl")
+    }
+
+    /// The loaded model, or 503 saying why there is none.
+    pub fn model(&self) -> Result<Arc<LoadedModel>, ApiError> {
+        self.model.clone().ok_or_else(|| {
+            ApiError::unavailable(
+                "model_unavailable",
+                format!("no model loaded: {}", self.model_error.as_deref().unwrap_or("unknown reason")),
+            )
+        })
+    }
+
+    pub fn model_version(&self) -> String {
+        self.model.as_ref().map(|m| m.card.version.clone()).unwrap_or_else(|| "none".into())
+    }
+
+    /// A stable pseudonym for an uploaded file name: keyed hash + the (sanitised) extension.
+    pub fn pseudonymise(&self, file_name: Option<&str>) -> Option<String> {
+        let name = file_name?;
+        let mut h = Sha256::new();
+        h.update(self.pseudonym_key);
+        h.update(name.as_bytes());
+        let digest = h.finalize();
+        let ext = Path::new(name)
+            .extension()
+            .and_then(|e| e.to_str())
+            .filter(|e| e.len() <= 5 && e.chars().all(|c| c.is_ascii_alphanumeric()))
+            .map(|e| format!(".{}", e.to_ascii_lowercase()))
+            .unwrap_or_default();
+        Some(format!("upload-{}{ext}", hex::encode(&digest[..8])))
+    }
+
+    /// Classifies one file on the blocking pool; returns the prediction and the time it took.
+    pub async fn classify(&self, bytes: Vec<u8>) -> Result<(Prediction, f64), (ApiError, f64)> {
+        let model = self.model().map_err(|e| (e, 0.0))?;
+        let _permit = self.inference_slots.acquire().await.map_err(|_| (ApiError::internal("shutting down"), 0.0))?;
+        let joined = tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            let r = model.predict_bytes(&bytes);
+            (r, t.elapsed().as_secs_f64() * 1e3)
+        })
+        .await;
+        match joined {
+            Ok((Ok(p), ms)) => Ok((p, ms)),
+            Ok((Err(e), ms)) => Err((ApiError::from(e), ms)),
+            Err(e) => Err((ApiError::internal(format!("inference task failed: {e}")), 0.0)),
+        }
+    }
+
+    /// Classifies several files in one batch; each file gets its own result.
+    pub async fn classify_many(
+        &self,
+        files: Vec<Vec<u8>>,
+    ) -> Result<(Vec<Result<Prediction, ApiError>>, f64), ApiError> {
+        let model = self.model()?;
+        let _permit = self.inference_slots.acquire().await.map_err(|_| ApiError::internal("shutting down"))?;
+        let joined = tokio::task::spawn_blocking(move || {
+            use rayon::prelude::*;
+            let t = Instant::now();
+            let pre: Vec<_> = files.par_iter().map(|b| model.preprocess(b)).collect();
+            let mut results: Vec<Result<Prediction, ApiError>> = Vec::with_capacity(pre.len());
+            let mut images = Vec::new();
+            let mut slots = Vec::new();
+            for (i, r) in pre.into_iter().enumerate() {
+                match r {
+                    Ok(img) => {
+                        images.push(img);
+                        slots.push(i);
+                        results.push(Err(ApiError::internal("not classified")));
+                    }
+                    Err(e) => results.push(Err(ApiError::from(e))),
+                }
+            }
+            if !images.is_empty() {
+                match model.predict_images(&images) {
+                    Ok(preds) => {
+                        for (slot, p) in slots.into_iter().zip(preds) {
+                            results[slot] = Ok(p);
+                        }
+                    }
+                    Err(e) => {
+                        let err = ApiError::from(e);
+                        for slot in slots {
+                            results[slot] = Err(err.clone());
+                        }
+                    }
+                }
+            }
+            (results, t.elapsed().as_secs_f64() * 1e3)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("inference task failed: {e}")))?;
+        Ok(joined)
+    }
+
+    /// Writes a prediction row, or queues it when the database is unavailable.
+    pub async fn record_prediction(&self, rec: PredictionRecord) {
+        self.predictions_served.fetch_add(1, Ordering::Relaxed);
+        if !self.migrated.load(Ordering::Acquire) || !self.outbox.is_empty() {
+            // Keep rows in order: while anything is queued, new rows queue behind it.
+            self.outbox.push(rec);
+            return;
+        }
+        match self.store.insert_prediction(&rec).await {
+            Ok(()) => {}
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, id = %rec.id, "database unavailable; prediction row queued");
+                self.set_store_error(Some(e.to_string()));
+                self.outbox.push(rec);
+            }
+            Err(e) => tracing::error!(error = %e, id = %rec.id, "prediction row rejected by the database"),
+        }
+    }
+
+    pub fn set_store_error(&self, e: Option<String>) {
+        *self.store_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = e;
+    }
+
+    pub fn store_error(&self) -> Option<String> {
+        self.store_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// One pass of the background maintenance: migrate if needed, then flush queued rows.
+    pub async fn maintain_store(&self) {
+        if !self.migrated.load(Ordering::Acquire) {
+            match self.store.migrate().await {
+                Ok(()) => {
+                    self.migrated.store(true, Ordering::Release);
+                    tracing::info!(db = ?self.store.kind(), "database ready (migrations applied)");
+                }
+                Err(e) => {
+                    self.set_store_error(Some(e.to_string()));
+                    return;
+                }
+            }
+        }
+        if !self.outbox.is_empty() {
+            match self.outbox.flush(&self.store).await {
+                Ok(n) if n > 0 => tracing::info!(rows = n, "queued prediction rows written to the database"),
+                Ok(_) => {}
+                Err(e) => {
+                    self.set_store_error(Some(e.to_string()));
+                    return;
+                }
+            }
+        }
+        self.set_store_error(None);
+    }
+}

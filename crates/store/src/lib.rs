@@ -1,0 +1,400 @@
+//! Storage of predictions, feedback and the audit log.
+//!
+//! One schema (`migrations/`) runs unchanged on SQLite and PostgreSQL through sqlx's
+//! `Any` driver, so both databases are tested with the same queries. Image bytes and
+//! raw file names are never stored: predictions keep a pseudonymised file reference.
+pub mod metrics;
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor, Row};
+
+pub use metrics::{DayMetrics, WindowMetrics};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+
+/// Errors of the store. `Unavailable` means "try again later" (503), the rest are bugs or bad data.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported DATABASE_URL {0:?} (expected sqlite://... or postgres://...)")]
+    UnsupportedUrl(String),
+    #[error("stored row is malformed: {0}")]
+    Malformed(String),
+}
+
+impl StoreError {
+    /// True when the database could not be reached (as opposed to a query that failed).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        let unavailable = match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => true,
+            // PostgreSQL classes 08 (connection exception) and 57 (operator intervention,
+            // e.g. admin shutdown), SQLite "unable to open" / "busy".
+            sqlx::Error::Database(db) => {
+                db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57") || c == "14" || c == "5")
+            }
+            _ => false,
+        };
+        if unavailable { Self::Unavailable(e) } else { Self::Database(e) }
+    }
+}
+
+/// Which database a URL points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DbKind {
+    Sqlite,
+    Postgres,
+}
+
+impl DbKind {
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(StoreError::UnsupportedUrl(redact_url(url)))
+        }
+    }
+}
+
+/// The URL with any password replaced, safe to log.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Outcome of a prediction request as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PredictionStatus {
+    Ok,
+    Error,
+}
+
+impl PredictionStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// One row of `predictions`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PredictionRecord {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub model_version: String,
+    pub status: PredictionStatus,
+    pub label: Option<String>,
+    pub p_dog: Option<f64>,
+    pub latency_ms: f64,
+    pub error_code: Option<String>,
+    pub file_ref: Option<String>,
+}
+
+/// Who wrote a feedback row: the seed's body or ours keyed by prediction id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedbackSource {
+    Seed,
+    V2,
+}
+
+/// One row of `feedback`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackRecord {
+    pub id: String,
+    pub prediction_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub positive: bool,
+    pub true_label: Option<String>,
+    pub p_dog: Option<f64>,
+    pub comment: Option<String>,
+    pub source: FeedbackSource,
+}
+
+/// Whether feedback was new or replaced earlier feedback on the same prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedbackOutcome {
+    Inserted,
+    Replaced,
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    /// How long a query waits for a connection before the store is reported unavailable.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { max_connections: 8, acquire_timeout: Duration::from_secs(3) }
+    }
+}
+
+/// A pool on SQLite or PostgreSQL. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    kind: DbKind,
+}
+
+/// UTC calendar day of an instant, as stored in the `day` columns.
+pub fn day_of(t: DateTime<Utc>) -> String {
+    t.date_naive().format("%Y-%m-%d").to_string()
+}
+
+fn from_ms(ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    Utc.timestamp_millis_opt(ms).single().ok_or_else(|| StoreError::Malformed(format!("timestamp {ms}")))
+}
+
+impl Store {
+    /// Creates the pool without connecting: the service starts even when the database is down.
+    pub fn open(url: &str, opts: &StoreOptions) -> Result<Self, StoreError> {
+        install_default_drivers();
+        let kind = DbKind::from_url(url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if kind == DbKind::Sqlite { opts.max_connections.min(4) } else { opts.max_connections })
+            .acquire_timeout(opts.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if kind == DbKind::Sqlite {
+                        conn.execute(
+                            "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy(url)
+            .map_err(StoreError::from)?;
+        Ok(Self { pool, kind })
+    }
+
+    pub fn kind(&self) -> DbKind {
+        self.kind
+    }
+
+    /// Applies pending migrations (idempotent).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(inner) => StoreError::from(inner),
+            other => StoreError::Migrate(other),
+        })
+    }
+
+    /// A round trip to the database.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn insert_prediction(&self, r: &PredictionRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO predictions (id, created_at_ms, day, model_version, status, label, p_dog, latency_ms, \
+             error_code, file_ref) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&r.id)
+        .bind(r.created_at.timestamp_millis())
+        .bind(day_of(r.created_at))
+        .bind(&r.model_version)
+        .bind(r.status.as_str())
+        .bind(r.label.clone())
+        .bind(r.p_dog)
+        .bind(r.latency_ms)
+        .bind(r.error_code.clone())
+        .bind(r.file_ref.clone())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_prediction(&self, id: &str) -> Result<Option<PredictionRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, created_at_ms, model_version, status, label, p_dog, latency_ms, error_code, file_ref \
+             FROM predictions WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let status: String = row.try_get("status")?;
+        Ok(Some(PredictionRecord {
+            id: row.try_get("id")?,
+            created_at: from_ms(row.try_get("created_at_ms")?)?,
+            model_version: row.try_get("model_version")?,
+            status: if status == "ok" { PredictionStatus::Ok } else { PredictionStatus::Error },
+            label: row.try_get("label")?,
+            p_dog: row.try_get("p_dog")?,
+            latency_ms: row.try_get("latency_ms")?,
+            error_code: row.try_get("error_code")?,
+            file_ref: row.try_get("file_ref")?,
+        }))
+    }
+
+    /// Stores feedback; feedback on a prediction that already has some replaces it.
+    pub async fn upsert_feedback(&self, f: &FeedbackRecord) -> Result<FeedbackOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let existing = match &f.prediction_id {
+            Some(pid) => {
+                sqlx::query("SELECT id FROM feedback WHERE prediction_id = $1")
+                    .bind(pid)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            }
+            None => None,
+        };
+        let outcome = if existing.is_some() { FeedbackOutcome::Replaced } else { FeedbackOutcome::Inserted };
+        sqlx::query(
+            "INSERT INTO feedback (id, prediction_id, created_at_ms, day, positive, true_label, p_dog, comment, source) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (prediction_id) DO UPDATE SET created_at_ms = excluded.created_at_ms, day = excluded.day, \
+             positive = excluded.positive, true_label = excluded.true_label, p_dog = excluded.p_dog, \
+             comment = excluded.comment, source = excluded.source",
+        )
+        .bind(&f.id)
+        .bind(f.prediction_id.clone())
+        .bind(f.created_at.timestamp_millis())
+        .bind(day_of(f.created_at))
+        .bind(f.positive)
+        .bind(f.true_label.clone())
+        .bind(f.p_dog)
+        .bind(f.comment.clone())
+        .bind(match f.source {
+            FeedbackSource::Seed => "seed",
+            FeedbackSource::V2 => "v2",
+        })
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Appends to the audit log (who did what, when; never secrets or image content).
+    pub async fn audit(&self, at: DateTime<Utc>, actor: &str, action: &str, detail: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO audit_log (id, at_ms, actor, action, detail) VALUES ($1, $2, $3, $4, $5)")
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(at.timestamp_millis())
+            .bind(actor)
+            .bind(action)
+            .bind(detail)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Number of audit entries with this action (used by tests and operations).
+    pub async fn audit_count(&self, action: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE action = $1")
+            .bind(action)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")?)
+    }
+
+    /// Per-day metrics for the `days` most recent UTC days ending at `today`, newest first;
+    /// days without any prediction or feedback are left out.
+    pub async fn daily_metrics(&self, today: NaiveDate, days: u32) -> Result<Vec<DayMetrics>, StoreError> {
+        let start = today - chrono::Days::new(u64::from(days.saturating_sub(1)));
+        let (preds, fbs) = self.rows_between(start, today).await?;
+        Ok(metrics::by_day(&preds, &fbs))
+    }
+
+    /// Metrics over the 7 UTC days ending at `today` (today and the 6 before).
+    pub async fn window_metrics(&self, today: NaiveDate, days: u32) -> Result<WindowMetrics, StoreError> {
+        let start = today - chrono::Days::new(u64::from(days.saturating_sub(1)));
+        let (preds, fbs) = self.rows_between(start, today).await?;
+        Ok(metrics::window(start, today, &preds, &fbs))
+    }
+
+    async fn rows_between(
+        &self,
+        start: NaiveDate,
+        end: NaiveDate,
+    ) -> Result<(Vec<metrics::PredictionRow>, Vec<metrics::FeedbackRow>), StoreError> {
+        let (s, e) = (start.format("%Y-%m-%d").to_string(), end.format("%Y-%m-%d").to_string());
+        let rows = sqlx::query("SELECT day, status, label, latency_ms FROM predictions WHERE day >= $1 AND day <= $2")
+            .bind(&s)
+            .bind(&e)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut preds = Vec::with_capacity(rows.len());
+        for r in rows {
+            let status: String = r.try_get("status")?;
+            preds.push(metrics::PredictionRow {
+                day: r.try_get("day")?,
+                ok: status == "ok",
+                label: r.try_get("label")?,
+                latency_ms: r.try_get("latency_ms")?,
+            });
+        }
+        let rows = sqlx::query(
+            // The Any driver cannot decode SQLite booleans: read them as integers on both databases.
+            "SELECT day, CAST(CASE WHEN positive THEN 1 ELSE 0 END AS BIGINT) AS positive FROM feedback \
+             WHERE day >= $1 AND day <= $2",
+        )
+        .bind(&s)
+        .bind(&e)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut fbs = Vec::with_capacity(rows.len());
+        for r in rows {
+            fbs.push(metrics::FeedbackRow { day: r.try_get("day")?, positive: r.try_get::<i64, _>("positive")? != 0 });
+        }
+        Ok((preds, fbs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_password() {
+        assert_eq!(redact_url("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn rejects_unknown_scheme() {
+        assert!(matches!(DbKind::from_url("mysql://x"), Err(StoreError::UnsupportedUrl(_))));
+    }
+}

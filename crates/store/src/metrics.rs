@@ -1,0 +1,242 @@
+//! Daily and windowed service metrics, computed exactly from stored rows.
+//!
+//! Definitions (also in the API docs):
+//! - `inf_count` = every prediction attempt with a file (success + error);
+//! - latency statistics cover successful predictions only; percentiles are nearest-rank
+//!   (the smallest value with at least p % of values at or below it);
+//! - satisfaction = positive feedback / all feedback; shares = label counts / successes;
+//! - a rate with a zero denominator is `null`, never 0.
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The fields of a prediction row the metrics need.
+#[derive(Debug, Clone)]
+pub struct PredictionRow {
+    pub day: String,
+    pub ok: bool,
+    pub label: Option<String>,
+    pub latency_ms: f64,
+}
+
+/// The fields of a feedback row the metrics need.
+#[derive(Debug, Clone)]
+pub struct FeedbackRow {
+    pub day: String,
+    pub positive: bool,
+}
+
+/// One UTC day. The first ten fields are the seed's, with its names.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct DayMetrics {
+    /// ISO date (UTC).
+    pub day: String,
+    pub inf_count: u64,
+    pub inf_success: u64,
+    pub inf_errors: u64,
+    pub inf_latency_avg_ms: Option<f64>,
+    pub inf_latency_p50_ms: Option<f64>,
+    pub inf_latency_p90_ms: Option<f64>,
+    pub inf_latency_p99_ms: Option<f64>,
+    pub feedback_pos: u64,
+    pub feedback_neg: u64,
+    /// inf_errors / inf_count.
+    pub error_rate: Option<f64>,
+    pub feedback_count: u64,
+    /// feedback_pos / feedback_count.
+    pub satisfaction_rate: Option<f64>,
+    pub cat_count: u64,
+    pub dog_count: u64,
+    /// cat_count / inf_success.
+    pub cat_share: Option<f64>,
+    /// dog_count / inf_success.
+    pub dog_share: Option<f64>,
+}
+
+/// A window of whole UTC days. The first six fields are the seed's `/api/metrics/7d` ones.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct WindowMetrics {
+    /// Last day of the window (today, UTC).
+    pub as_of: String,
+    pub inf_7d: u64,
+    pub latency_avg_ms_7d: Option<f64>,
+    pub latency_p90_ms_7d: Option<f64>,
+    pub fb_pos_7d: u64,
+    pub fb_neg_7d: u64,
+    /// First day of the window (inclusive); the window is `window_days` calendar days.
+    pub window_start: String,
+    pub window_end: String,
+    pub window_days: u32,
+    pub inf_success_7d: u64,
+    pub inf_errors_7d: u64,
+    pub error_rate_7d: Option<f64>,
+    pub latency_p50_ms_7d: Option<f64>,
+    pub latency_p99_ms_7d: Option<f64>,
+    pub feedback_count_7d: u64,
+    pub satisfaction_rate_7d: Option<f64>,
+    pub cat_share_7d: Option<f64>,
+    pub dog_share_7d: Option<f64>,
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted.get(rank.min(sorted.len()) - 1).copied()
+}
+
+fn ratio(num: u64, den: u64) -> Option<f64> {
+    (den > 0).then(|| num as f64 / den as f64)
+}
+
+#[derive(Default)]
+struct Acc {
+    count: u64,
+    success: u64,
+    cats: u64,
+    dogs: u64,
+    latencies: Vec<f64>,
+    fb_pos: u64,
+    fb_neg: u64,
+}
+
+impl Acc {
+    fn add_prediction(&mut self, p: &PredictionRow) {
+        self.count += 1;
+        if p.ok {
+            self.success += 1;
+            self.latencies.push(p.latency_ms);
+            match p.label.as_deref() {
+                Some("cat") => self.cats += 1,
+                Some("dog") => self.dogs += 1,
+                _ => {}
+            }
+        }
+    }
+    fn add_feedback(&mut self, f: &FeedbackRow) {
+        if f.positive {
+            self.fb_pos += 1;
+        } else {
+            self.fb_neg += 1;
+        }
+    }
+    /// (avg, p50, p90, p99) of successful latencies.
+    fn latency(&mut self) -> [Option<f64>; 4] {
+        self.latencies.sort_by(f64::total_cmp);
+        let avg =
+            (!self.latencies.is_empty()).then(|| self.latencies.iter().sum::<f64>() / self.latencies.len() as f64);
+        [avg, percentile(&self.latencies, 50.0), percentile(&self.latencies, 90.0), percentile(&self.latencies, 99.0)]
+    }
+}
+
+/// Groups rows per day, newest first.
+pub fn by_day(preds: &[PredictionRow], fbs: &[FeedbackRow]) -> Vec<DayMetrics> {
+    let mut days: BTreeMap<&str, Acc> = BTreeMap::new();
+    for p in preds {
+        days.entry(&p.day).or_default().add_prediction(p);
+    }
+    for f in fbs {
+        days.entry(&f.day).or_default().add_feedback(f);
+    }
+    days.into_iter()
+        .rev()
+        .map(|(day, mut a)| {
+            let [avg, p50, p90, p99] = a.latency();
+            let errors = a.count - a.success;
+            DayMetrics {
+                day: day.to_string(),
+                inf_count: a.count,
+                inf_success: a.success,
+                inf_errors: errors,
+                inf_latency_avg_ms: avg,
+                inf_latency_p50_ms: p50,
+                inf_latency_p90_ms: p90,
+                inf_latency_p99_ms: p99,
+                feedback_pos: a.fb_pos,
+                feedback_neg: a.fb_neg,
+                error_rate: ratio(errors, a.count),
+                feedback_count: a.fb_pos + a.fb_neg,
+                satisfaction_rate: ratio(a.fb_pos, a.fb_pos + a.fb_neg),
+                cat_count: a.cats,
+                dog_count: a.dogs,
+                cat_share: ratio(a.cats, a.success),
+                dog_share: ratio(a.dogs, a.success),
+            }
+        })
+        .collect()
+}
+
+/// Totals over `start..=end`.
+pub fn window(start: NaiveDate, end: NaiveDate, preds: &[PredictionRow], fbs: &[FeedbackRow]) -> WindowMetrics {
+    let mut a = Acc::default();
+    preds.iter().for_each(|p| a.add_prediction(p));
+    fbs.iter().for_each(|f| a.add_feedback(f));
+    let [avg, p50, p90, p99] = a.latency();
+    let errors = a.count - a.success;
+    let fmt = |d: NaiveDate| d.format("%Y-%m-%d").to_string();
+    WindowMetrics {
+        as_of: fmt(end),
+        inf_7d: a.count,
+        latency_avg_ms_7d: avg,
+        latency_p90_ms_7d: p90,
+        fb_pos_7d: a.fb_pos,
+        fb_neg_7d: a.fb_neg,
+        window_start: fmt(start),
+        window_end: fmt(end),
+        window_days: u32::try_from((end - start).num_days() + 1).unwrap_or(0),
+        inf_success_7d: a.success,
+        inf_errors_7d: errors,
+        error_rate_7d: ratio(errors, a.count),
+        latency_p50_ms_7d: p50,
+        latency_p99_ms_7d: p99,
+        feedback_count_7d: a.fb_pos + a.fb_neg,
+        satisfaction_rate_7d: ratio(a.fb_pos, a.fb_pos + a.fb_neg),
+        cat_share_7d: ratio(a.cats, a.success),
+        dog_share_7d: ratio(a.dogs, a.success),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), Some(5.0));
+        assert_eq!(percentile(&v, 90.0), Some(9.0));
+        assert_eq!(percentile(&v, 99.0), Some(10.0));
+        assert_eq!(percentile(&[7.0], 1.0), Some(7.0));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn groups_by_day_newest_first() {
+        let p = |day: &str, ok, label: Option<&str>, ms| PredictionRow {
+            day: day.into(),
+            ok,
+            label: label.map(Into::into),
+            latency_ms: ms,
+        };
+        let preds = vec![
+            p("2026-01-01", true, Some("cat"), 10.0),
+            p("2026-01-02", true, Some("dog"), 20.0),
+            p("2026-01-02", true, Some("cat"), 40.0),
+            p("2026-01-02", false, None, 1.0),
+        ];
+        let fbs = vec![FeedbackRow { day: "2026-01-02".into(), positive: true }];
+        let d = by_day(&preds, &fbs);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].day, "2026-01-02");
+        assert_eq!((d[0].inf_count, d[0].inf_success, d[0].inf_errors), (3, 2, 1));
+        assert_eq!(d[0].inf_latency_avg_ms, Some(30.0));
+        assert_eq!(d[0].inf_latency_p50_ms, Some(20.0));
+        assert_eq!(d[0].cat_share, Some(0.5));
+        assert_eq!(d[0].satisfaction_rate, Some(1.0));
+        assert_eq!(d[1].satisfaction_rate, None);
+    }
+}
