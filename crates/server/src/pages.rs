@@ -44,3 +44,25 @@ pub async fn info(State(state): State<AppState>) -> Response {
 pub async fn inference(State(state): State<AppState>) -> Response {
     render("inference.html", context! { max_upload_mib => state.cfg.max_upload_bytes as f64 / 1048576.0 })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_renders_with_the_shipped_card() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/seed-cnn/model.json");
+        let card = catsdogs_model::card::ModelCard::load(&dir).expect("card");
+        let env = env();
+        let card = minijinja::Value::from_serialize(&card);
+        for (name, ctx) in [
+            ("home.html", context! { model_loaded => true, model_version => "v" }),
+            ("info.html", context! { card => card.clone(), model_error => None::<String> }),
+            ("info.html", context! { card => None::<minijinja::Value>, model_error => "missing" }),
+            ("inference.html", context! { max_upload_mib => 10.0 }),
+        ] {
+            let html = env.get_template(name).and_then(|t| t.render(ctx));
+            assert!(html.is_ok(), "{name}: {html:?}");
+        }
+    }
+}

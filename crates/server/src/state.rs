@@ -43,6 +43,7 @@ pub struct Shared {
 #[derive(Default)]
 pub struct Outbox {
     rows: Mutex<VecDeque<PredictionRecord>>,
+    flushing: tokio::sync::Mutex<()>,
     pub dropped: AtomicU64,
 }
 
@@ -56,11 +57,14 @@ impl Outbox {
         }
         q.push_back(rec);
     }
-    fn pop(&self) -> Option<PredictionRecord> {
-        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop_front()
+    fn front(&self) -> Option<PredictionRecord> {
+        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).front().cloned()
     }
-    fn push_front(&self, rec: PredictionRecord) {
-        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_front(rec);
+    fn remove_front(&self, id: &str) {
+        let mut q = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if q.front().is_some_and(|r| r.id == id) {
+            q.pop_front();
+        }
     }
     pub fn len(&self) -> usize {
         self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
@@ -72,20 +76,21 @@ impl Outbox {
         self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..).collect()
     }
 
-    /// Writes queued rows in order; stops at the first failure and keeps that row.
+    /// Writes queued rows in order; stops at the first failure. A row leaves the queue only
+    /// once written, so it stays visible (readiness, spill at shutdown) while a write is tried.
     pub async fn flush(&self, store: &Store) -> Result<usize, StoreError> {
+        let _one_writer = self.flushing.lock().await;
         let mut n = 0;
-        while let Some(rec) = self.pop() {
-            if let Err(e) = store.insert_prediction(&rec).await {
-                if e.is_unavailable() {
-                    self.push_front(rec);
-                    return Err(e);
+        while let Some(rec) = self.front() {
+            match store.insert_prediction(&rec).await {
+                Ok(()) => n += 1,
+                Err(e) if e.is_unavailable() => return Err(e),
+                Err(e) => {
+                    tracing::error!(error = %e, id = %rec.id, "prediction row rejected by the database; dropped");
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
-                tracing::error!(error = %e, id = %rec.id, "prediction row rejected by the database; dropped");
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
             }
-            n += 1;
+            self.remove_front(&rec.id);
         }
         Ok(n)
     }

@@ -176,6 +176,14 @@ pub fn day_of(t: DateTime<Utc>) -> String {
     t.date_naive().format("%Y-%m-%d").to_string()
 }
 
+/// A nullable float as text, cast back to DOUBLE PRECISION in SQL. sqlx 0.8.6's Any driver
+/// binds a NULL `f64` as PostgreSQL float4 (its Real/Double cases are swapped), which breaks
+/// the prepared statement for the next non-NULL value ("incorrect binary data format").
+/// Rust prints the shortest text that reads back to the same `f64`, so nothing is lost.
+fn nullable_f64(v: Option<f64>) -> Option<String> {
+    v.map(|x| x.to_string())
+}
+
 fn from_ms(ms: i64) -> Result<DateTime<Utc>, StoreError> {
     Utc.timestamp_millis_opt(ms).single().ok_or_else(|| StoreError::Malformed(format!("timestamp {ms}")))
 }
@@ -230,7 +238,7 @@ impl Store {
     pub async fn insert_prediction(&self, r: &PredictionRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO predictions (id, created_at_ms, day, model_version, status, label, p_dog, latency_ms, \
-             error_code, file_ref) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             error_code, file_ref) VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS DOUBLE PRECISION), $8, $9, $10)",
         )
         .bind(&r.id)
         .bind(r.created_at.timestamp_millis())
@@ -238,7 +246,7 @@ impl Store {
         .bind(&r.model_version)
         .bind(r.status.as_str())
         .bind(r.label.clone())
-        .bind(r.p_dog)
+        .bind(nullable_f64(r.p_dog))
         .bind(r.latency_ms)
         .bind(r.error_code.clone())
         .bind(r.file_ref.clone())
@@ -285,7 +293,7 @@ impl Store {
         let outcome = if existing.is_some() { FeedbackOutcome::Replaced } else { FeedbackOutcome::Inserted };
         sqlx::query(
             "INSERT INTO feedback (id, prediction_id, created_at_ms, day, positive, true_label, p_dog, comment, source) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS DOUBLE PRECISION), $8, $9) \
              ON CONFLICT (prediction_id) DO UPDATE SET created_at_ms = excluded.created_at_ms, day = excluded.day, \
              positive = excluded.positive, true_label = excluded.true_label, p_dog = excluded.p_dog, \
              comment = excluded.comment, source = excluded.source",
@@ -296,7 +304,7 @@ impl Store {
         .bind(day_of(f.created_at))
         .bind(f.positive)
         .bind(f.true_label.clone())
-        .bind(f.p_dog)
+        .bind(nullable_f64(f.p_dog))
         .bind(f.comment.clone())
         .bind(match f.source {
             FeedbackSource::Seed => "seed",
@@ -321,12 +329,14 @@ impl Store {
         Ok(())
     }
 
-    /// Number of audit entries with this action (used by tests and operations).
-    pub async fn audit_count(&self, action: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE action = $1")
-            .bind(action)
-            .fetch_one(&self.pool)
-            .await?;
+    /// Number of rows in one of the service's tables or the seed's `feedback_user` view.
+    pub async fn count_rows(&self, table: &str) -> Result<i64, StoreError> {
+        const TABLES: [&str; 4] = ["predictions", "feedback", "audit_log", "feedback_user"];
+        let table = TABLES
+            .into_iter()
+            .find(|t| *t == table)
+            .ok_or_else(|| StoreError::Malformed(format!("unknown table {table}")))?;
+        let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}")).fetch_one(&self.pool).await?;
         Ok(row.try_get::<i64, _>("n")?)
     }
 

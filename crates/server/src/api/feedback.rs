@@ -88,6 +88,13 @@ fn check_comment(c: Option<String>) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// A single token ending in an image extension, e.g. `mon_image.jpg`.
+fn looks_like_file_name(s: &str) -> bool {
+    let lower = s.trim().to_ascii_lowercase();
+    !lower.contains(char::is_whitespace)
+        && [".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"].iter().any(|e| lower.ends_with(e))
+}
+
 fn parse_label(l: &str) -> Result<String, ApiError> {
     match l.to_ascii_lowercase().as_str() {
         "cat" => Ok("cat".into()),
@@ -212,7 +219,10 @@ pub async fn feedback(
     {
         return Err(ApiError::unprocessable("invalid_body", "resultat_prediction must be a probability in [0, 1]"));
     }
-    let comment = check_comment(body.input_user.clone())?;
+    let comment = check_comment(body.input_user.clone())?.map(|c| {
+        // Seed clients send the image's file name here: store only its pseudonym.
+        if looks_like_file_name(&c) { state.pseudonymise(Some(&c)).unwrap_or_default() } else { c }
+    });
     let rec = FeedbackRecord {
         id: id.clone(),
         prediction_id: None,
