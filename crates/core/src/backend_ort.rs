@@ -38,7 +38,7 @@ pub fn find_onnxruntime_library() -> Result<PathBuf, InferenceError> {
     })
 }
 
-fn environment() -> Result<&'static ort::environment::Environment, InferenceError> {
+pub(crate) fn environment() -> Result<&'static ort::environment::Environment, InferenceError> {
     /// Why the process-wide environment could not be created (kept, so every later
     /// load reports the same typed error).
     enum Failure {

@@ -7,6 +7,7 @@ mod backend_ort;
 mod eval;
 mod export;
 mod model;
+pub mod transfer;
 
 pub use backend_candle::CandleBackend;
 pub use backend_ort::{OrtBackend, find_onnxruntime_library};

@@ -1,0 +1,418 @@
+//! Transfer learning from the pretrained EfficientNet-Lite0: the frozen backbone runs in
+//! ONNX Runtime over every photo (and its mirror image for training), the pooled features
+//! are cached, and a logistic cat/dog head is trained on them in candle. The shipped model
+//! is one ONNX graph: backbone + calibrated head (`p_dog`), plus the ImageNet logits used
+//! to flag images that show neither a cat nor a dog.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use catsdogs_model::card::{DataSummary, ModelCard, Preprocessing};
+use catsdogs_model::data::{self, CAT, DOG, Sample};
+use catsdogs_model::efficientnet_lite::{self, Config, EfficientNetLite};
+use catsdogs_model::metrics::{self, Metrics};
+use catsdogs_model::preprocess::{self, PreprocessConfig};
+use image::RgbImage;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::InferenceError;
+use crate::backend_ort::environment;
+
+/// Errors of importing the checkpoint or training the head.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("cannot read the EfficientNet-Lite0 checkpoint {path}: {source}")]
+    Checkpoint { path: String, source: candle_core::Error },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Inference(#[from] InferenceError),
+    #[error(transparent)]
+    Export(#[from] catsdogs_model::onnx::ExportError),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error(transparent)]
+    Card(#[from] catsdogs_model::card::CardError),
+    #[error("plot: {0}")]
+    Plot(String),
+    #[error("cannot write {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("no photo could be decoded")]
+    NothingDecoded,
+}
+
+fn ort_err(e: impl std::fmt::Display) -> InferenceError {
+    InferenceError::Ort(e.to_string())
+}
+
+/// Reads the lukemelas-style checkpoint (`efficientnet-lite0-57934424.pth`).
+pub fn load_backbone(pth: &Path) -> Result<EfficientNetLite, TransferError> {
+    let path = pth.display().to_string();
+    let tensors = catsdogs_model::pth::read_state_dict(pth)
+        .map_err(|source| TransferError::Checkpoint { path: path.clone(), source })?;
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    EfficientNetLite::load(vb, &Config::lite0()).map_err(|source| TransferError::Checkpoint { path, source })
+}
+
+/// The backbone's ONNX graph in ONNX Runtime: features and ImageNet logits.
+pub struct FeatureExtractor {
+    session: Mutex<Session>,
+    size: u32,
+    pub feature_dim: usize,
+    pub classes: usize,
+}
+
+/// Features and logits of a batch, row-major.
+pub struct Features {
+    pub features: Vec<f32>,
+    pub logits: Vec<f32>,
+}
+
+impl FeatureExtractor {
+    /// Builds a session from serialized ONNX bytes.
+    pub fn from_onnx(bytes: &[u8], config: &Config, threads: usize) -> Result<Self, InferenceError> {
+        let session = Session::builder(environment()?)
+            .map_err(ort_err)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(ort_err)?
+            .with_intra_threads(threads.max(1))
+            .map_err(ort_err)?
+            .commit_from_memory(bytes)
+            .map_err(ort_err)?;
+        Ok(Self {
+            session: Mutex::new(session),
+            size: config.input_size as u32,
+            feature_dim: config.head_channels,
+            classes: config.num_classes,
+        })
+    }
+
+    pub fn run(&self, images: &[RgbImage]) -> Result<Features, InferenceError> {
+        let s = self.size as usize;
+        let buf = crate::pack_nhwc(images, self.size)?;
+        let input = TensorRef::from_array_view(([images.len(), s, s, 3], buf.as_slice())).map_err(ort_err)?;
+        let mut session = self.session.lock().map_err(|_| InferenceError::Ort("session lock poisoned".into()))?;
+        let out = session.run(ort::inputs!["image" => input]).map_err(ort_err)?;
+        let (_, f) = out["features"].try_extract_tensor::<f32>().map_err(ort_err)?;
+        let (_, l) = out["imagenet_logits"].try_extract_tensor::<f32>().map_err(ort_err)?;
+        Ok(Features { features: f.to_vec(), logits: l.to_vec() })
+    }
+}
+
+/// Settings of `catsdogs train --arch efficientnet-lite0`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferConfig {
+    pub data_dir: PathBuf,
+    pub pretrained: PathBuf,
+    pub out_dir: PathBuf,
+    pub val_fraction: f64,
+    pub seed: u64,
+    pub max_per_class: Option<usize>,
+    /// Also extract features of each training photo's mirror image.
+    pub flip_views: bool,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// Candidates tried; the one with the best validation log loss is kept.
+    pub weight_decays: Vec<f64>,
+    pub label_smoothing: f64,
+    pub threads: usize,
+    pub version: String,
+}
+
+impl TransferConfig {
+    pub fn new(data_dir: PathBuf, pretrained: PathBuf, out_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            pretrained,
+            out_dir,
+            val_fraction: 0.2,
+            seed: 42,
+            max_per_class: None,
+            flip_views: true,
+            epochs: 30,
+            batch_size: 256,
+            learning_rate: 3e-3,
+            weight_decays: vec![1e-4, 1e-3, 1e-2],
+            label_smoothing: 0.05,
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            version: "effnet-lite0-head-1".into(),
+        }
+    }
+}
+
+/// What the run measured, written into the card's `transfer` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferReport {
+    pub feature_extraction_s: f64,
+    pub feature_images_per_s: f64,
+    pub head_training_s: f64,
+    pub wall_time_s: f64,
+    pub train_views: usize,
+    pub weight_decay: f64,
+    pub temperature: f64,
+    pub val_uncalibrated: Metrics,
+    pub val: Metrics,
+    /// ImageNet zero-shot (dog breeds vs domestic cats) on the validation split.
+    pub zero_shot_val_accuracy: f64,
+    /// Cat+dog ImageNet probability mass below which an image is flagged "neither".
+    pub neither_threshold: f32,
+    /// Share of validation photos (all cats or dogs) wrongly flagged "neither".
+    pub neither_false_flag_rate: f64,
+}
+
+struct Extracted {
+    features: Vec<f32>,
+    labels: Vec<u8>,
+    zero_shot: Vec<(f32, f32)>,
+    skipped: usize,
+}
+
+fn extract(
+    fx: &FeatureExtractor,
+    samples: &[Sample],
+    cfg: &PreprocessConfig,
+    flip: bool,
+    progress: &indicatif::ProgressBar,
+) -> Result<Extracted, TransferError> {
+    let mut out = Extracted { features: Vec::new(), labels: Vec::new(), zero_shot: Vec::new(), skipped: 0 };
+    for chunk in samples.chunks(64) {
+        let decoded: Vec<Option<(RgbImage, u8)>> = chunk
+            .par_iter()
+            .map(|s| {
+                let bytes = std::fs::read(&s.path).ok()?;
+                preprocess::preprocess(&bytes, cfg).ok().map(|img| (img, s.label))
+            })
+            .collect();
+        let mut images = Vec::new();
+        let mut labels = Vec::new();
+        for d in decoded {
+            match d {
+                Some((img, l)) => {
+                    if flip {
+                        images.push(image::imageops::flip_horizontal(&img));
+                        labels.push(l);
+                    }
+                    images.push(img);
+                    labels.push(l);
+                }
+                None => out.skipped += 1,
+            }
+        }
+        if images.is_empty() {
+            continue;
+        }
+        let f = fx.run(&images)?;
+        out.features.extend_from_slice(&f.features);
+        out.zero_shot.extend(f.logits.chunks(fx.classes).map(efficientnet_lite::zero_shot));
+        out.labels.extend(labels);
+        progress.inc(chunk.len() as u64);
+    }
+    Ok(out)
+}
+
+/// Logistic regression on features: returns (weight [1, D], bias [1]).
+fn train_logistic(
+    x: &Tensor,
+    y: &Tensor,
+    cfg: &TransferConfig,
+    weight_decay: f64,
+) -> Result<(Tensor, Tensor), TransferError> {
+    let (n, d) = x.dims2()?;
+    let dev = Device::Cpu;
+    let w = Var::from_tensor(&Tensor::zeros((1, d), DType::F32, &dev)?)?;
+    let b = Var::from_tensor(&Tensor::zeros(1, DType::F32, &dev)?)?;
+    let mut opt = catsdogs_model::optim::AdamW::new(
+        vec![("catdog.weight".to_string(), w.clone()), ("catdog.bias".to_string(), b.clone())],
+        cfg.learning_rate,
+        weight_decay,
+    )?;
+    let steps_per_epoch = n.div_ceil(cfg.batch_size);
+    let total = steps_per_epoch * cfg.epochs;
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(cfg.seed);
+    let smooth = cfg.label_smoothing;
+    let mut step = 0;
+    for _ in 0..cfg.epochs {
+        rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
+        for batch in order.chunks(cfg.batch_size) {
+            let idx = Tensor::from_slice(batch, batch.len(), &dev)?;
+            let xb = x.index_select(&idx, 0)?;
+            let yb = y.index_select(&idx, 0)?.affine(1.0 - 2.0 * smooth, smooth)?;
+            let logits = xb.matmul(&w.as_tensor().t()?)?.squeeze(1)?.broadcast_add(b.as_tensor())?;
+            // Binary cross-entropy with logits: softplus(z) - y z, computed stably.
+            let softplus = (logits.relu()? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+            let loss = (softplus - (&yb * &logits)?)?.mean_all()?;
+            opt.lr = cfg.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
+            opt.backward_step(&loss)?;
+            step += 1;
+        }
+    }
+    Ok((w.as_tensor().clone(), b.as_tensor().clone()))
+}
+
+fn logits_of(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Vec<f32>, TransferError> {
+    Ok(x.matmul(&w.t()?)?.squeeze(1)?.broadcast_add(b)?.to_vec1::<f32>()?)
+}
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Temperature minimising the validation log loss (golden-section search on log T).
+fn fit_temperature(logits: &[f32], labels: &[u8]) -> f64 {
+    let nll = |log_t: f64| {
+        let t = log_t.exp() as f32;
+        let p: Vec<f32> = logits.iter().map(|&z| sigmoid(z / t)).collect();
+        metrics::compute(&p, labels).log_loss
+    };
+    let (mut a, mut b) = ((0.1f64).ln(), (10.0f64).ln());
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    for _ in 0..60 {
+        let (c, d) = (b - g * (b - a), a + g * (b - a));
+        if nll(c) < nll(d) { b = d } else { a = c }
+    }
+    ((a + b) / 2.0).exp()
+}
+
+/// Runs the whole transfer pipeline and writes a model directory.
+pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), TransferError> {
+    let started = Instant::now();
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| TransferError::Io { path: path.clone(), source }
+    };
+    std::fs::create_dir_all(&cfg.out_dir).map_err(io(&cfg.out_dir))?;
+    let net = load_backbone(&cfg.pretrained)?;
+    let config = net.config.clone();
+    let backbone = net.to_onnx(None, &BTreeMap::new())?;
+    let fx = FeatureExtractor::from_onnx(&backbone, &config, cfg.threads)?;
+    let pre = PreprocessConfig { size: config.input_size as u32, ..PreprocessConfig::default() };
+
+    let mut samples = data::scan(&cfg.data_dir)?;
+    let digest = data::digest(&samples);
+    if let Some(m) = cfg.max_per_class {
+        let mut kept = Vec::new();
+        for label in [CAT, DOG] {
+            kept.extend(samples.iter().filter(|s| s.label == label).take(m).cloned());
+        }
+        samples = kept;
+    }
+    let (train, val) = data::split(&samples, cfg.val_fraction, cfg.seed);
+    let bar = indicatif::ProgressBar::new((train.len() + val.len()) as u64).with_style(
+        indicatif::ProgressStyle::with_template("features {bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let t0 = Instant::now();
+    let tr = extract(&fx, &train, &pre, cfg.flip_views, &bar)?;
+    let va = extract(&fx, &val, &pre, false, &bar)?;
+    bar.finish_and_clear();
+    let extraction_s = t0.elapsed().as_secs_f64();
+    let images_done = tr.labels.len() + va.labels.len();
+    tracing::info!(train_views = tr.labels.len(), val = va.labels.len(), seconds = extraction_s, "features extracted");
+    if tr.labels.is_empty() || va.labels.is_empty() {
+        return Err(TransferError::NothingDecoded);
+    }
+
+    let d = fx.feature_dim;
+    let dev = Device::Cpu;
+    let xt = Tensor::from_slice(&tr.features, (tr.labels.len(), d), &dev)?;
+    let yt = Tensor::from_vec(tr.labels.iter().map(|&l| f32::from(l)).collect::<Vec<_>>(), tr.labels.len(), &dev)?;
+    let xv = Tensor::from_slice(&va.features, (va.labels.len(), d), &dev)?;
+    let t1 = Instant::now();
+    let mut best: Option<(f64, f64, Tensor, Tensor, Vec<f32>)> = None;
+    for &wd in &cfg.weight_decays {
+        let (w, b) = train_logistic(&xt, &yt, cfg, wd)?;
+        let z = logits_of(&xv, &w, &b)?;
+        let p: Vec<f32> = z.iter().map(|&z| sigmoid(z)).collect();
+        let m = metrics::compute(&p, &va.labels);
+        tracing::info!(weight_decay = wd, accuracy = m.accuracy, log_loss = m.log_loss, "head trained");
+        if best.as_ref().is_none_or(|(loss, ..)| m.log_loss < *loss) {
+            best = Some((m.log_loss, wd, w, b, z));
+        }
+    }
+    let Some((_, weight_decay, w, b, z)) = best else { return Err(TransferError::NothingDecoded) };
+    let head_training_s = t1.elapsed().as_secs_f64();
+    let p_raw: Vec<f32> = z.iter().map(|&z| sigmoid(z)).collect();
+    let temperature = fit_temperature(&z, &va.labels);
+    let p_cal: Vec<f32> = z.iter().map(|&z| sigmoid(z / temperature as f32)).collect();
+    let (w, b) = ((w / temperature)?, (b / temperature)?);
+
+    // "Neither": the 1st percentile of the cat+dog ImageNet mass over validation photos.
+    let mut mass: Vec<f32> = va.zero_shot.iter().map(|z| z.1).collect();
+    mass.sort_by(f32::total_cmp);
+    let neither_threshold = mass[(mass.len() / 100).min(mass.len() - 1)];
+    let flagged = va.zero_shot.iter().filter(|z| z.1 < neither_threshold).count();
+    let zs: Vec<f32> = va.zero_shot.iter().map(|z| z.0).collect();
+    let zero_shot_val_accuracy = metrics::compute(&zs, &va.labels).accuracy;
+
+    let report = TransferReport {
+        feature_extraction_s: extraction_s,
+        feature_images_per_s: images_done as f64 / extraction_s.max(1e-9),
+        head_training_s,
+        wall_time_s: started.elapsed().as_secs_f64(),
+        train_views: tr.labels.len(),
+        weight_decay,
+        temperature,
+        val_uncalibrated: metrics::compute(&p_raw, &va.labels),
+        val: metrics::compute(&p_cal, &va.labels),
+        zero_shot_val_accuracy,
+        neither_threshold,
+        neither_false_flag_rate: flagged as f64 / va.labels.len() as f64,
+    };
+
+    let mut meta = BTreeMap::new();
+    meta.insert("catsdogs.version".to_string(), cfg.version.clone());
+    meta.insert("catsdogs.neither_threshold".to_string(), neither_threshold.to_string());
+    let onnx = net.to_onnx(Some((&w, &b)), &meta)?;
+    let onnx_path = cfg.out_dir.join("model.onnx");
+    std::fs::write(&onnx_path, onnx).map_err(io(&onnx_path))?;
+    let head_path = cfg.out_dir.join("head.safetensors");
+    let head: std::collections::HashMap<String, Tensor> =
+        [("catdog.weight".to_string(), w.clone()), ("catdog.bias".to_string(), b.clone())].into_iter().collect();
+    candle_core::safetensors::save(&head, &head_path)?;
+    catsdogs_model::plots::evaluation_plots(&cfg.out_dir, &p_cal, &va.labels).map_err(|e| TransferError::Plot(e.to_string()))?;
+
+    let count = |s: &[Sample], l: u8| s.iter().filter(|x| x.label == l).count();
+    let card = ModelCard {
+        format: catsdogs_model::card::CARD_FORMAT,
+        name: "catsdogs".into(),
+        version: cfg.version.clone(),
+        architecture: "efficientnet-lite0".into(),
+        architecture_config: serde_json::json!({
+            "backbone": config,
+            "pretrained": cfg.pretrained.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "head": "logistic regression on the 1280-d pooled features, temperature folded in",
+            "transfer": report,
+        }),
+        classes: data::CLASSES.iter().map(|s| s.to_string()).collect(),
+        parameters: 4_652_008 + d + 1,
+        preprocessing: Preprocessing::standard(pre),
+        threshold: 0.5,
+        data: Some(DataSummary {
+            source: cfg.data_dir.display().to_string(),
+            train_cat: count(&train, CAT),
+            train_dog: count(&train, DOG),
+            val_cat: count(&val, CAT),
+            val_dog: count(&val, DOG),
+            skipped: tr.skipped + va.skipped,
+            split_seed: cfg.seed,
+            val_fraction: cfg.val_fraction,
+            digest,
+        }),
+        training: None,
+        validation: Some(report.val.clone()),
+        created_at: chrono::Utc::now().to_rfc3339(),
+        weights: "head.safetensors".into(),
+        onnx: Some("model.onnx".into()),
+    };
+    card.save(&cfg.out_dir.join("model.json"))?;
+    Ok((card, report))
+}
