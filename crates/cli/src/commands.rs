@@ -11,7 +11,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 /// The model shipped in the repository.
-pub const DEFAULT_MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/seed-cnn");
+pub const DEFAULT_MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/effnet-lite0");
 
 #[derive(Args)]
 pub struct TrainArgs {

@@ -45,8 +45,16 @@ impl LoadedModel {
             return Err(InferenceError::MissingFile(card_path.display().to_string()));
         }
         let card = ModelCard::load(&card_path)?;
-        if card.architecture != "seed-cnn" {
-            return Err(InferenceError::UnsupportedArchitecture(card.architecture.clone()));
+        match (card.architecture.as_str(), kind) {
+            ("seed-cnn", _) | ("efficientnet-lite0", BackendKind::Onnxruntime) => {}
+            ("efficientnet-lite0", BackendKind::Candle) => {
+                return Err(InferenceError::UnsupportedArchitecture(
+                    "efficientnet-lite0 runs on the onnxruntime backend only (its candle reference is built from \
+                     the PyTorch checkpoint by `catsdogs train --arch efficientnet-lite0`)"
+                        .into(),
+                ));
+            }
+            (other, _) => return Err(InferenceError::UnsupportedArchitecture(other.to_string())),
         }
         let size = card.preprocessing.config.size;
         let backend: Box<dyn Backend> = match kind {

@@ -378,7 +378,8 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
     let head: std::collections::HashMap<String, Tensor> =
         [("catdog.weight".to_string(), w.clone()), ("catdog.bias".to_string(), b.clone())].into_iter().collect();
     candle_core::safetensors::save(&head, &head_path)?;
-    catsdogs_model::plots::evaluation_plots(&cfg.out_dir, &p_cal, &va.labels).map_err(|e| TransferError::Plot(e.to_string()))?;
+    catsdogs_model::plots::evaluation_plots(&cfg.out_dir, &p_cal, &va.labels)
+        .map_err(|e| TransferError::Plot(e.to_string()))?;
 
     let count = |s: &[Sample], l: u8| s.iter().filter(|x| x.label == l).count();
     let card = ModelCard {

@@ -140,7 +140,13 @@ impl ConvBn {
     }
 
     /// Adds the folded convolution to an ONNX graph for an input of side `input`.
-    fn to_onnx(&self, g: &mut GraphBuilder, name: &str, x: &str, input: usize) -> std::result::Result<String, ExportError> {
+    fn to_onnx(
+        &self,
+        g: &mut GraphBuilder,
+        name: &str,
+        x: &str,
+        input: usize,
+    ) -> std::result::Result<String, ExportError> {
         let (w, b) = self.folded()?;
         let w = g.weight(&format!("{name}.weight"), &w)?;
         let b = g.weight(&format!("{name}.bias"), &b)?;
@@ -197,7 +203,8 @@ impl EfficientNetLite {
                 let expand = (stage.expand != 1)
                     .then(|| ConvBn::load(b.pp("_expand_conv"), b.pp("_bn0"), cin, mid, 1, 1, 1, eps))
                     .transpose()?;
-                let depthwise = ConvBn::load(b.pp("_depthwise_conv"), b.pp("_bn1"), mid, mid, stage.kernel, stride, mid, eps)?;
+                let depthwise =
+                    ConvBn::load(b.pp("_depthwise_conv"), b.pp("_bn1"), mid, mid, stage.kernel, stride, mid, eps)?;
                 let project = ConvBn::load(b.pp("_project_conv"), b.pp("_bn2"), mid, stage.out_channels, 1, 1, 1, eps)?;
                 blocks.push(Block { expand, depthwise, project, residual: stride == 1 && cin == stage.out_channels });
             }

@@ -39,9 +39,22 @@ fn find_dict(obj: Object) -> Option<Vec<(Object, Object)>> {
     }
 }
 
+/// The legacy format's first pickle: PROTO n, LONG1 10 <magic>, STOP. Read by hand
+/// because candle's LONG1 decoder shifts past 64 bits on a 10-byte integer.
+fn read_magic<R: Read>(r: &mut R) -> Result<()> {
+    const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+    let mut buf = [0u8; 15];
+    r.read_exact(&mut buf)?;
+    if buf[0] != 0x80 || buf[2] != 0x8a || buf[3] != 10 || buf[4..14] != MAGIC || buf[14] != b'.' {
+        return Err(Error::Msg("not a PyTorch checkpoint (neither zip nor legacy magic number)".into()));
+    }
+    Ok(())
+}
+
 fn read_legacy<R: BufRead>(mut r: R) -> Result<HashMap<String, Tensor>> {
-    for _ in 0..3 {
-        next_pickle(&mut r)?; // magic number, protocol version, system info
+    read_magic(&mut r)?;
+    for _ in 0..2 {
+        next_pickle(&mut r)?; // protocol version, system info
     }
     let dict = find_dict(next_pickle(&mut r)?).ok_or_else(|| Error::Msg("checkpoint holds no state dict".into()))?;
     let keys = match next_pickle(&mut r)? {
@@ -72,7 +85,8 @@ fn read_legacy<R: BufRead>(mut r: R) -> Result<HashMap<String, Tensor>> {
     for info in infos {
         let key = info.path.trim_start_matches('/');
         let bytes = storages.get(key).ok_or_else(|| Error::Msg(format!("storage {key} of {} missing", info.name)))?;
-        let storage = Tensor::from_raw_buffer(bytes, info.dtype, &[bytes.len() / info.dtype.size_in_bytes()], &Device::Cpu)?;
+        let storage =
+            Tensor::from_raw_buffer(bytes, info.dtype, &[bytes.len() / info.dtype.size_in_bytes()], &Device::Cpu)?;
         let storage = storage.to_dtype(DType::F32)?;
         let layout = &info.layout;
         let start = layout.start_offset() / info.dtype.size_in_bytes();
@@ -88,7 +102,11 @@ fn read_legacy<R: BufRead>(mut r: R) -> Result<HashMap<String, Tensor>> {
             let mut index = vec![0usize; dims.len()];
             for _ in 0..shape.elem_count() {
                 let offset = start + index.iter().zip(stride).map(|(i, s)| i * s).sum::<usize>();
-                gathered.push(*values.get(offset).ok_or_else(|| Error::Msg(format!("tensor {} overruns its storage", info.name)))?);
+                gathered.push(
+                    *values
+                        .get(offset)
+                        .ok_or_else(|| Error::Msg(format!("tensor {} overruns its storage", info.name)))?,
+                );
                 for d in (0..dims.len()).rev() {
                     index[d] += 1;
                     if index[d] < dims[d] {

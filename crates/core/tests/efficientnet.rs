@@ -1,0 +1,133 @@
+//! The EfficientNet-Lite0 import and the shipped default model built on it.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
+use catsdogs_core::transfer::{FeatureExtractor, load_backbone};
+use catsdogs_core::{BackendKind, LoadedModel, evaluate};
+use catsdogs_model::efficientnet_lite::{Config, EfficientNetLite, zero_shot};
+use catsdogs_model::preprocess::{PreprocessConfig, preprocess};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The checkpoint from scripts/fetch-efficientnet-lite0.sh (or `CATSDOGS_EFFNET_PTH`).
+/// Missing: skipped, unless `CATSDOGS_REQUIRE_EFFNET=1` (CI fetches it).
+fn checkpoint() -> Option<PathBuf> {
+    let p = std::env::var_os("CATSDOGS_EFFNET_PTH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".cache/efficientnet/efficientnet-lite0-57934424.pth"));
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("CATSDOGS_REQUIRE_EFFNET").map_or(true, |v| v != "1"),
+        "checkpoint {} missing; run scripts/fetch-efficientnet-lite0.sh",
+        p.display()
+    );
+    eprintln!("SKIPPED: no EfficientNet-Lite0 checkpoint at {} (run scripts/fetch-efficientnet-lite0.sh)", p.display());
+    None
+}
+
+fn photos() -> Option<PathBuf> {
+    let dir =
+        std::env::var_os("CATSDOGS_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/data/train"));
+    if dir.join("cat").is_dir() && dir.join("dog").is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED: no photos at {} (set CATSDOGS_DATA_DIR)", dir.display());
+        None
+    }
+}
+
+fn input(path: &Path) -> image::RgbImage {
+    preprocess(&std::fs::read(path).expect("read"), &PreprocessConfig { size: 224, ..Default::default() })
+        .expect("preprocess")
+}
+
+#[test]
+fn onnx_graph_matches_candle_reference_and_imagenet() {
+    let (Some(pth), Some(dir)) = (checkpoint(), photos()) else { return };
+    let net = load_backbone(&pth).expect("load checkpoint");
+    let fx = FeatureExtractor::from_onnx(&net.to_onnx(None, &BTreeMap::new()).expect("export"), &net.config, 2)
+        .expect("ort");
+    let images = [input(&dir.join("cat/1.jpg")), input(&dir.join("dog/0.jpg"))];
+    let mut batch = Vec::new();
+    for img in &images {
+        batch.extend_from_slice(img.as_raw());
+    }
+    let x = Tensor::from_vec(batch, (2, 224, 224, 3), &Device::Cpu).expect("tensor");
+    let (features, logits) = net.forward_all(&x).expect("candle forward");
+    let ours = fx.run(&images).expect("ort run");
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let reference = logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("logits");
+    assert!(max_diff(&reference, &ours.logits) < 1e-4, "logits differ by {}", max_diff(&reference, &ours.logits));
+    let f = features.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("features");
+    assert!(max_diff(&f, &ours.features) < 1e-4);
+    // A known ImageNet answer: cat/1.jpg is a tabby (class 281); dog/0.jpg is a dog breed.
+    let top1 = |l: &[f32]| (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap_or(0);
+    assert_eq!(top1(&ours.logits[..1000]), 281);
+    assert!((151..=268).contains(&top1(&ours.logits[1000..])));
+    assert!(zero_shot(&ours.logits[..1000]).0 < 0.1 && zero_shot(&ours.logits[1000..]).0 > 0.9);
+}
+
+#[test]
+fn missing_or_misshaped_tensor_is_named() {
+    let Some(pth) = checkpoint() else { return };
+    let mut tensors = catsdogs_model::pth::read_state_dict(&pth).expect("read");
+    assert_eq!(tensors.len(), 296, "lukemelas naming: 296 entries");
+    let removed = "_blocks.7._bn1.running_var";
+    let saved = tensors.remove(removed).expect("present");
+    let err = EfficientNetLite::load(
+        VarBuilder::from_tensors(tensors.clone(), candle_core::DType::F32, &Device::Cpu),
+        &Config::lite0(),
+    )
+    .err()
+    .expect("missing tensor must fail")
+    .to_string();
+    assert!(err.contains(removed), "{err}");
+    tensors.insert(removed.into(), saved);
+    tensors.insert(
+        "_conv_head.weight".into(),
+        Tensor::zeros((10, 320, 1, 1), candle_core::DType::F32, &Device::Cpu).expect("t"),
+    );
+    let err = EfficientNetLite::load(
+        VarBuilder::from_tensors(tensors, candle_core::DType::F32, &Device::Cpu),
+        &Config::lite0(),
+    )
+    .err()
+    .expect("wrong shape must fail")
+    .to_string();
+    assert!(err.contains("_conv_head.weight"), "{err}");
+}
+
+fn shipped() -> PathBuf {
+    repo().join("models/effnet-lite0")
+}
+
+#[test]
+fn shipped_default_scores_on_the_validation_split() {
+    let Some(dir) = photos() else { return };
+    let model = LoadedModel::load(&shipped(), BackendKind::Onnxruntime, 2).expect("load shipped model");
+    // The whole validation split recorded in the card (4,995 photos, ~1 min).
+    let report = evaluate(&model, &dir, true, None, 32).expect("evaluate");
+    assert!(report.metrics.count >= 4900);
+    assert!(report.metrics.accuracy >= 0.985, "accuracy {:.4} below 98.5 %", report.metrics.accuracy);
+}
+
+#[test]
+fn generated_non_animal_image_is_flagged_neither() {
+    let card = catsdogs_model::card::ModelCard::load(&shipped().join("model.json")).expect("card");
+    let threshold = card.architecture_config["transfer"]["neither_threshold"].as_f64().expect("threshold") as f32;
+    let onnx = std::fs::read(shipped().join("model.onnx")).expect("onnx");
+    let fx = FeatureExtractor::from_onnx(&onnx, &Config::lite0(), 2).expect("ort");
+    // A checkerboard with stripes: no animal in it.
+    let img = image::RgbImage::from_fn(224, 224, |x, y| {
+        if ((x / 28) + (y / 28)) % 2 == 0 { image::Rgb([230, 40, 40]) } else { image::Rgb([20, 20, (y % 255) as u8]) }
+    });
+    let out = fx.run(std::slice::from_ref(&img)).expect("run");
+    let (_, mass) = zero_shot(&out.logits);
+    assert!(mass < threshold, "cat+dog mass {mass} not below the neither threshold {threshold}");
+}
