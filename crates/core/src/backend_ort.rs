@@ -99,6 +99,10 @@ impl Backend for OrtBackend {
     }
 
     fn predict(&self, images: &[RgbImage]) -> Result<Vec<f32>, InferenceError> {
+        Ok(self.predict_scored(images)?.into_iter().map(|(p, _)| p).collect())
+    }
+
+    fn predict_scored(&self, images: &[RgbImage]) -> Result<Vec<(f32, Option<f32>)>, InferenceError> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
@@ -108,6 +112,14 @@ impl Backend for OrtBackend {
         let mut session = self.session.lock().map_err(|_| InferenceError::Ort("session lock poisoned".into()))?;
         let outputs = session.run(ort::inputs!["image" => input]).map_err(ort_err)?;
         let (_, p) = outputs["p_dog"].try_extract_tensor::<f32>().map_err(ort_err)?;
-        Ok(p.to_vec())
+        let mass: Vec<Option<f32>> = match outputs.get("imagenet_logits") {
+            Some(v) => {
+                let (_, logits) = v.try_extract_tensor::<f32>().map_err(ort_err)?;
+                let classes = logits.len() / images.len().max(1);
+                logits.chunks(classes.max(1)).map(|l| Some(catsdogs_model::efficientnet_lite::zero_shot(l).1)).collect()
+            }
+            None => vec![None; p.len()],
+        };
+        Ok(p.iter().copied().zip(mass).collect())
     }
 }

@@ -77,6 +77,11 @@ pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
     /// P(dog) for each image; all images are `size x size` RGB as the card says.
     fn predict(&self, images: &[RgbImage]) -> Result<Vec<f32>, InferenceError>;
+    /// P(dog) and, for networks that also output ImageNet logits, the ImageNet probability
+    /// mass on cat and dog classes (low when the image shows neither).
+    fn predict_scored(&self, images: &[RgbImage]) -> Result<Vec<(f32, Option<f32>)>, InferenceError> {
+        Ok(self.predict(images)?.into_iter().map(|p| (p, None)).collect())
+    }
 }
 
 /// Packs equally sized RGB images into one contiguous NHWC `u8` buffer.

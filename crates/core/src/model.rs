@@ -13,6 +13,10 @@ use crate::{Backend, BackendKind, CandleBackend, InferenceError, OrtBackend};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Prediction {
     pub p_dog: f32,
+    /// ImageNet probability mass on cat and dog classes (models with an ImageNet head).
+    pub cat_or_dog_score: Option<f32>,
+    /// False when the image probably shows neither a cat nor a dog.
+    pub is_cat_or_dog: Option<bool>,
 }
 
 impl Prediction {
@@ -30,6 +34,8 @@ impl Prediction {
 pub struct LoadedModel {
     pub card: ModelCard,
     pub dir: PathBuf,
+    /// Cat+dog ImageNet mass below which an image is flagged "neither" (from the card).
+    pub neither_threshold: Option<f32>,
     backend: Box<dyn Backend>,
 }
 
@@ -72,7 +78,8 @@ impl LoadedModel {
                 Box::new(OrtBackend::load(&onnx, size, threads)?)
             }
         };
-        Ok(Self { card, dir, backend })
+        let neither_threshold = card.architecture_config["transfer"]["neither_threshold"].as_f64().map(|t| t as f32);
+        Ok(Self { card, dir, neither_threshold, backend })
     }
 
     /// The backend in use.
@@ -92,13 +99,24 @@ impl LoadedModel {
 
     /// Runs the network on already preprocessed images.
     pub fn predict_images(&self, images: &[RgbImage]) -> Result<Vec<Prediction>, InferenceError> {
-        Ok(self.backend.predict(images)?.into_iter().map(|p_dog| Prediction { p_dog }).collect())
+        Ok(self
+            .backend
+            .predict_scored(images)?
+            .into_iter()
+            .map(|(p_dog, score)| self.prediction(p_dog, score))
+            .collect())
     }
 
     /// Preprocesses and classifies one file's bytes.
     pub fn predict_bytes(&self, bytes: &[u8]) -> Result<Prediction, InferenceError> {
         let img = self.preprocess(bytes)?;
-        let p = self.backend.predict(std::slice::from_ref(&img))?;
-        Ok(Prediction { p_dog: p.first().copied().unwrap_or(f32::NAN) })
+        let p = self.backend.predict_scored(std::slice::from_ref(&img))?;
+        let (p_dog, score) = p.first().copied().unwrap_or((f32::NAN, None));
+        Ok(self.prediction(p_dog, score))
+    }
+
+    fn prediction(&self, p_dog: f32, score: Option<f32>) -> Prediction {
+        let is_cat_or_dog = score.zip(self.neither_threshold).map(|(s, t)| s >= t);
+        Prediction { p_dog, cat_or_dog_score: score, is_cat_or_dog }
     }
 }

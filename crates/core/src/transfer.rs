@@ -125,6 +125,8 @@ pub struct TransferConfig {
     pub label_smoothing: f64,
     pub threads: usize,
     pub version: String,
+    /// Preprocessing geometry (see `PreprocessConfig::center_crop_from`; 0 = squash).
+    pub center_crop_from: u32,
 }
 
 impl TransferConfig {
@@ -144,6 +146,7 @@ impl TransferConfig {
             label_smoothing: 0.05,
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             version: "effnet-lite0-head-1".into(),
+            center_crop_from: 256,
         }
     }
 }
@@ -294,7 +297,11 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
     let config = net.config.clone();
     let backbone = net.to_onnx(None, &BTreeMap::new())?;
     let fx = FeatureExtractor::from_onnx(&backbone, &config, cfg.threads)?;
-    let pre = PreprocessConfig { size: config.input_size as u32, ..PreprocessConfig::default() };
+    let pre = PreprocessConfig {
+        size: config.input_size as u32,
+        center_crop_from: cfg.center_crop_from,
+        ..PreprocessConfig::default()
+    };
 
     let mut samples = data::scan(&cfg.data_dir)?;
     let digest = data::digest(&samples);

@@ -119,15 +119,20 @@ fn shipped_default_scores_on_the_validation_split() {
 
 #[test]
 fn generated_non_animal_image_is_flagged_neither() {
-    let card = catsdogs_model::card::ModelCard::load(&shipped().join("model.json")).expect("card");
-    let threshold = card.architecture_config["transfer"]["neither_threshold"].as_f64().expect("threshold") as f32;
-    let onnx = std::fs::read(shipped().join("model.onnx")).expect("onnx");
-    let fx = FeatureExtractor::from_onnx(&onnx, &Config::lite0(), 2).expect("ort");
+    let model = LoadedModel::load(&shipped(), BackendKind::Onnxruntime, 2).expect("load shipped model");
+    assert!(model.neither_threshold.is_some(), "the card records the neither threshold");
     // A checkerboard with stripes: no animal in it.
     let img = image::RgbImage::from_fn(224, 224, |x, y| {
         if ((x / 28) + (y / 28)) % 2 == 0 { image::Rgb([230, 40, 40]) } else { image::Rgb([20, 20, (y % 255) as u8]) }
     });
-    let out = fx.run(std::slice::from_ref(&img)).expect("run");
-    let (_, mass) = zero_shot(&out.logits);
-    assert!(mass < threshold, "cat+dog mass {mass} not below the neither threshold {threshold}");
+    let p = model.predict_images(std::slice::from_ref(&img)).expect("predict");
+    assert_eq!(p[0].is_cat_or_dog, Some(false), "score {:?}", p[0].cat_or_dog_score);
+    if let Some(dir) = photos() {
+        let p = model.predict_bytes(&std::fs::read(dir.join("dog/1.jpg")).expect("read")).expect("predict");
+        assert_eq!(p.is_cat_or_dog, Some(true), "score {:?}", p.cat_or_dog_score);
+    }
+    // The seed model has no ImageNet head: the field is absent, not guessed.
+    let seed = LoadedModel::load(&repo().join("models/seed-cnn"), BackendKind::Onnxruntime, 2).expect("seed model");
+    let small = image::imageops::resize(&img, 128, 128, image::imageops::FilterType::Triangle);
+    assert_eq!(seed.predict_images(&[small]).expect("predict")[0].is_cat_or_dog, None);
 }

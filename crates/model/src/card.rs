@@ -29,7 +29,11 @@ impl Preprocessing {
         Self {
             config,
             resize_filter: crate::preprocess::RESIZE_FILTER.to_string(),
-            geometry: "squash".into(),
+            geometry: if config.center_crop_from == 0 {
+                "squash".into()
+            } else {
+                format!("short side to {}, centre crop {}", config.center_crop_from, config.size)
+            },
             input: "u8 RGB NHWC".into(),
         }
     }

@@ -58,11 +58,16 @@ pub struct PreprocessConfig {
     pub size: u32,
     /// Largest accepted `width * height` before decoding (decompression-bomb guard).
     pub max_pixels: u64,
+    /// 0: the whole image is squashed to `size x size`. Otherwise the central square that
+    /// "resize the short side to `center_crop_from`, then centre-crop `size`" keeps, resized
+    /// in one step (the ImageNet evaluation geometry).
+    #[serde(default)]
+    pub center_crop_from: u32,
 }
 
 impl Default for PreprocessConfig {
     fn default() -> Self {
-        Self { size: 128, max_pixels: 40_000_000 }
+        Self { size: 128, max_pixels: 40_000_000, center_crop_from: 0 }
     }
 }
 
@@ -170,5 +175,34 @@ pub fn bound_short_side(img: RgbImage, max_short_side: u32) -> Result<RgbImage, 
 /// The full inference path: file bytes -> `size x size` RGB pixels, HWC `u8`.
 pub fn preprocess(bytes: &[u8], config: &PreprocessConfig) -> Result<RgbImage, PreprocessError> {
     let rgb = decode_rgb(bytes, config.max_pixels)?;
-    resize_rgb(&rgb, None, config.size)
+    resize_rgb(&rgb, center_crop(rgb.width(), rgb.height(), config), config.size)
+}
+
+/// The crop `config` asks for on a `width x height` image (`None`: squash the whole image).
+pub fn center_crop(width: u32, height: u32, config: &PreprocessConfig) -> Option<CropBox> {
+    if config.center_crop_from == 0 {
+        return None;
+    }
+    let short = f64::from(width.min(height));
+    let side = (short * f64::from(config.size) / f64::from(config.center_crop_from)).min(short);
+    Some(CropBox {
+        left: (f64::from(width) - side) / 2.0,
+        top: (f64::from(height) - side) / 2.0,
+        width: side,
+        height: side,
+    })
+}
+
+#[cfg(test)]
+mod crop_tests {
+    use super::*;
+
+    #[test]
+    fn center_crop_keeps_the_central_square() {
+        let cfg = PreprocessConfig { size: 224, center_crop_from: 256, ..PreprocessConfig::default() };
+        let c = center_crop(400, 300, &cfg).expect("crop");
+        assert!((c.width - 262.5).abs() < 1e-9 && (c.height - 262.5).abs() < 1e-9);
+        assert!((c.left - 68.75).abs() < 1e-9 && (c.top - 18.75).abs() < 1e-9);
+        assert!(center_crop(400, 300, &PreprocessConfig::default()).is_none());
+    }
 }

@@ -39,6 +39,13 @@ pub struct PredictResponse {
     pub model_version: String,
     /// Decode + resize + forward time on the server, in milliseconds.
     pub latency_ms: f64,
+    /// False when the image probably shows neither a cat nor a dog (models with an
+    /// ImageNet head; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub is_cat_or_dog: Option<bool>,
+    /// ImageNet probability mass on cat and dog classes, the score behind `is_cat_or_dog`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cat_or_dog_score: Option<f64>,
 }
 
 /// One file of a batch: a prediction or an error, never both.
@@ -99,6 +106,8 @@ fn response(id: String, filename: String, p: Prediction, model_version: String, 
         p_cat,
         model_version,
         latency_ms,
+        is_cat_or_dog: p.is_cat_or_dog,
+        cat_or_dog_score: p.cat_or_dog_score.map(f64::from),
     }
 }
 
