@@ -222,23 +222,16 @@ async fn routes(db_url: &str) {
     assert_eq!(error_code(r, StatusCode::UNPROCESSABLE_ENTITY).await, "invalid_body");
     let r = fb(json!({"hello": 1})).await.expect("send");
     assert_eq!(error_code(r, StatusCode::UNPROCESSABLE_ENTITY).await, "invalid_body");
-    let r = c
-        .post(app.url("/api/feedback"))
-        .header("Authorization", bearer(TOKEN))
-        .header("Content-Type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .expect("send");
+    let raw = |content_type: &'static str, body: &'static str| {
+        c.post(app.url("/api/feedback"))
+            .header("Authorization", bearer(TOKEN))
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+    };
+    let r = raw("application/json", "{not json").await.expect("send");
     assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "invalid_json");
-    let r = c
-        .post(app.url("/api/feedback"))
-        .header("Authorization", bearer(TOKEN))
-        .header("Content-Type", "text/plain")
-        .body("{}")
-        .send()
-        .await
-        .expect("send");
+    let r = raw("text/plain", "{}").await.expect("send");
     assert_eq!(error_code(r, StatusCode::UNSUPPORTED_MEDIA_TYPE).await, "unsupported_content_type");
 
     // Metrics count exactly what happened above.
