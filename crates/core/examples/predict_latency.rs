@@ -28,29 +28,41 @@ fn main() -> Result<()> {
     }
     let bytes: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<std::io::Result<_>>()?;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    println!("| model | decode+resize+forward median | p90 | p99 | photos |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| model | decode+resize+forward median | p90 | p99 | of which decode+resize (median) | forward (median) | photos |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for dir in &models {
         let model = LoadedModel::load(dir, BackendKind::Onnxruntime, threads)?;
         for b in bytes.iter().take(8) {
             model.predict_bytes(b)?;
         }
-        let mut times = Vec::new();
+        let (mut total, mut pre, mut fwd) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..6 {
             for b in &bytes {
                 let t = Instant::now();
                 model.predict_bytes(b)?;
-                times.push(t.elapsed().as_secs_f64() * 1e3);
+                total.push(t.elapsed().as_secs_f64() * 1e3);
+                let t = Instant::now();
+                let img = model.preprocess(b)?;
+                pre.push(t.elapsed().as_secs_f64() * 1e3);
+                let t = Instant::now();
+                model.predict_images(std::slice::from_ref(&img))?;
+                fwd.push(t.elapsed().as_secs_f64() * 1e3);
             }
         }
-        times.sort_by(f64::total_cmp);
-        let q = |p: f64| times[((p * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1];
+        for v in [&mut total, &mut pre, &mut fwd] {
+            v.sort_by(f64::total_cmp);
+        }
+        let q = |v: &[f64], p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
         println!(
-            "| {} | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+            "| {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
             model.card.version,
-            q(0.5),
-            q(0.9),
-            q(0.99),
+            q(&total, 0.5),
+            q(&total, 0.9),
+            q(&total, 0.99),
+            q(&pre, 0.5),
+            q(&fwd, 0.5),
             bytes.len()
         );
     }
