@@ -163,13 +163,18 @@ pub struct ModelOptions {
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Test-time flip: average the image and its mirror image (two forward passes' cost).
+    #[arg(long, env = "CATSDOGS_TTA_FLIP")]
+    pub tta_flip: bool,
 }
 
 impl ModelOptions {
     fn load(&self) -> Result<LoadedModel> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        LoadedModel::load(&self.model, self.backend, threads)
-            .with_context(|| format!("cannot load model {}", self.model.display()))
+        let mut model = LoadedModel::load(&self.model, self.backend, threads)
+            .with_context(|| format!("cannot load model {}", self.model.display()))?;
+        model.tta_flip = self.tta_flip;
+        Ok(model)
     }
 }
 

@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// Most files in one /api/predict/batch request.
     #[arg(long, env = "CATSDOGS_MAX_BATCH_FILES", default_value_t = 32)]
     pub max_batch_files: usize,
+    /// Test-time flip: average each image with its mirror image (twice the forward cost).
+    #[arg(long, env = "CATSDOGS_TTA_FLIP")]
+    pub tta_flip: bool,
     /// Inference threads (default: all cores).
     #[arg(long, env = "CATSDOGS_THREADS")]
     pub threads: Option<usize>,
@@ -60,6 +63,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     anyhow::ensure!(a.max_upload_mib > 0.0, "--max-upload-mib must be positive");
     cfg.max_upload_bytes = (a.max_upload_mib * 1024.0 * 1024.0) as usize;
     cfg.max_batch_files = a.max_batch_files.max(1);
+    cfg.tta_flip = a.tta_flip;
     if let Some(t) = a.threads {
         cfg.inference_threads = t.max(1);
         cfg.max_concurrent_inferences = t.max(1);

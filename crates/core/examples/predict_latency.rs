@@ -3,6 +3,7 @@
 //! the shipped EfficientNet-Lite0 model and the seed CNN), same process, same photos.
 //!
 //! cargo run --release -p catsdogs-core --example predict_latency -- [PHOTOS_DIR] [MODEL_DIR...]
+//! (`CATSDOGS_TTA_FLIP=1` to measure with the test-time flip)
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -33,7 +34,9 @@ fn main() -> Result<()> {
     );
     println!("|---|---|---|---|---|---|---|");
     for dir in &models {
-        let model = LoadedModel::load(dir, BackendKind::Onnxruntime, threads)?;
+        let mut model = LoadedModel::load(dir, BackendKind::Onnxruntime, threads)?;
+        // CATSDOGS_TTA_FLIP=1 measures the test-time flip's cost.
+        model.tta_flip = std::env::var("CATSDOGS_TTA_FLIP").is_ok_and(|v| v == "1");
         for b in bytes.iter().take(8) {
             model.predict_bytes(b)?;
         }

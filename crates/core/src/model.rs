@@ -36,6 +36,9 @@ pub struct LoadedModel {
     pub dir: PathBuf,
     /// Cat+dog ImageNet mass below which an image is flagged "neither" (from the card).
     pub neither_threshold: Option<f32>,
+    /// Test-time flip: each image and its mirror image are classified in one batch and
+    /// their scores averaged (twice the forward cost).
+    pub tta_flip: bool,
     backend: Box<dyn Backend>,
 }
 
@@ -79,7 +82,7 @@ impl LoadedModel {
             }
         };
         let neither_threshold = card.architecture_config["transfer"]["neither_threshold"].as_f64().map(|t| t as f32);
-        Ok(Self { card, dir, neither_threshold, backend })
+        Ok(Self { card, dir, neither_threshold, tta_flip: false, backend })
     }
 
     /// The backend in use.
@@ -99,20 +102,28 @@ impl LoadedModel {
 
     /// Runs the network on already preprocessed images.
     pub fn predict_images(&self, images: &[RgbImage]) -> Result<Vec<Prediction>, InferenceError> {
-        Ok(self
-            .backend
-            .predict_scored(images)?
-            .into_iter()
-            .map(|(p_dog, score)| self.prediction(p_dog, score))
+        if !self.tta_flip {
+            let scored = self.backend.predict_scored(images)?;
+            return Ok(scored.into_iter().map(|(p_dog, score)| self.prediction(p_dog, score)).collect());
+        }
+        let n = images.len();
+        let mut batch = images.to_vec();
+        batch.extend(images.iter().map(image::imageops::flip_horizontal));
+        let scored = self.backend.predict_scored(&batch)?;
+        Ok((0..n)
+            .map(|i| {
+                let ((a, sa), (b, sb)) = (scored[i], scored[n + i]);
+                self.prediction((a + b) / 2.0, sa.zip(sb).map(|(x, y)| (x + y) / 2.0))
+            })
             .collect())
     }
 
     /// Preprocesses and classifies one file's bytes.
     pub fn predict_bytes(&self, bytes: &[u8]) -> Result<Prediction, InferenceError> {
         let img = self.preprocess(bytes)?;
-        let p = self.backend.predict_scored(std::slice::from_ref(&img))?;
-        let (p_dog, score) = p.first().copied().unwrap_or((f32::NAN, None));
-        Ok(self.prediction(p_dog, score))
+        self.predict_images(std::slice::from_ref(&img))?
+            .pop()
+            .ok_or_else(|| InferenceError::Ort("the backend returned no prediction".into()))
     }
 
     fn prediction(&self, p_dog: f32, score: Option<f32>) -> Prediction {

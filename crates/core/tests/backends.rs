@@ -100,3 +100,16 @@ fn bad_inputs_and_missing_files_are_typed_errors() {
     assert!(matches!(LoadedModel::load(tmp.path(), BackendKind::Onnxruntime, 1), Err(InferenceError::Ort(_))));
     assert!(LoadedModel::load(tmp.path(), BackendKind::Candle, 1).is_ok());
 }
+
+#[test]
+fn test_time_flip_averages_the_image_and_its_mirror() {
+    let mut model = LoadedModel::load(&shipped_model(), BackendKind::Onnxruntime, 2).expect("load");
+    let size = model.preprocess_config().size;
+    let img = RgbImage::from_fn(size, size, |x, y| Rgb([(x * 2) as u8, (y * 3) as u8, ((x * y) % 251) as u8]));
+    let mirror = image::imageops::flip_horizontal(&img);
+    let plain = model.predict_images(&[img.clone(), mirror]).expect("predict");
+    model.tta_flip = true;
+    let flipped = model.predict_images(std::slice::from_ref(&img)).expect("predict");
+    let expected = (plain[0].p_dog + plain[1].p_dog) / 2.0;
+    assert!((flipped[0].p_dog - expected).abs() < 1e-6, "{} vs {expected}", flipped[0].p_dog);
+}

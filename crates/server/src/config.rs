@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub inference_threads: usize,
     /// Inference jobs allowed to run at the same time.
     pub max_concurrent_inferences: usize,
+    /// Test-time flip (image + mirror image averaged; twice the forward cost).
+    pub tta_flip: bool,
     /// How often pending rows are retried while the database is down.
     pub retry_interval: std::time::Duration,
     pub clock: Clock,
@@ -54,6 +56,7 @@ impl ServerConfig {
             max_batch_files: 32,
             inference_threads: cores,
             max_concurrent_inferences: cores,
+            tta_flip: false,
             retry_interval: std::time::Duration::from_secs(2),
             clock: system_clock(),
         }

@@ -72,11 +72,17 @@ pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> 
     let (key, _, _) = auth::load_or_create_secret(&cfg.data_dir, "pseudonym-key")?;
     let pseudonym_key: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
 
-    let (model_dir, backend, threads) = (cfg.model_dir.clone(), cfg.backend, cfg.inference_threads);
-    let model = tokio::task::spawn_blocking(move || LoadedModel::load(&model_dir, backend, threads))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let (model_dir, backend, threads, tta_flip) =
+        (cfg.model_dir.clone(), cfg.backend, cfg.inference_threads, cfg.tta_flip);
+    let model = tokio::task::spawn_blocking(move || {
+        LoadedModel::load(&model_dir, backend, threads).map(|mut m| {
+            m.tta_flip = tta_flip;
+            m
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
     match &model {
         Ok(m) => tracing::info!(version = %m.card.version, backend = %m.backend_kind(), "model loaded"),
         Err(e) => {
