@@ -47,6 +47,7 @@ async fn routes(db_url: &str) {
     let h: Value = c.get(app.url("/api/health")).send().await.expect("health").json().await.expect("json");
     assert_eq!(h["ready"], true, "{h}");
     assert_eq!(h["store"]["reachable"], true);
+    assert_eq!(h["store"]["dropped_rows"], 0);
     let seed: Value = c.get(app.url("/health")).send().await.expect("health").json().await.expect("json");
     assert_eq!(seed["status"], "healthy");
     assert_eq!(seed["model_loaded"], true);

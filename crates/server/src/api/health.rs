@@ -38,6 +38,8 @@ pub struct StoreHealth {
     pub migrated: bool,
     /// Prediction rows answered during an outage and not yet written.
     pub pending_rows: usize,
+    /// Rows lost since start (queue overflow past 100,000, or rejected by the database).
+    pub dropped_rows: u64,
     pub error: Option<String>,
 }
 
@@ -89,6 +91,7 @@ pub async fn api_health(State(state): State<AppState>) -> (StatusCode, Json<Heal
         reachable,
         migrated,
         pending_rows: state.outbox.len(),
+        dropped_rows: state.outbox.dropped.load(Ordering::Relaxed),
         error: ping_error.or_else(|| (!migrated).then(|| state.store_error()).flatten()),
     };
     let ready = model.loaded && reachable && migrated;
