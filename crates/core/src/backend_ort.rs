@@ -62,8 +62,21 @@ pub(crate) fn environment() -> Result<&'static ort::environment::Environment, In
     }
 }
 
-fn ort_err(e: impl std::fmt::Display) -> InferenceError {
+pub(crate) fn ort_err(e: impl std::fmt::Display) -> InferenceError {
     InferenceError::Ort(e.to_string())
+}
+
+/// The session settings every graph of ours uses: full graph optimisation, `threads`
+/// intra-op threads, one inter-op thread.
+pub(crate) fn session_builder(threads: usize) -> Result<ort::session::builder::SessionBuilder, InferenceError> {
+    Session::builder(environment()?)
+        .map_err(ort_err)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(ort_err)?
+        .with_intra_threads(threads.max(1))
+        .map_err(ort_err)?
+        .with_inter_threads(1)
+        .map_err(ort_err)
 }
 
 /// An ONNX Runtime session over a model with input `image` (u8 NHWC) and output `p_dog`.
@@ -78,17 +91,7 @@ impl OrtBackend {
         if !path.is_file() {
             return Err(InferenceError::MissingFile(path.display().to_string()));
         }
-        let env = environment()?;
-        let session = Session::builder(env)
-            .map_err(ort_err)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(ort_err)?
-            .with_intra_threads(threads.max(1))
-            .map_err(ort_err)?
-            .with_inter_threads(1)
-            .map_err(ort_err)?
-            .commit_from_file(path)
-            .map_err(ort_err)?;
+        let session = session_builder(threads)?.commit_from_file(path).map_err(ort_err)?;
         Ok(Self { session: Mutex::new(session), size })
     }
 }

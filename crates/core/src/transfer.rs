@@ -17,13 +17,12 @@ use catsdogs_model::metrics::{self, Metrics};
 use catsdogs_model::preprocess::{self, PreprocessConfig};
 use image::RgbImage;
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::InferenceError;
-use crate::backend_ort::environment;
+use crate::backend_ort::{ort_err, session_builder};
 
 /// Errors of importing the checkpoint or training the head.
 #[derive(Debug, thiserror::Error)]
@@ -46,10 +45,6 @@ pub enum TransferError {
     Io { path: String, source: std::io::Error },
     #[error("no photo could be decoded")]
     NothingDecoded,
-}
-
-fn ort_err(e: impl std::fmt::Display) -> InferenceError {
-    InferenceError::Ort(e.to_string())
 }
 
 /// Reads the lukemelas-style checkpoint (`efficientnet-lite0-57934424.pth`).
@@ -78,14 +73,7 @@ pub struct Features {
 impl FeatureExtractor {
     /// Builds a session from serialized ONNX bytes.
     pub fn from_onnx(bytes: &[u8], config: &Config, threads: usize) -> Result<Self, InferenceError> {
-        let session = Session::builder(environment()?)
-            .map_err(ort_err)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(ort_err)?
-            .with_intra_threads(threads.max(1))
-            .map_err(ort_err)?
-            .commit_from_memory(bytes)
-            .map_err(ort_err)?;
+        let session = session_builder(threads)?.commit_from_memory(bytes).map_err(ort_err)?;
         Ok(Self {
             session: Mutex::new(session),
             size: config.input_size as u32,

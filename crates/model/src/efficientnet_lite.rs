@@ -287,11 +287,7 @@ impl EfficientNetLite {
         if let Some((hw, hb)) = head {
             let hw = g.weight("catdog.weight", hw)?;
             let hb = g.weight("catdog.bias", hb)?;
-            let logit = g.node("Gemm", &[&features, &hw, &hb], vec![("transB", Attr::Int(1))], None);
-            let p = g.node("Sigmoid", &[&logit], vec![], None);
-            let shape = g.i64_tensor("flat_shape", &[-1]);
-            g.node("Reshape", &[&p, &shape], vec![], Some("p_dog"));
-            g.output_f32("p_dog", &[Dim::Named("N")]);
+            g.p_dog_head(&features, &hw, &hb);
         }
         Ok(g.finish(metadata))
     }

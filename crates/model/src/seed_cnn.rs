@@ -269,11 +269,7 @@ impl SeedCnn {
         let x = g.node("Flatten", &[&x], vec![("axis", Attr::Int(1))], None);
         let w = g.weight("fc.weight", &self.fc_weight)?;
         let b = g.weight("fc.bias", &self.fc_bias)?;
-        let logit = g.node("Gemm", &[&x, &w, &b], vec![("transB", Attr::Int(1))], None);
-        let p = g.node("Sigmoid", &[&logit], vec![], None);
-        let shape = g.i64_tensor("flat_shape", &[-1]);
-        g.node("Reshape", &[&p, &shape], vec![], Some("p_dog"));
-        g.output_f32("p_dog", &[Dim::Named("N")]);
+        g.p_dog_head(&x, &w, &b);
         Ok(g.finish(metadata))
     }
 }

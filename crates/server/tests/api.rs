@@ -33,6 +33,19 @@ async fn predict(app: &TestApp, name: &str, bytes: Vec<u8>, mime: &str) -> reqwe
         .expect("send")
 }
 
+/// GET with the token, JSON body.
+async fn get_json(app: &TestApp, path: &str) -> Value {
+    client()
+        .get(app.url(path))
+        .header("Authorization", bearer(TOKEN))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json")
+}
+
 fn pct(p: f64) -> String {
     format!("{:.2}%", p * 100.0)
 }
@@ -237,30 +250,14 @@ async fn routes(db_url: &str) {
 
     // Metrics count exactly what happened above.
     let auth = bearer(TOKEN);
-    let days: Value = c
-        .get(app.url("/api/metrics/daily"))
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let days = get_json(&app, "/api/metrics/daily").await;
     let today = &days.as_array().expect("list")[0];
     assert_eq!(today["inf_count"], ok_predictions + failed_predictions, "{today}");
     assert_eq!(today["inf_success"], ok_predictions);
     assert_eq!(today["inf_errors"], failed_predictions);
     // Feedback rows: first_id (replaced, now negative), batch_id positive, the seed's negative.
     assert_eq!((today["feedback_pos"].as_u64(), today["feedback_neg"].as_u64()), (Some(1), Some(2)));
-    let w: Value = c
-        .get(app.url("/api/metrics/7d"))
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let w = get_json(&app, "/api/metrics/7d").await;
     assert_eq!(w["inf_7d"], ok_predictions + failed_predictions);
     assert_eq!(w["window_days"], 7);
 
@@ -347,16 +344,7 @@ async fn metrics(db_url: &str) {
     ] {
         store.upsert_feedback(&f).await.expect("feedback");
     }
-    let c = client();
-    let days: Value = c
-        .get(app.url("/api/metrics/daily"))
-        .header("Authorization", bearer(TOKEN))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let days = get_json(&app, "/api/metrics/daily").await;
     let list = days.as_array().expect("list");
     let names: Vec<&str> = list.iter().map(|d| d["day"].as_str().unwrap_or_default()).collect();
     assert_eq!(names, ["2030-06-15", "2030-06-14", "2030-06-09", "2030-06-08"], "30-day window, newest first");
@@ -372,15 +360,7 @@ async fn metrics(db_url: &str) {
     assert_eq!(list[1]["satisfaction_rate"], 0.0);
     assert_eq!(list[2]["error_rate"], 0.0);
     assert_eq!(list[2]["satisfaction_rate"], Value::Null);
-    let w: Value = c
-        .get(app.url("/api/metrics/7d"))
-        .header("Authorization", bearer(TOKEN))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let w = get_json(&app, "/api/metrics/7d").await;
     let expect = json!({
         "as_of": "2030-06-15", "inf_7d": 6, "latency_avg_ms_7d": 40.0, "latency_p90_ms_7d": 100.0,
         "fb_pos_7d": 2, "fb_neg_7d": 2, "window_start": "2030-06-09", "window_end": "2030-06-15", "window_days": 7,

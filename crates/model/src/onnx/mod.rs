@@ -139,6 +139,16 @@ impl GraphBuilder {
         out
     }
 
+    /// The cat/dog head both networks end with: `Gemm(x, weight^T, bias)` -> sigmoid ->
+    /// the graph output `p_dog` of shape [N].
+    pub fn p_dog_head(&mut self, x: &str, weight: &str, bias: &str) {
+        let logit = self.node("Gemm", &[x, weight, bias], vec![("transB", Attr::Int(1))], None);
+        let p = self.node("Sigmoid", &[&logit], vec![], None);
+        let shape = self.i64_tensor("flat_shape", &[-1]);
+        self.node("Reshape", &[&p, &shape], vec![], Some("p_dog"));
+        self.output_f32("p_dog", &[Dim::Named("N")]);
+    }
+
     /// Serializes the model, with `metadata` as ONNX metadata properties.
     pub fn finish(self, metadata: &BTreeMap<String, String>) -> Vec<u8> {
         let model = proto::ModelProto {
