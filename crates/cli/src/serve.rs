@@ -15,7 +15,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CATSDOGS_ADDR", default_value = "127.0.0.1:8000")]
     pub addr: SocketAddr,
     /// Directory for the SQLite database, the generated token and the pseudonymisation key.
-    #[arg(long, env = "CATSDOGS_DATA_DIR", default_value = "data")]
+    #[arg(long, env = "CATSDOGS_STATE_DIR", default_value = "data")]
     pub data_dir: PathBuf,
     /// `sqlite://FILE` or `postgres://USER:PASS@HOST:PORT/DB` (default: SQLite in --data-dir;
     /// the seed's DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD are used when DB_HOST is set).
@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// Test-time flip: average each image with its mirror image (twice the forward cost).
     #[arg(long, env = "CATSDOGS_TTA_FLIP")]
     pub tta_flip: bool,
+    /// Mark the web page's session cookie `Secure` (when served over HTTPS, e.g. behind a proxy).
+    #[arg(long, env = "CATSDOGS_SECURE_COOKIES")]
+    pub secure_cookies: bool,
     /// Inference threads (default: all cores).
     #[arg(long, env = "CATSDOGS_THREADS")]
     pub threads: Option<usize>,
@@ -64,6 +67,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     cfg.max_upload_bytes = (a.max_upload_mib * 1024.0 * 1024.0) as usize;
     cfg.max_batch_files = a.max_batch_files.max(1);
     cfg.tta_flip = a.tta_flip;
+    cfg.secure_cookies = a.secure_cookies;
     if let Some(t) = a.threads {
         cfg.inference_threads = t.max(1);
         cfg.max_concurrent_inferences = t.max(1);

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use rand::RngCore;
@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
+use crate::session;
 use crate::state::AppState;
 
 /// The accepted tokens, kept as SHA-256 digests.
@@ -24,6 +25,11 @@ pub struct Tokens {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub fingerprint: String,
+}
+
+/// A short, non-secret name for a token: the first 4 bytes of its SHA-256, in hex.
+fn fingerprint(digest: &[u8; 32]) -> String {
+    hex::encode(&digest[..4])
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -42,7 +48,13 @@ impl Tokens {
         for known in &self.digests {
             ok |= known.ct_eq(&d);
         }
-        bool::from(ok).then(|| Caller { fingerprint: hex::encode(&d[..4]) })
+        bool::from(ok).then(|| Caller { fingerprint: fingerprint(&d) })
+    }
+
+    /// Whether a token with this fingerprint is still accepted (operator sessions end
+    /// when their token is rotated out).
+    pub fn has_fingerprint(&self, fp: &str) -> bool {
+        self.digests.iter().any(|d| fingerprint(d) == fp)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -81,18 +93,54 @@ pub fn load_or_create_secret(data_dir: &Path, name: &str) -> Result<(String, Pat
     Ok((token, path, true))
 }
 
-/// Middleware: 401 + `WWW-Authenticate` unless a valid `Authorization: Bearer` is present.
+/// Which browser sessions a route accepts in place of a bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionAccess {
+    /// Any page session (classify, feedback).
+    Visitor,
+    /// Only an operator session (metrics, model info).
+    Operator,
+}
+
+/// Checks a request: a valid `Authorization: Bearer`, or else (without that header) a
+/// session cookie plus the matching `X-CSRF-Token` header, with the role `access` needs.
+pub fn authorize(state: &AppState, headers: &HeaderMap, access: SessionAccess) -> Result<Caller, ApiError> {
+    if let Some(header) = headers.get(header::AUTHORIZATION) {
+        let value = header.to_str().map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| ApiError::unauthorized("Authorization must use the Bearer scheme"))?;
+        return state.tokens.check(token.trim()).ok_or_else(|| ApiError::unauthorized("invalid token"));
+    }
+    let missing = "missing Authorization header; send `Authorization: Bearer <token>`";
+    let session =
+        state.sessions.from_headers(headers, (state.cfg.clock)()).ok_or_else(|| ApiError::unauthorized(missing))?;
+    let csrf = headers.get(session::CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !state.sessions.csrf_ok(&session, csrf) {
+        return Err(ApiError::unauthorized("browser session without a valid X-CSRF-Token header"));
+    }
+    match (session.operator(), access) {
+        (Some(fp), _) if state.tokens.has_fingerprint(fp) => Ok(Caller { fingerprint: format!("session-{fp}") }),
+        (_, SessionAccess::Visitor) => Ok(Caller { fingerprint: "page-visitor".into() }),
+        _ => Err(ApiError::unauthorized(missing)),
+    }
+}
+
+/// Middleware for API routes an operator session (or a token) may call.
 pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
-    let header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization header; send `Authorization: Bearer <token>`"))?;
-    let value = header.to_str().map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .ok_or_else(|| ApiError::unauthorized("Authorization must use the Bearer scheme"))?;
-    let caller = state.tokens.check(token.trim()).ok_or_else(|| ApiError::unauthorized("invalid token"))?;
+    let caller = authorize(&state, req.headers(), SessionAccess::Operator)?;
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
+}
+
+/// Middleware for API routes the web page calls (classify, feedback).
+pub async fn require_token_or_page(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let caller = authorize(&state, req.headers(), SessionAccess::Visitor)?;
     req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
 }

@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub max_concurrent_inferences: usize,
     /// Test-time flip (image + mirror image averaged; twice the forward cost).
     pub tta_flip: bool,
+    /// Mark the page's session cookie `Secure` (set when served over HTTPS).
+    pub secure_cookies: bool,
     /// How often pending rows are retried while the database is down.
     pub retry_interval: std::time::Duration,
     pub clock: Clock,
@@ -57,6 +59,7 @@ impl ServerConfig {
             inference_threads: cores,
             max_concurrent_inferences: cores,
             tta_flip: false,
+            secure_cookies: false,
             retry_interval: std::time::Duration::from_secs(2),
             clock: system_clock(),
         }

@@ -6,9 +6,11 @@
 //! writes (or spills to disk) every pending row.
 pub mod api;
 pub mod auth;
+pub mod charts;
 pub mod config;
 pub mod error;
 pub mod pages;
+pub mod session;
 pub mod state;
 
 use std::future::Future;
@@ -71,6 +73,8 @@ pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> 
     };
     let (key, _, _) = auth::load_or_create_secret(&cfg.data_dir, "pseudonym-key")?;
     let pseudonym_key: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
+    let (key, _, _) = auth::load_or_create_secret(&cfg.data_dir, "session-key")?;
+    let session_key: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
 
     let (model_dir, backend, threads, tta_flip) =
         (cfg.model_dir.clone(), cfg.backend, cfg.inference_threads, cfg.tta_flip);
@@ -93,7 +97,7 @@ pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> 
     let url = cfg.effective_database_url();
     let store = Store::open(&url, &StoreOptions::default())?;
     tracing::info!(url = %redact_url(&url), "store configured");
-    let state: AppState = Arc::new(Shared::new(cfg, model, store, tokens, pseudonym_key));
+    let state: AppState = Arc::new(Shared::new(cfg, model, store, tokens, pseudonym_key, session_key));
     match state.outbox.restore(&state.spill_path()) {
         Ok(0) => {}
         Ok(n) => tracing::info!(rows = n, "restored prediction rows saved at the last shutdown"),
@@ -111,10 +115,13 @@ pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> 
 pub fn router(state: AppState) -> Router {
     let upload_limit = state.cfg.max_upload_bytes + 64 * 1024;
     let batch_limit = state.cfg.max_upload_bytes.saturating_mul(state.cfg.max_batch_files) + 64 * 1024;
-    let protected = Router::new()
+    // The web page may classify and send feedback with its session cookie + CSRF header.
+    let page_callable = Router::new()
         .route("/api/predict", post(api::predict::predict).layer(DefaultBodyLimit::max(upload_limit)))
         .route("/api/predict/batch", post(api::predict::predict_batch).layer(DefaultBodyLimit::max(batch_limit)))
         .route("/api/feedback", post(api::feedback::feedback).layer(DefaultBodyLimit::max(64 * 1024)))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_token_or_page));
+    let protected = Router::new()
         .route("/api/metrics/daily", get(api::metrics::daily))
         .route("/api/metrics/7d", get(api::metrics::last_7_days))
         .route("/api/info", get(api::health::info))
@@ -122,14 +129,17 @@ pub fn router(state: AppState) -> Router {
     let public = Router::new()
         .route("/api/health", get(api::health::api_health))
         .route("/health", get(api::health::seed_health))
-        .route("/", get(pages::home))
-        .route("/info", get(pages::info))
-        .route("/inference", get(pages::inference));
+        .merge(pages::routes(state.clone()));
     Router::new()
+        .merge(page_callable)
         .merge(protected)
         .merge(public)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api::ApiDoc::openapi()))
         .fallback(not_found)
+        .layer(tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+            axum::http::header::X_CONTENT_TYPE_OPTIONS,
+            axum::http::HeaderValue::from_static("nosniff"),
+        ))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(|_| {

@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use crate::auth::Tokens;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+use crate::session::SessionKeys;
 
 /// Cheap to clone; every handler gets one.
 pub type AppState = Arc<Shared>;
@@ -34,6 +35,8 @@ pub struct Shared {
     pub store_error: Mutex<Option<String>>,
     pub inference_slots: Semaphore,
     pseudonym_key: [u8; 32],
+    /// Signs the web page's session cookies and CSRF tokens.
+    pub sessions: SessionKeys,
     pub started: Instant,
     /// Predictions answered since start (whether or not they reached the database).
     pub predictions_served: AtomicU64,
@@ -141,12 +144,14 @@ impl Shared {
         store: Store,
         tokens: Tokens,
         pseudonym_key: [u8; 32],
+        session_key: [u8; 32],
     ) -> Self {
         let (model, model_error) = match model {
             Ok(m) => (Some(Arc::new(m)), None),
             Err(e) => (None, Some(e)),
         };
         let slots = cfg.max_concurrent_inferences.max(1);
+        let cfg_secure = cfg.secure_cookies;
         Self {
             cfg,
             model,
@@ -158,6 +163,7 @@ impl Shared {
             store_error: Mutex::new(None),
             inference_slots: Semaphore::new(slots),
             pseudonym_key,
+            sessions: SessionKeys::new(session_key, cfg_secure),
             started: Instant::now(),
             predictions_served: AtomicU64::new(0),
         }

@@ -348,25 +348,31 @@ async fn metrics(db_url: &str) {
     let list = days.as_array().expect("list");
     let names: Vec<&str> = list.iter().map(|d| d["day"].as_str().unwrap_or_default()).collect();
     assert_eq!(names, ["2030-06-15", "2030-06-14", "2030-06-09", "2030-06-08"], "30-day window, newest first");
-    let d = &list[0];
+    let mut d = list[0].clone();
+    // Summation order follows the database's row order: compare the mean with a tolerance.
+    let mean = d.as_object_mut().and_then(|o| o.remove("p_dog_mean")).and_then(|v| v.as_f64()).expect("mean");
+    assert!((mean - 1.9 / 3.0).abs() < 1e-12, "{mean}");
     let expect = json!({
         "day": "2030-06-15", "inf_count": 4, "inf_success": 3, "inf_errors": 1,
         "inf_latency_avg_ms": 20.0, "inf_latency_p50_ms": 20.0, "inf_latency_p90_ms": 30.0, "inf_latency_p99_ms": 30.0,
-        "feedback_pos": 2, "feedback_neg": 1, "error_rate": 0.25, "feedback_count": 3,
-        "satisfaction_rate": 2.0 / 3.0, "cat_count": 1, "dog_count": 2, "cat_share": 1.0 / 3.0, "dog_share": 2.0 / 3.0
+        "feedback_pos": 2, "feedback_neg": 1, "inf_latency_p95_ms": 30.0, "error_rate": 0.25, "feedback_count": 3,
+        "satisfaction_rate": 2.0 / 3.0, "cat_count": 1, "dog_count": 2, "cat_share": 1.0 / 3.0, "dog_share": 2.0 / 3.0,
+        "low_confidence_share": 0.0
     });
-    assert_eq!(d, &expect);
+    assert_eq!(d, expect);
     assert_eq!(list[1]["feedback_neg"], 1);
     assert_eq!(list[1]["satisfaction_rate"], 0.0);
     assert_eq!(list[2]["error_rate"], 0.0);
     assert_eq!(list[2]["satisfaction_rate"], Value::Null);
-    let w = get_json(&app, "/api/metrics/7d").await;
+    let mut w = get_json(&app, "/api/metrics/7d").await;
+    let mean = w.as_object_mut().and_then(|o| o.remove("p_dog_mean_7d")).and_then(|v| v.as_f64()).expect("mean");
+    assert!((mean - 0.58).abs() < 1e-12, "{mean}");
     let expect = json!({
         "as_of": "2030-06-15", "inf_7d": 6, "latency_avg_ms_7d": 40.0, "latency_p90_ms_7d": 100.0,
         "fb_pos_7d": 2, "fb_neg_7d": 2, "window_start": "2030-06-09", "window_end": "2030-06-15", "window_days": 7,
         "inf_success_7d": 5, "inf_errors_7d": 1, "error_rate_7d": 1.0 / 6.0, "latency_p50_ms_7d": 30.0,
-        "latency_p99_ms_7d": 100.0, "feedback_count_7d": 4, "satisfaction_rate_7d": 0.5, "cat_share_7d": 0.4,
-        "dog_share_7d": 0.6
+        "latency_p99_ms_7d": 100.0, "latency_p95_ms_7d": 100.0, "feedback_count_7d": 4, "satisfaction_rate_7d": 0.5,
+        "cat_share_7d": 0.4, "dog_share_7d": 0.6, "low_confidence_share_7d": 0.0
     });
     assert_eq!(w, expect);
     app.stop().await;

@@ -123,6 +123,15 @@ pub struct PredictionRecord {
     pub file_ref: Option<String>,
 }
 
+/// A prediction as listed on the dashboard: the row plus its feedback verdict, if any.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RecentPrediction {
+    #[serde(flatten)]
+    pub record: PredictionRecord,
+    /// `Some(true)` = the user said it was right.
+    pub feedback_positive: Option<bool>,
+}
+
 /// Who wrote a feedback row: the seed's body or ours keyed by prediction id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FeedbackSource {
@@ -186,6 +195,21 @@ fn nullable_f64(v: Option<f64>) -> Option<String> {
 
 fn from_ms(ms: i64) -> Result<DateTime<Utc>, StoreError> {
     Utc.timestamp_millis_opt(ms).single().ok_or_else(|| StoreError::Malformed(format!("timestamp {ms}")))
+}
+
+fn prediction_from_row(row: &sqlx::any::AnyRow) -> Result<PredictionRecord, StoreError> {
+    let status: String = row.try_get("status")?;
+    Ok(PredictionRecord {
+        id: row.try_get("id")?,
+        created_at: from_ms(row.try_get("created_at_ms")?)?,
+        model_version: row.try_get("model_version")?,
+        status: if status == "ok" { PredictionStatus::Ok } else { PredictionStatus::Error },
+        label: row.try_get("label")?,
+        p_dog: row.try_get("p_dog")?,
+        latency_ms: row.try_get("latency_ms")?,
+        error_code: row.try_get("error_code")?,
+        file_ref: row.try_get("file_ref")?,
+    })
 }
 
 impl Store {
@@ -263,19 +287,7 @@ impl Store {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let status: String = row.try_get("status")?;
-        Ok(Some(PredictionRecord {
-            id: row.try_get("id")?,
-            created_at: from_ms(row.try_get("created_at_ms")?)?,
-            model_version: row.try_get("model_version")?,
-            status: if status == "ok" { PredictionStatus::Ok } else { PredictionStatus::Error },
-            label: row.try_get("label")?,
-            p_dog: row.try_get("p_dog")?,
-            latency_ms: row.try_get("latency_ms")?,
-            error_code: row.try_get("error_code")?,
-            file_ref: row.try_get("file_ref")?,
-        }))
+        row.as_ref().map(prediction_from_row).transpose()
     }
 
     /// Stores feedback; feedback on a prediction that already has some replaces it.
@@ -329,6 +341,29 @@ impl Store {
         Ok(())
     }
 
+    /// The `limit` most recent predictions with their feedback verdict, newest first.
+    pub async fn recent_predictions(&self, limit: u32) -> Result<Vec<RecentPrediction>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.id, p.created_at_ms, p.model_version, p.status, p.label, p.p_dog, p.latency_ms, \
+             p.error_code, p.file_ref, \
+             CAST(CASE WHEN f.id IS NULL THEN -1 WHEN f.positive THEN 1 ELSE 0 END AS BIGINT) AS verdict \
+             FROM predictions p LEFT JOIN feedback f ON f.prediction_id = p.id \
+             ORDER BY p.created_at_ms DESC, p.id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let verdict: i64 = row.try_get("verdict")?;
+            out.push(RecentPrediction {
+                record: prediction_from_row(&row)?,
+                feedback_positive: (verdict >= 0).then_some(verdict == 1),
+            });
+        }
+        Ok(out)
+    }
+
     /// Number of rows in one of the service's tables or the seed's `feedback_user` view.
     pub async fn count_rows(&self, table: &str) -> Result<i64, StoreError> {
         const TABLES: [&str; 4] = ["predictions", "feedback", "audit_log", "feedback_user"];
@@ -361,11 +396,12 @@ impl Store {
         end: NaiveDate,
     ) -> Result<(Vec<metrics::PredictionRow>, Vec<metrics::FeedbackRow>), StoreError> {
         let (s, e) = (start.format("%Y-%m-%d").to_string(), end.format("%Y-%m-%d").to_string());
-        let rows = sqlx::query("SELECT day, status, label, latency_ms FROM predictions WHERE day >= $1 AND day <= $2")
-            .bind(&s)
-            .bind(&e)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT day, status, label, p_dog, latency_ms FROM predictions WHERE day >= $1 AND day <= $2")
+                .bind(&s)
+                .bind(&e)
+                .fetch_all(&self.pool)
+                .await?;
         let mut preds = Vec::with_capacity(rows.len());
         for r in rows {
             let status: String = r.try_get("status")?;
@@ -373,6 +409,7 @@ impl Store {
                 day: r.try_get("day")?,
                 ok: status == "ok",
                 label: r.try_get("label")?,
+                p_dog: r.try_get("p_dog")?,
                 latency_ms: r.try_get("latency_ms")?,
             });
         }

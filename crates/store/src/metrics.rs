@@ -5,12 +5,17 @@
 //! - latency statistics cover successful predictions only; percentiles are nearest-rank
 //!   (the smallest value with at least p % of values at or below it);
 //! - satisfaction = positive feedback / all feedback; shares = label counts / successes;
-//! - a rate with a zero denominator is `null`, never 0.
+//! - a rate with a zero denominator is `null`, never 0;
+//! - drift signals: the mean P(dog) of successful predictions and the share of them whose
+//!   winning probability is below [`LOW_CONFIDENCE`].
 use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 use serde::Serialize;
 use utoipa::ToSchema;
+
+/// A prediction whose winning class has less probability than this counts as low-confidence.
+pub const LOW_CONFIDENCE: f64 = 0.8;
 
 /// The fields of a prediction row the metrics need.
 #[derive(Debug, Clone)]
@@ -18,6 +23,7 @@ pub struct PredictionRow {
     pub day: String,
     pub ok: bool,
     pub label: Option<String>,
+    pub p_dog: Option<f64>,
     pub latency_ms: f64,
 }
 
@@ -42,6 +48,7 @@ pub struct DayMetrics {
     pub inf_latency_p99_ms: Option<f64>,
     pub feedback_pos: u64,
     pub feedback_neg: u64,
+    pub inf_latency_p95_ms: Option<f64>,
     /// inf_errors / inf_count.
     pub error_rate: Option<f64>,
     pub feedback_count: u64,
@@ -53,6 +60,10 @@ pub struct DayMetrics {
     pub cat_share: Option<f64>,
     /// dog_count / inf_success.
     pub dog_share: Option<f64>,
+    /// Mean P(dog) over successful predictions (drift signal).
+    pub p_dog_mean: Option<f64>,
+    /// Share of successful predictions below [`LOW_CONFIDENCE`] (drift signal).
+    pub low_confidence_share: Option<f64>,
 }
 
 /// A window of whole UTC days. The first six fields are the seed's `/api/metrics/7d` ones.
@@ -74,10 +85,13 @@ pub struct WindowMetrics {
     pub error_rate_7d: Option<f64>,
     pub latency_p50_ms_7d: Option<f64>,
     pub latency_p99_ms_7d: Option<f64>,
+    pub latency_p95_ms_7d: Option<f64>,
     pub feedback_count_7d: u64,
     pub satisfaction_rate_7d: Option<f64>,
     pub cat_share_7d: Option<f64>,
     pub dog_share_7d: Option<f64>,
+    pub p_dog_mean_7d: Option<f64>,
+    pub low_confidence_share_7d: Option<f64>,
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -100,6 +114,9 @@ struct Acc {
     cats: u64,
     dogs: u64,
     latencies: Vec<f64>,
+    p_dog_sum: f64,
+    p_dog_n: u64,
+    low_confidence: u64,
     fb_pos: u64,
     fb_neg: u64,
 }
@@ -110,6 +127,13 @@ impl Acc {
         if p.ok {
             self.success += 1;
             self.latencies.push(p.latency_ms);
+            if let Some(pd) = p.p_dog {
+                self.p_dog_sum += pd;
+                self.p_dog_n += 1;
+                if pd.max(1.0 - pd) < LOW_CONFIDENCE {
+                    self.low_confidence += 1;
+                }
+            }
             match p.label.as_deref() {
                 Some("cat") => self.cats += 1,
                 Some("dog") => self.dogs += 1,
@@ -124,12 +148,17 @@ impl Acc {
             self.fb_neg += 1;
         }
     }
-    /// (avg, p50, p90, p99) of successful latencies.
-    fn latency(&mut self) -> [Option<f64>; 4] {
+    /// (avg, p50, p90, p95, p99) of successful latencies.
+    fn latency(&mut self) -> [Option<f64>; 5] {
         self.latencies.sort_by(f64::total_cmp);
         let avg =
             (!self.latencies.is_empty()).then(|| self.latencies.iter().sum::<f64>() / self.latencies.len() as f64);
-        [avg, percentile(&self.latencies, 50.0), percentile(&self.latencies, 90.0), percentile(&self.latencies, 99.0)]
+        let l = &self.latencies;
+        [avg, percentile(l, 50.0), percentile(l, 90.0), percentile(l, 95.0), percentile(l, 99.0)]
+    }
+    /// (mean P(dog), low-confidence share).
+    fn drift(&self) -> (Option<f64>, Option<f64>) {
+        ((self.p_dog_n > 0).then(|| self.p_dog_sum / self.p_dog_n as f64), ratio(self.low_confidence, self.p_dog_n))
     }
 }
 
@@ -145,7 +174,8 @@ pub fn by_day(preds: &[PredictionRow], fbs: &[FeedbackRow]) -> Vec<DayMetrics> {
     days.into_iter()
         .rev()
         .map(|(day, mut a)| {
-            let [avg, p50, p90, p99] = a.latency();
+            let [avg, p50, p90, p95, p99] = a.latency();
+            let (p_dog_mean, low_confidence_share) = a.drift();
             let errors = a.count - a.success;
             DayMetrics {
                 day: day.to_string(),
@@ -158,6 +188,7 @@ pub fn by_day(preds: &[PredictionRow], fbs: &[FeedbackRow]) -> Vec<DayMetrics> {
                 inf_latency_p99_ms: p99,
                 feedback_pos: a.fb_pos,
                 feedback_neg: a.fb_neg,
+                inf_latency_p95_ms: p95,
                 error_rate: ratio(errors, a.count),
                 feedback_count: a.fb_pos + a.fb_neg,
                 satisfaction_rate: ratio(a.fb_pos, a.fb_pos + a.fb_neg),
@@ -165,6 +196,8 @@ pub fn by_day(preds: &[PredictionRow], fbs: &[FeedbackRow]) -> Vec<DayMetrics> {
                 dog_count: a.dogs,
                 cat_share: ratio(a.cats, a.success),
                 dog_share: ratio(a.dogs, a.success),
+                p_dog_mean,
+                low_confidence_share,
             }
         })
         .collect()
@@ -175,7 +208,8 @@ pub fn window(start: NaiveDate, end: NaiveDate, preds: &[PredictionRow], fbs: &[
     let mut a = Acc::default();
     preds.iter().for_each(|p| a.add_prediction(p));
     fbs.iter().for_each(|f| a.add_feedback(f));
-    let [avg, p50, p90, p99] = a.latency();
+    let [avg, p50, p90, p95, p99] = a.latency();
+    let (p_dog_mean, low_confidence_share) = a.drift();
     let errors = a.count - a.success;
     let fmt = |d: NaiveDate| d.format("%Y-%m-%d").to_string();
     WindowMetrics {
@@ -193,10 +227,13 @@ pub fn window(start: NaiveDate, end: NaiveDate, preds: &[PredictionRow], fbs: &[
         error_rate_7d: ratio(errors, a.count),
         latency_p50_ms_7d: p50,
         latency_p99_ms_7d: p99,
+        latency_p95_ms_7d: p95,
         feedback_count_7d: a.fb_pos + a.fb_neg,
         satisfaction_rate_7d: ratio(a.fb_pos, a.fb_pos + a.fb_neg),
         cat_share_7d: ratio(a.cats, a.success),
         dog_share_7d: ratio(a.dogs, a.success),
+        p_dog_mean_7d: p_dog_mean,
+        low_confidence_share_7d: low_confidence_share,
     }
 }
 
@@ -216,17 +253,18 @@ mod tests {
 
     #[test]
     fn groups_by_day_newest_first() {
-        let p = |day: &str, ok, label: Option<&str>, ms| PredictionRow {
+        let p = |day: &str, ok, label: Option<&str>, p_dog: Option<f64>, ms| PredictionRow {
             day: day.into(),
             ok,
             label: label.map(Into::into),
+            p_dog,
             latency_ms: ms,
         };
         let preds = vec![
-            p("2026-01-01", true, Some("cat"), 10.0),
-            p("2026-01-02", true, Some("dog"), 20.0),
-            p("2026-01-02", true, Some("cat"), 40.0),
-            p("2026-01-02", false, None, 1.0),
+            p("2026-01-01", true, Some("cat"), Some(0.1), 10.0),
+            p("2026-01-02", true, Some("dog"), Some(0.9), 20.0),
+            p("2026-01-02", true, Some("cat"), Some(0.3), 40.0),
+            p("2026-01-02", false, None, None, 1.0),
         ];
         let fbs = vec![FeedbackRow { day: "2026-01-02".into(), positive: true }];
         let d = by_day(&preds, &fbs);
@@ -238,5 +276,10 @@ mod tests {
         assert_eq!(d[0].cat_share, Some(0.5));
         assert_eq!(d[0].satisfaction_rate, Some(1.0));
         assert_eq!(d[1].satisfaction_rate, None);
+        // Drift: mean P(dog) (0.9 + 0.3) / 2; 0.3 -> winning probability 0.7 < 0.8.
+        assert!((d[0].p_dog_mean.expect("mean") - 0.6).abs() < 1e-12);
+        assert_eq!(d[0].low_confidence_share, Some(0.5));
+        assert_eq!(d[1].low_confidence_share, Some(0.0));
+        assert_eq!(d[0].inf_latency_p95_ms, Some(40.0));
     }
 }

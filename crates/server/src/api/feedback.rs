@@ -142,60 +142,7 @@ pub async fn feedback(
     if value.get("prediction_id").is_some() {
         let body: PredictionFeedback = serde_json::from_value(value)
             .map_err(|e| ApiError::unprocessable("invalid_body", format!("invalid feedback: {e}")))?;
-        let comment = check_comment(body.comment)?;
-        let label = body.label.as_deref().map(parse_label).transpose()?;
-        let pid = uuid::Uuid::parse_str(&body.prediction_id)
-            .map_err(|_| ApiError::not_found("unknown_prediction", "no prediction has this id"))?
-            .to_string();
-        let mut pred = state.store.get_prediction(&pid).await?;
-        if pred.is_none() && !state.outbox.is_empty() {
-            // The prediction may still be queued from a database outage: write the queue first.
-            state.maintain_store().await;
-            pred = state.store.get_prediction(&pid).await?;
-        }
-        let pred = pred.ok_or_else(|| ApiError::not_found("unknown_prediction", "no prediction has this id"))?;
-        if pred.status != PredictionStatus::Ok {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "prediction_failed",
-                "that request produced no prediction",
-            ));
-        }
-        let predicted = pred.label.clone().unwrap_or_default();
-        let other = if predicted == "dog" { "cat" } else { "dog" };
-        let (positive, true_label) = match (body.correct, label) {
-            (Some(c), None) => (c, if c { predicted.clone() } else { other.to_string() }),
-            (None, Some(l)) => (l == predicted, l),
-            (Some(c), Some(l)) if c == (l == predicted) => (c, l),
-            (Some(_), Some(_)) => {
-                return Err(ApiError::unprocessable("invalid_body", "`correct` and `label` contradict each other"));
-            }
-            (None, None) => return Err(ApiError::unprocessable("invalid_body", "give `correct` or `label`")),
-        };
-        let rec = FeedbackRecord {
-            id: id.clone(),
-            prediction_id: Some(pid.clone()),
-            created_at: now,
-            positive,
-            true_label: Some(true_label.clone()),
-            p_dog: pred.p_dog,
-            comment,
-            source: FeedbackSource::V2,
-        };
-        let outcome = state.store.upsert_feedback(&rec).await?;
-        return Ok(Json(FeedbackResponse {
-            status: "received".into(),
-            id,
-            feedback: None,
-            resultat_prediction: None,
-            input_user: None,
-            prediction_id: Some(pid),
-            positive,
-            label: Some(true_label),
-            replaced: outcome == FeedbackOutcome::Replaced,
-            timestamp,
-            saved_to_db: true,
-        }));
+        return save_prediction_feedback(&state, body).await.map(Json);
     }
     let body: SeedFeedback = serde_json::from_value(value).map_err(|e| {
         ApiError::unprocessable(
@@ -247,4 +194,64 @@ pub async fn feedback(
         timestamp,
         saved_to_db: true,
     }))
+}
+
+/// Stores feedback on one prediction (the API's body and the page's plain form).
+pub(crate) async fn save_prediction_feedback(
+    state: &AppState,
+    body: PredictionFeedback,
+) -> Result<FeedbackResponse, ApiError> {
+    let now = (state.cfg.clock)();
+    let id = uuid::Uuid::new_v4().to_string();
+    let timestamp = now.timestamp_millis() as f64 / 1e3;
+    let comment = check_comment(body.comment)?;
+    let label = body.label.as_deref().map(parse_label).transpose()?;
+    let pid = uuid::Uuid::parse_str(&body.prediction_id)
+        .map_err(|_| ApiError::not_found("unknown_prediction", "no prediction has this id"))?
+        .to_string();
+    let mut pred = state.store.get_prediction(&pid).await?;
+    if pred.is_none() && !state.outbox.is_empty() {
+        // The prediction may still be queued from a database outage: write the queue first.
+        state.maintain_store().await;
+        pred = state.store.get_prediction(&pid).await?;
+    }
+    let pred = pred.ok_or_else(|| ApiError::not_found("unknown_prediction", "no prediction has this id"))?;
+    if pred.status != PredictionStatus::Ok {
+        return Err(ApiError::new(StatusCode::CONFLICT, "prediction_failed", "that request produced no prediction"));
+    }
+    let predicted = pred.label.clone().unwrap_or_default();
+    let other = if predicted == "dog" { "cat" } else { "dog" };
+    let (positive, true_label) = match (body.correct, label) {
+        (Some(c), None) => (c, if c { predicted.clone() } else { other.to_string() }),
+        (None, Some(l)) => (l == predicted, l),
+        (Some(c), Some(l)) if c == (l == predicted) => (c, l),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::unprocessable("invalid_body", "`correct` and `label` contradict each other"));
+        }
+        (None, None) => return Err(ApiError::unprocessable("invalid_body", "give `correct` or `label`")),
+    };
+    let rec = FeedbackRecord {
+        id: id.clone(),
+        prediction_id: Some(pid.clone()),
+        created_at: now,
+        positive,
+        true_label: Some(true_label.clone()),
+        p_dog: pred.p_dog,
+        comment,
+        source: FeedbackSource::V2,
+    };
+    let outcome = state.store.upsert_feedback(&rec).await?;
+    Ok(FeedbackResponse {
+        status: "received".into(),
+        id,
+        feedback: None,
+        resultat_prediction: None,
+        input_user: None,
+        prediction_id: Some(pid),
+        positive,
+        label: Some(true_label),
+        replaced: outcome == FeedbackOutcome::Replaced,
+        timestamp,
+        saved_to_db: true,
+    })
 }

@@ -72,7 +72,7 @@ pub struct BatchResponse {
 /// Multipart form with one image (OpenAPI only).
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub struct UploadForm {
+pub struct UploadSchema {
     /// JPEG, PNG, GIF, WebP or BMP; the type is sniffed from the content.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
@@ -140,34 +140,50 @@ async fn read_limited(mut field: Field<'_>, limit: usize) -> Result<Vec<u8>, Api
 }
 
 /// A file read from the form, or why it could not be read.
-struct Upload {
-    filename: String,
-    bytes: Result<Vec<u8>, ApiError>,
+pub(crate) struct Upload {
+    pub filename: String,
+    pub bytes: Result<Vec<u8>, ApiError>,
 }
 
-/// Reads every `file` (or `files`) field; other fields are ignored.
-async fn read_uploads(mut mp: Multipart, limit: usize, max_files: usize) -> Result<Vec<Upload>, ApiError> {
-    let mut out = Vec::new();
+/// What a multipart form carried: the files, and the page's CSRF token if present.
+pub(crate) struct UploadForm {
+    pub uploads: Vec<Upload>,
+    pub csrf: Option<String>,
+}
+
+/// Reads every `file` (or `files`) field and a `csrf` field; other fields are ignored.
+pub(crate) async fn read_uploads(mut mp: Multipart, limit: usize, max_files: usize) -> Result<UploadForm, ApiError> {
+    let mut out = UploadForm { uploads: Vec::new(), csrf: None };
     loop {
         let field = match mp.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => return Err(multipart_error(e, limit)),
         };
-        if !matches!(field.name(), Some("file" | "files")) {
+        match field.name() {
+            Some("file" | "files") => {}
+            Some("csrf") => {
+                let token = read_limited(field, 256).await?;
+                out.csrf = Some(String::from_utf8_lossy(&token).into_owned());
+                continue;
+            }
+            _ => continue,
+        }
+        let filename = field.file_name().unwrap_or_default().to_string();
+        let bytes = read_limited(field, limit).await;
+        // A browser form submits an unnamed empty part when no file was chosen.
+        if filename.is_empty() && matches!(&bytes, Ok(b) if b.is_empty()) {
             continue;
         }
-        if out.len() == max_files {
+        if out.uploads.len() == max_files {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_many_files",
                 format!("more than {max_files} files in one request"),
             ));
         }
-        let filename = field.file_name().unwrap_or_default().to_string();
-        let bytes = read_limited(field, limit).await;
         let fatal = matches!(&bytes, Err(e) if e.code == "invalid_multipart");
-        out.push(Upload { filename, bytes });
+        out.uploads.push(Upload { filename, bytes });
         if fatal {
             break;
         }
@@ -197,7 +213,7 @@ async fn record(state: &AppState, id: &str, filename: &str, outcome: Result<Pred
 /// Classify one image.
 #[utoipa::path(
     post, path = "/api/predict", tag = "predict",
-    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    request_body(content = UploadSchema, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "Prediction", body = PredictResponse),
         (status = 400, description = "Missing `file` field, empty file or malformed form", body = crate::error::ErrorBody),
@@ -215,8 +231,8 @@ pub async fn predict(
 ) -> Result<Json<PredictResponse>, ApiError> {
     state.model()?;
     let limit = state.cfg.max_upload_bytes;
-    let mut uploads = read_uploads(mp.map_err(multipart_rejection)?, limit, 1).await?;
-    let Some(upload) = uploads.pop() else {
+    let mut form = read_uploads(mp.map_err(multipart_rejection)?, limit, 1).await?;
+    let Some(upload) = form.uploads.pop() else {
         return Err(ApiError::bad_request("missing_file", "the form has no `file` field"));
     };
     let id = uuid::Uuid::new_v4().to_string();
@@ -257,12 +273,22 @@ pub async fn predict_batch(
     mp: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<BatchResponse>, ApiError> {
     state.model()?;
-    let uploads =
+    let form =
         read_uploads(mp.map_err(multipart_rejection)?, state.cfg.max_upload_bytes, state.cfg.max_batch_files).await?;
-    if uploads.is_empty() {
+    if form.uploads.is_empty() {
         return Err(ApiError::bad_request("missing_file", "the form has no `file` field"));
     }
-    // Classify the readable files together; keep each file's slot.
+    let (items, ms) = classify_uploads(&state, form.uploads).await?;
+    let failed = items.iter().filter(|i| i.error.is_some()).count();
+    Ok(Json(BatchResponse { succeeded: items.len() - failed, results: items, failed, latency_ms: ms }))
+}
+
+/// Classifies the readable files together and records one prediction row per file, each
+/// keeping its upload slot; used by the batch route and the page's plain form.
+pub(crate) async fn classify_uploads(
+    state: &AppState,
+    uploads: Vec<Upload>,
+) -> Result<(Vec<BatchItem>, f64), ApiError> {
     let mut files = Vec::new();
     let mut slots = Vec::new();
     let mut results: Vec<Option<Result<Prediction, ApiError>>> = Vec::with_capacity(uploads.len());
@@ -283,20 +309,17 @@ pub async fn predict_batch(
         results[slot] = Some(r);
     }
     let mut items = Vec::with_capacity(results.len());
-    let (mut ok, mut failed) = (0, 0);
     for (name, r) in names.into_iter().zip(results) {
         let id = uuid::Uuid::new_v4().to_string();
         let r = r.unwrap_or_else(|| Err(ApiError::internal("file was not classified")));
         match r {
             Ok(p) => {
-                record(&state, &id, &name, Ok(p), ms).await;
-                ok += 1;
+                record(state, &id, &name, Ok(p), ms).await;
                 let res = response(id, name.clone(), p, state.model_version(), ms);
                 items.push(BatchItem { filename: name, result: Some(res), error: None, status: 200 });
             }
             Err(e) => {
-                record(&state, &id, &name, Err(&e), ms).await;
-                failed += 1;
+                record(state, &id, &name, Err(&e), ms).await;
                 items.push(BatchItem {
                     filename: name,
                     result: None,
@@ -306,5 +329,5 @@ pub async fn predict_batch(
             }
         }
     }
-    Ok(Json(BatchResponse { results: items, succeeded: ok, failed, latency_ms: ms }))
+    Ok((items, ms))
 }

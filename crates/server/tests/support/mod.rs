@@ -29,9 +29,32 @@ pub fn model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/seed-cnn")
 }
 
+/// The shipped default model (EfficientNet-Lite0 + our head).
+pub fn default_model_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/effnet-lite0")
+}
+
+/// Real photos: `CATSDOGS_DATA_DIR`, else `../shared/data/train` beside the repository.
+pub fn photos_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("CATSDOGS_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/train"));
+    dir.join("cat").is_dir().then_some(dir)
+}
+
 impl TestApp {
     /// Starts the app against `db_url`, storing its files in `data_dir`.
     pub async fn spawn(db_url: &str, data_dir: PathBuf, now: Option<DateTime<Utc>>) -> Self {
+        Self::spawn_with(db_url, data_dir, now, |_| {}).await
+    }
+
+    /// As `spawn`, with a last say on the configuration.
+    pub async fn spawn_with(
+        db_url: &str,
+        data_dir: PathBuf,
+        now: Option<DateTime<Utc>>,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
@@ -48,6 +71,7 @@ impl TestApp {
         if let Some(t) = now {
             cfg.clock = Arc::new(move || t);
         }
+        configure(&mut cfg);
         let listener = catsdogs_server::bind(&cfg).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (app, _) = catsdogs_server::build(cfg).await.expect("build app");

@@ -1,0 +1,179 @@
+// catsdogs page script: progressive enhancement of the upload form (drag-and-drop,
+// paste, several files at once, instant results, feedback buttons). Without it the form
+// still posts to /classify. The page never holds the API token: requests carry the
+// session cookie and the CSRF token from the <meta> tag.
+'use strict';
+document.documentElement.classList.add('js');
+
+(function () {
+  const form = document.getElementById('upload-form');
+  if (!form) return;
+  const input = document.getElementById('file');
+  const drop = document.getElementById('drop');
+  const results = document.getElementById('results');
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const maxBytes = Number(form.dataset.maxBytes) || 10 * 1024 * 1024;
+  const maxFiles = Number(form.dataset.maxFiles) || 32;
+  const IN_FLIGHT = 3;
+  const queue = [];
+  let running = 0;
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text; // textContent: file names are never parsed as HTML
+    return e;
+  }
+
+  function bar(name, cls, p, text) {
+    const row = el('div', 'bar ' + cls);
+    const label = el('span', null, name);
+    const prog = el('progress');
+    prog.max = 1;
+    prog.value = p;
+    prog.setAttribute('aria-label', name + ' probability');
+    row.append(label, prog, el('span', 'pct', text));
+    return row;
+  }
+
+  function fail(card, message) {
+    card.li.classList.remove('pending');
+    card.li.classList.add('failed');
+    card.verdict.remove();
+    const p = el('p', 'err', message);
+    p.setAttribute('role', 'alert');
+    card.body.append(p);
+  }
+
+  async function errorMessage(resp) {
+    try {
+      const j = await resp.json();
+      if (j && j.error && j.error.message) {
+        if (resp.status === 401) return 'Your session has expired: reload the page.';
+        return j.error.message;
+      }
+    } catch (_) { /* not JSON */ }
+    return 'The server answered ' + resp.status + '.';
+  }
+
+  function newCard(file) {
+    const li = el('li', 'card pending');
+    if (file.type && file.type.startsWith('image/')) {
+      const img = el('img', 'thumb');
+      img.alt = 'Preview of ' + (file.name || 'pasted image');
+      img.src = URL.createObjectURL(file);
+      img.addEventListener('load', () => URL.revokeObjectURL(img.src));
+      img.addEventListener('error', () => img.remove());
+      li.append(img);
+    }
+    const body = el('div', 'card-body');
+    const verdict = el('p', 'verdict', 'Classifying…');
+    body.append(el('p', 'name', file.name || 'pasted image'), verdict);
+    li.append(body);
+    results.prepend(li);
+    return { li, body, verdict };
+  }
+
+  function showResult(card, r) {
+    card.li.classList.remove('pending');
+    card.li.dataset.predictionId = r.id;
+    card.verdict.textContent = '';
+    card.verdict.append(el('span', 'label-' + r.label, r.prediction), ' ', el('span', 'conf', r.confidence));
+    if (r.is_cat_or_dog === false) {
+      card.body.append(el('p', 'notice warn', 'This may be neither a cat nor a dog.'));
+    }
+    const bars = el('div', 'bars');
+    bars.append(bar('Cat', 'cat', r.p_cat, r.probabilities.cat), bar('Dog', 'dog', r.p_dog, r.probabilities.dog));
+    card.body.append(bars, el('p', 'meta', 'model ' + r.model_version + ' · ' + r.latency_ms.toFixed(1) + ' ms'));
+    const other = r.label === 'dog' ? 'cat' : 'dog';
+    const group = el('div', 'fb');
+    group.setAttribute('role', 'group');
+    group.setAttribute('aria-label', 'Was this right?');
+    const right = el('button', null, '✓ Right');
+    const wrong = el('button', null, '✗ Wrong, it\'s a ' + other);
+    for (const b of [right, wrong]) { b.type = 'button'; b.setAttribute('aria-pressed', 'false'); }
+    right.dataset.feedback = 'correct';
+    wrong.dataset.feedback = 'wrong';
+    const status = el('p', 'fb-status');
+    status.setAttribute('role', 'status');
+    group.append(right, wrong);
+    card.body.append(group, status);
+    const send = async (button, body) => {
+      status.textContent = 'Sending…';
+      try {
+        const resp = await fetch('/api/feedback', {
+          method: 'POST',
+          credentials: 'same-origin',
+          headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
+          body: JSON.stringify(Object.assign({ prediction_id: r.id }, body)),
+        });
+        if (!resp.ok) { status.textContent = 'Not saved: ' + await errorMessage(resp); return; }
+        for (const b of [right, wrong]) b.setAttribute('aria-pressed', String(b === button));
+        status.textContent = body.correct ? 'Thanks! Feedback saved.' : 'Thanks! Noted: it is a ' + other + '.';
+      } catch (_) {
+        status.textContent = 'Not saved: the server could not be reached.';
+      }
+    };
+    right.addEventListener('click', () => send(right, { correct: true }));
+    wrong.addEventListener('click', () => send(wrong, { label: other }));
+  }
+
+  async function classify(file, card) {
+    const data = new FormData();
+    data.append('file', file, file.name || 'pasted-image');
+    try {
+      const resp = await fetch('/api/predict', {
+        method: 'POST', body: data, credentials: 'same-origin', headers: { 'X-CSRF-Token': csrf },
+      });
+      if (!resp.ok) { fail(card, await errorMessage(resp)); return; }
+      showResult(card, await resp.json());
+    } catch (_) {
+      fail(card, 'The server could not be reached.');
+    }
+  }
+
+  function pump() {
+    while (running < IN_FLIGHT && queue.length) {
+      const [file, card] = queue.shift();
+      running += 1;
+      classify(file, card).finally(() => { running -= 1; pump(); });
+    }
+  }
+
+  function accept(files) {
+    const list = Array.from(files || []);
+    if (list.length > maxFiles) {
+      const card = newCard({ name: list.length + ' files', type: '' });
+      fail(card, 'At most ' + maxFiles + ' files at a time; the first ' + maxFiles + ' are classified.');
+    }
+    for (const file of list.slice(0, maxFiles)) {
+      const card = newCard(file);
+      if (file.size > maxBytes) {
+        fail(card, 'This file is larger than the ' + (maxBytes / 1048576).toFixed(0) + ' MiB limit.');
+        continue;
+      }
+      if (file.size === 0) { fail(card, 'This file is empty.'); continue; }
+      queue.push([file, card]);
+    }
+    pump();
+  }
+
+  input.addEventListener('change', () => { accept(input.files); input.value = ''; });
+  form.addEventListener('submit', (e) => { e.preventDefault(); accept(input.files); input.value = ''; });
+  for (const type of ['dragenter', 'dragover']) {
+    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add('over'); });
+  }
+  drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+  drop.addEventListener('drop', (e) => {
+    e.preventDefault();
+    drop.classList.remove('over');
+    accept(e.dataTransfer && e.dataTransfer.files);
+  });
+  // A file dropped next to the zone must not navigate away from the page.
+  window.addEventListener('dragover', (e) => e.preventDefault());
+  window.addEventListener('drop', (e) => e.preventDefault());
+  document.addEventListener('paste', (e) => {
+    const files = e.clipboardData && e.clipboardData.files;
+    if (files && files.length) { e.preventDefault(); accept(files); }
+  });
+})();

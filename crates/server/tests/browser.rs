@@ -1,0 +1,297 @@
+//! End-to-end tests of the web page in real headless Chromium (through chromedriver):
+//! upload real photos through the file input, drop a non-image, send feedback, sign in
+//! and see the feedback on the dashboard, check escaping and the phone layout, and save
+//! screenshots under `target/screenshots/`.
+//!
+//! Skipped (with the reason) when Chromium, chromedriver or the photos are missing, unless
+//! `CATSDOGS_REQUIRE_BROWSER=1` (set by `.ci/run`) makes that a failure.
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use support::{TOKEN, TestApp, default_model_dir, photos_dir};
+
+/// Flags from the project guide: no sandbox (root in CI), no GPU, no background traffic.
+const CHROMIUM_FLAGS: [&str; 9] = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+];
+
+fn which(name: &str, env: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Chromium, chromedriver and the photo folder, or why the test cannot run.
+fn prerequisites() -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    let chromium = which("chromium", "CATSDOGS_CHROMIUM").ok_or("no `chromium` on PATH (apt install chromium)")?;
+    let driver = which("chromedriver", "CATSDOGS_CHROMEDRIVER")
+        .ok_or("no `chromedriver` on PATH (apt install chromium-driver)")?;
+    let photos = photos_dir().ok_or("no photos (set CATSDOGS_DATA_DIR)")?;
+    // chromedriver only accepts canonical paths for uploads.
+    let photos = photos.canonicalize().map_err(|e| format!("photos at {}: {e}", photos.display()))?;
+    Ok((chromium, driver, photos))
+}
+
+fn skip_or_fail(reason: &str) {
+    assert!(std::env::var("CATSDOGS_REQUIRE_BROWSER").as_deref() != Ok("1"), "browser test required: {reason}");
+    eprintln!("SKIPPED: {reason}");
+}
+
+/// A chromedriver process on a free loopback port; killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+async fn start_driver(driver: &Path) -> Driver {
+    let port = free_port();
+    let child = Command::new(driver)
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let d = Driver { child, url: format!("http://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d
+}
+
+async fn browser(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
+    let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
+    args.push(format!("--user-data-dir={}", profile.display()));
+    args.push("--window-size=1280,1000".into());
+    let mut caps = serde_json::Map::new();
+    caps.insert("goog:chromeOptions".into(), json!({ "binary": chromium, "args": args }));
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("start a Chromium session")
+}
+
+/// Where screenshots go: `$CARGO_TARGET_DIR/screenshots`, else `target/screenshots`.
+fn screenshot_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let dir = target.join("screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    dir
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(screenshot_dir().join(name), png).expect("write screenshot");
+}
+
+/// What the result cards show, read in one script call.
+async fn cards(c: &Client) -> Vec<Value> {
+    let v = c
+        .execute(
+            "return Array.from(document.querySelectorAll('#results .card')).map(li => ({
+                name: (li.querySelector('.name') || {}).textContent || null,
+                label: (li.querySelector('.verdict [class^=label-]') || {}).textContent || null,
+                error: (li.querySelector('.err') || {}).textContent || null,
+                pending: li.classList.contains('pending'),
+                feedback: (li.querySelector('.fb-status') || {}).textContent || null,
+                id: li.dataset.predictionId || null,
+            }));",
+            vec![],
+        )
+        .await
+        .expect("read cards");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// Polls `cards` until `done` holds (the model runs on CPU: allow a generous minute).
+async fn wait_cards(c: &Client, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = cards(c).await;
+        if done(&now) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; cards: {now:#?}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+fn card<'a>(cards: &'a [Value], name: &str) -> Option<&'a Value> {
+    cards.iter().find(|c| c["name"] == name)
+}
+
+async fn js(c: &Client, script: &str) -> Value {
+    c.execute(script, vec![]).await.expect("script")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_page_in_chromium() {
+    let (chromium, driver_bin, photos) = match prerequisites() {
+        Ok(p) => p,
+        Err(reason) => return skip_or_fail(&reason),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().canonicalize().expect("canonical temp dir");
+    let db = format!("sqlite://{}?mode=rwc", root.join("browser.db").display());
+    let app = TestApp::spawn_with(&db, dir.path().join("data"), None, |cfg| {
+        cfg.model_dir = default_model_dir();
+        cfg.max_upload_bytes = 2 * 1024 * 1024;
+        cfg.inference_threads = 2;
+    })
+    .await;
+    let driver = start_driver(&driver_bin).await;
+    let c = browser(&driver, &chromium, &dir.path().join("profile")).await;
+
+    // The page loads with its assets, under a strict CSP, and never contains the token.
+    c.goto(&app.url("/")).await.expect("open home");
+    let source = c.source().await.expect("source");
+    assert!(!source.contains(TOKEN), "the page must not expose the API token");
+    assert_eq!(js(&c, "return document.documentElement.classList.contains('js')").await, json!(true));
+
+    // Upload a real cat and a real dog photo through the file input.
+    let cat = photos.join("cat/1.jpg");
+    let dog = photos.join("dog/1.jpg");
+    let input = c.find(Locator::Css("#file")).await.expect("file input");
+    input.send_keys(&format!("{}\n{}", cat.display(), dog.display())).await.expect("choose files");
+    let now = wait_cards(&c, "two predictions", |cs| {
+        cs.len() == 2 && cs.iter().all(|x| !x["pending"].as_bool().unwrap_or(true))
+    })
+    .await;
+    assert_eq!(card(&now, "1.jpg").map(|_| ()), Some(()), "{now:#?}");
+    let labels: Vec<&str> = now.iter().filter_map(|x| x["label"].as_str()).collect();
+    assert!(labels.contains(&"Cat") && labels.contains(&"Dog"), "one cat and one dog expected: {now:#?}");
+    assert!(now.iter().all(|x| x["error"].is_null()), "{now:#?}");
+    let img_alt =
+        js(&c, "return Array.from(document.querySelectorAll('#results img')).every(i => i.alt.length > 0)").await;
+    assert_eq!(img_alt, json!(true), "every preview has an alt text");
+
+    // Feedback: confirm the cat card.
+    let cat_id = now.iter().find(|x| x["label"] == "Cat").and_then(|x| x["id"].as_str()).expect("cat id").to_string();
+    let button = c
+        .find(Locator::Css(&format!("li[data-prediction-id='{cat_id}'] button[data-feedback='correct']")))
+        .await
+        .expect("thumbs-up button");
+    button.click().await.expect("click thumbs up");
+    wait_cards(&c, "feedback confirmation", |cs| {
+        cs.iter().any(|x| x["id"] == cat_id.as_str() && x["feedback"].as_str().is_some_and(|f| f.starts_with("Thanks")))
+    })
+    .await;
+    assert_eq!(button.attr("aria-pressed").await.expect("attr").as_deref(), Some("true"));
+
+    // Drop a text file on the drop zone: an error next to that file only.
+    js(
+        &c,
+        "const dt = new DataTransfer();
+         dt.items.add(new File(['this is not an image'], 'notes.txt', {type: 'text/plain'}));
+         document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+         return true;",
+    )
+    .await;
+    let now =
+        wait_cards(&c, "the error for notes.txt", |cs| card(cs, "notes.txt").is_some_and(|x| !x["error"].is_null()))
+            .await;
+    let err = card(&now, "notes.txt").and_then(|x| x["error"].as_str()).unwrap_or_default().to_string();
+    assert!(err.to_lowercase().contains("image"), "error should say it is not an image: {err}");
+    assert_eq!(now.iter().filter(|x| !x["error"].is_null()).count(), 1, "only that file failed: {now:#?}");
+
+    // A hostile file name is shown as text, never parsed as HTML.
+    let hostile = "<img src=x onerror=alert(1)>.jpg";
+    let hostile_path = root.join(hostile);
+    std::fs::copy(photos.join("cat/2.jpg"), &hostile_path).expect("copy photo");
+    let input = c.find(Locator::Css("#file")).await.expect("file input");
+    input.send_keys(&hostile_path.display().to_string()).await.expect("choose hostile file");
+    let now = wait_cards(&c, "the hostile file's result", |cs| {
+        card(cs, hostile).is_some_and(|x| !x["pending"].as_bool().unwrap_or(true))
+    })
+    .await;
+    assert_eq!(card(&now, hostile).and_then(|x| x["label"].as_str()), Some("Cat"));
+    assert_eq!(js(&c, "return document.querySelectorAll('img[src=\"x\"]').length").await, json!(0));
+    assert!(c.get_alert_text().await.is_err(), "no alert may have opened");
+    screenshot(&c, "home-desktop.png").await;
+    // For docs/img: the same view with the photo previews blurred (the training photos are
+    // not redistributed with the repository).
+    js(&c, "document.querySelectorAll('img.thumb').forEach(i => { i.style.filter = 'blur(14px)'; }); return true;")
+        .await;
+    screenshot(&c, "home-desktop-blurred.png").await;
+    js(&c, "document.querySelectorAll('img.thumb').forEach(i => { i.style.filter = ''; }); return true;").await;
+
+    // Phone width: no horizontal scrolling.
+    c.set_window_size(375, 812).await.expect("resize");
+    let (inner, scroll) =
+        (js(&c, "return window.innerWidth").await, js(&c, "return document.documentElement.scrollWidth").await);
+    assert!(inner.as_u64().is_some_and(|w| w <= 400), "viewport not narrowed: {inner}");
+    assert!(scroll.as_u64() <= inner.as_u64(), "horizontal scroll at phone width: {scroll} > {inner}");
+    screenshot(&c, "home-phone.png").await;
+    c.set_window_size(1280, 1000).await.expect("resize");
+
+    // The dashboard needs an operator: sign in with the token, then see the feedback counted.
+    c.goto(&app.url("/dashboard")).await.expect("open dashboard");
+    let url = c.current_url().await.expect("url");
+    assert_eq!(url.path(), "/login", "dashboard must ask for sign-in");
+    c.find(Locator::Css("#token")).await.expect("token field").send_keys(TOKEN).await.expect("type token");
+    c.find(Locator::Css("form.stack button[type=submit]")).await.expect("submit").click().await.expect("sign in");
+    c.wait().for_element(Locator::Css("#tile-feedback")).await.expect("dashboard after sign-in");
+    assert_eq!(c.current_url().await.expect("url").path(), "/dashboard");
+    let tile = |id: &'static str| {
+        let c = &c;
+        async move { c.find(Locator::Id(id)).await.expect("tile").text().await.expect("tile text") }
+    };
+    assert_eq!(tile("tile-predictions").await, "4", "cat + dog + text file + hostile name");
+    assert!(tile("tile-feedback").await.starts_with("1 right"), "feedback counted: {}", tile("tile-feedback").await);
+    assert_eq!(tile("tile-satisfaction").await.replace('\u{a0}', " "), "100.0 %");
+    let charts = js(&c, "return document.querySelectorAll('svg.chart').length").await;
+    assert_eq!(charts, json!(5));
+    let dash = c.source().await.expect("dashboard source");
+    assert!(!dash.contains(hostile) && !dash.contains("onerror"), "the dashboard shows pseudonyms only");
+    let names = js(
+        &c,
+        "return Array.from(document.querySelectorAll('#recent tbody td:nth-child(2)')).map(td => td.textContent)",
+    )
+    .await;
+    let names: Vec<&str> = names.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(
+        names.iter().all(|n| n.starts_with("upload-") && n.len() <= "upload-0123456789abcdef.jpeg".len()),
+        "pseudonymised names only: {names:?}"
+    );
+    screenshot(&c, "dashboard-desktop.png").await;
+    c.set_window_size(375, 812).await.expect("resize");
+    let (inner, scroll) =
+        (js(&c, "return window.innerWidth").await, js(&c, "return document.documentElement.scrollWidth").await);
+    assert!(scroll.as_u64() <= inner.as_u64(), "dashboard scrolls sideways at phone width: {scroll} > {inner}");
+    screenshot(&c, "dashboard-phone.png").await;
+
+    c.close().await.expect("close browser");
+    app.stop().await;
+}
