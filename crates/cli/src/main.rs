@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod commands;
+mod db;
 mod serve;
 
 #[derive(Parser)]
@@ -12,6 +13,9 @@ struct Cli {
     /// Log filter (e.g. info, debug, catsdogs_model=debug).
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
     log_level: String,
+    /// Log lines as text or JSON (one object per line, with the request span).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,6 +32,8 @@ enum Command {
     Export(commands::ExportArgs),
     /// Serve the web page and the JSON API (http://127.0.0.1:8000 by default).
     Serve(serve::ServeArgs),
+    /// Retention purge, erasure and export of stored data.
+    Db(db::DbArgs),
 }
 
 fn tune_allocator() {
@@ -45,15 +51,19 @@ fn main() -> Result<ExitCode> {
     // Precedence: flags, then the environment, then `.env` (which never overrides the environment).
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log_level).context("invalid --log-level")?)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).context("invalid --log-level")?;
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().with_current_span(true).init();
+    } else {
+        logs.init();
+    }
     match cli.command {
         Command::Train(a) => commands::train(a).map(|_| ExitCode::SUCCESS),
         Command::Eval(a) => commands::eval(a).map(|_| ExitCode::SUCCESS),
         Command::Predict(a) => commands::predict(a),
         Command::Export(a) => commands::export(a).map(|_| ExitCode::SUCCESS),
         Command::Serve(a) => serve::serve(a).map(|_| ExitCode::SUCCESS),
+        Command::Db(a) => db::db(a).map(|_| ExitCode::SUCCESS),
     }
 }

@@ -45,6 +45,17 @@ pub struct ServeArgs {
     /// Inference threads (default: all cores).
     #[arg(long, env = "CATSDOGS_THREADS")]
     pub threads: Option<usize>,
+    /// Inference log directory, one CSV per UTC day (default: --data-dir/logs).
+    #[arg(long, env = "CATSDOGS_INFERENCE_LOG_DIR")]
+    pub inference_log_dir: Option<PathBuf>,
+    /// Do not write the inference log.
+    #[arg(long, env = "CATSDOGS_NO_INFERENCE_LOG")]
+    pub no_inference_log: bool,
+    /// Minutes between two runs of the automatic retention purge.
+    #[arg(long, env = "CATSDOGS_PURGE_EVERY_MIN", default_value_t = 60)]
+    pub purge_every_min: u64,
+    #[command(flatten)]
+    pub retention: crate::db::RetentionArgs,
 }
 
 /// The seed's PostgreSQL settings, when DB_HOST is set.
@@ -68,6 +79,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     cfg.max_batch_files = a.max_batch_files.max(1);
     cfg.tta_flip = a.tta_flip;
     cfg.secure_cookies = a.secure_cookies;
+    cfg.retention = a.retention.into();
+    cfg.purge_interval = std::time::Duration::from_secs(a.purge_every_min.max(1) * 60);
+    if a.no_inference_log {
+        cfg.inference_log_dir = None;
+    } else if let Some(dir) = a.inference_log_dir {
+        cfg.inference_log_dir = Some(dir);
+    }
     if let Some(t) = a.threads {
         cfg.inference_threads = t.max(1);
         cfg.max_concurrent_inferences = t.max(1);

@@ -11,6 +11,8 @@ document.documentElement.classList.add('js');
   const input = document.getElementById('file');
   const drop = document.getElementById('drop');
   const results = document.getElementById('results');
+  const announce = document.getElementById('announce');
+  const say = (text) => { if (announce) announce.textContent = text; };
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const maxBytes = Number(form.dataset.maxBytes) || 10 * 1024 * 1024;
   const maxFiles = Number(form.dataset.maxFiles) || 32;
@@ -63,7 +65,7 @@ document.documentElement.classList.add('js');
       img.alt = 'Preview of ' + (file.name || 'pasted image');
       img.src = URL.createObjectURL(file);
       img.addEventListener('load', () => URL.revokeObjectURL(img.src));
-      img.addEventListener('error', () => img.remove());
+      img.addEventListener('error', () => { URL.revokeObjectURL(img.src); img.remove(); });
       li.append(img);
     }
     const body = el('div', 'card-body');
@@ -75,6 +77,7 @@ document.documentElement.classList.add('js');
   }
 
   function showResult(card, r) {
+    say((r.filename || 'Image') + ': ' + r.prediction + ', ' + r.confidence);
     card.li.classList.remove('pending');
     card.li.dataset.predictionId = r.id;
     card.verdict.textContent = '';
@@ -99,6 +102,9 @@ document.documentElement.classList.add('js');
     group.append(right, wrong);
     card.body.append(group, status);
     const send = async (button, body) => {
+      // One request at a time per card, so answers cannot arrive out of order.
+      right.disabled = true;
+      wrong.disabled = true;
       status.textContent = 'Sending…';
       try {
         const resp = await fetch('/api/feedback', {
@@ -112,6 +118,9 @@ document.documentElement.classList.add('js');
         status.textContent = body.correct ? 'Thanks! Feedback saved.' : 'Thanks! Noted: it is a ' + other + '.';
       } catch (_) {
         status.textContent = 'Not saved: the server could not be reached.';
+      } finally {
+        right.disabled = false;
+        wrong.disabled = false;
       }
     };
     right.addEventListener('click', () => send(right, { correct: true }));

@@ -51,6 +51,13 @@ impl Tokens {
         bool::from(ok).then(|| Caller { fingerprint: fingerprint(&d) })
     }
 
+    /// Fingerprints of the accepted tokens, sorted.
+    pub fn fingerprints(&self) -> Vec<String> {
+        let mut f: Vec<String> = self.digests.iter().map(fingerprint).collect();
+        f.sort();
+        f
+    }
+
     /// Whether a token with this fingerprint is still accepted (operator sessions end
     /// when their token is rotated out).
     pub fn has_fingerprint(&self, fp: &str) -> bool {
@@ -71,25 +78,40 @@ pub struct TokenFileError {
     pub source: std::io::Error,
 }
 
+/// Shortest secret accepted from a file (the generated ones have 64 hex characters).
+pub const MIN_SECRET_CHARS: usize = 32;
+
 /// Reads the secret `name` stored in `data_dir`, creating a random one (mode 0600) on first
-/// start. Returns the secret, its path and whether it was just created.
+/// start. Returns the secret, its path and whether it was just created. A file holding a
+/// short or empty secret is refused: it would make cookies and pseudonyms guessable.
 pub fn load_or_create_secret(data_dir: &Path, name: &str) -> Result<(String, PathBuf, bool), TokenFileError> {
     let path = data_dir.join(name);
     let err = |source| TokenFileError { path: path.clone(), source };
     if path.is_file() {
-        let t = std::fs::read_to_string(&path).map_err(err)?;
-        return Ok((t.trim().to_string(), path, false));
+        let t = std::fs::read_to_string(&path).map_err(err)?.trim().to_string();
+        if t.chars().count() < MIN_SECRET_CHARS {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("secret shorter than {MIN_SECRET_CHARS} characters; delete the file to generate a new one"),
+            )));
+        }
+        return Ok((t, path, false));
     }
     std::fs::create_dir_all(data_dir).map_err(err)?;
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let token = hex::encode(bytes);
+    // Written to a temporary file, synced, then renamed: a crash never leaves an empty secret.
+    let tmp = data_dir.join(format!(".{name}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(&path).map_err(err)?;
+    let mut f = opts.open(&tmp).map_err(err)?;
     writeln!(f, "{token}").map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)?;
     Ok((token, path, true))
 }
 
@@ -174,5 +196,7 @@ mod tests {
         let (b, _, created) = load_or_create_secret(dir.path(), "api-token").expect("reload");
         assert!(!created);
         assert_eq!(a, b);
+        std::fs::write(dir.path().join("weak"), "\n").expect("write");
+        assert!(load_or_create_secret(dir.path(), "weak").is_err(), "an empty secret is refused");
     }
 }

@@ -38,15 +38,49 @@ pub struct ServerConfig {
     pub tta_flip: bool,
     /// Mark the page's session cookie `Secure` (set when served over HTTPS).
     pub secure_cookies: bool,
+    /// Inference log directory (one CSV per UTC day); `None` switches the log off.
+    pub inference_log_dir: Option<PathBuf>,
+    /// How long rows are kept before the automatic purge removes them.
+    pub retention: Retention,
+    /// How often the purge runs inside the server.
+    pub purge_interval: std::time::Duration,
     /// How often pending rows are retried while the database is down.
     pub retry_interval: std::time::Duration,
     pub clock: Clock,
+}
+
+/// Retention periods, in days (the seed's GDPR policy by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Predictions (database rows and inference-log lines).
+    pub predictions_days: u32,
+    pub feedback_days: u32,
+    pub audit_days: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { predictions_days: 180, feedback_days: 365, audit_days: 365 }
+    }
+}
+
+impl Retention {
+    /// The cut-off instants for a purge run at `now`.
+    pub fn cutoffs(&self, now: DateTime<Utc>) -> catsdogs_store::PurgeCutoffs {
+        let before = |days: u32| now - chrono::Duration::days(i64::from(days));
+        catsdogs_store::PurgeCutoffs {
+            predictions: before(self.predictions_days),
+            feedback: before(self.feedback_days),
+            audit: before(self.audit_days),
+        }
+    }
 }
 
 impl ServerConfig {
     /// Defaults that work on a fresh machine (loopback, SQLite under `data_dir`).
     pub fn new(model_dir: PathBuf, data_dir: PathBuf) -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let log_dir = data_dir.join("logs");
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
             data_dir,
@@ -60,6 +94,9 @@ impl ServerConfig {
             max_concurrent_inferences: cores,
             tta_flip: false,
             secure_cookies: false,
+            inference_log_dir: Some(log_dir),
+            retention: Retention::default(),
+            purge_interval: std::time::Duration::from_secs(3600),
             retry_interval: std::time::Duration::from_secs(2),
             clock: system_clock(),
         }

@@ -76,6 +76,7 @@ impl IntoResponse for ApiError {
 
 impl From<catsdogs_store::StoreError> for ApiError {
     fn from(e: catsdogs_store::StoreError) -> Self {
+        metrics::counter!("catsdogs_store_errors_total", "operation" => "request").increment(1);
         if e.is_unavailable() {
             tracing::warn!(error = %e, "store unavailable");
             Self::unavailable("store_unavailable", "the database is unreachable; try again shortly")

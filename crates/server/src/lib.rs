@@ -9,9 +9,12 @@ pub mod auth;
 pub mod charts;
 pub mod config;
 pub mod error;
+pub mod inference_log;
 pub mod pages;
+pub mod retention;
 pub mod session;
 pub mod state;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,11 +30,12 @@ use catsdogs_store::{Store, StoreOptions, redact_url};
 use sha2::Digest;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-pub use config::{Clock, ServerConfig, system_clock};
+pub use config::{Clock, Retention, ServerConfig, system_clock};
 pub use error::ApiError;
 pub use state::{AppState, Shared};
 
@@ -87,8 +91,12 @@ pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> 
     .await
     .map_err(|e| e.to_string())
     .and_then(|r| r.map_err(|e| e.to_string()));
+    let _ = telemetry::prometheus();
     match &model {
-        Ok(m) => tracing::info!(version = %m.card.version, backend = %m.backend_kind(), "model loaded"),
+        Ok(m) => {
+            telemetry::record_model_info(&m.card.version, &m.card.architecture);
+            tracing::info!(version = %m.card.version, backend = %m.backend_kind(), "model loaded")
+        }
         Err(e) => {
             tracing::error!(error = %e, dir = %cfg.model_dir.display(), "model not loaded; /api/predict answers 503")
         }
@@ -104,6 +112,7 @@ pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> 
         Err(e) => tracing::error!(error = %e, "cannot read spilled prediction rows"),
     }
     state.maintain_store().await;
+    audit_token_changes(&state).await;
     if let Some(e) = state.store_error() {
         tracing::warn!(error = %e, "database not reachable at start; retrying in the background");
     }
@@ -125,6 +134,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/metrics/daily", get(api::metrics::daily))
         .route("/api/metrics/7d", get(api::metrics::last_7_days))
         .route("/api/info", get(api::health::info))
+        .route("/api/predictions/{id}", get(api::predictions::export).delete(api::predictions::erase))
+        .route("/metrics", get(telemetry::metrics_endpoint))
         .route_layer(from_fn_with_state(state.clone(), auth::require_token));
     let public = Router::new()
         .route("/api/health", get(api::health::api_health))
@@ -134,17 +145,26 @@ pub fn router(state: AppState) -> Router {
         .merge(page_callable)
         .merge(protected)
         .merge(public)
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", api::ApiDoc::openapi()))
+        .merge(Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", api::ApiDoc::openapi())).layer(
+            tower_http::set_header::SetResponseHeaderLayer::overriding(
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                axum::http::HeaderValue::from_static(pages::DOCS_CONTENT_SECURITY_POLICY),
+            ),
+        ))
         .fallback(not_found)
         .layer(tower_http::set_header::SetResponseHeaderLayer::if_not_present(
             axum::http::header::X_CONTENT_TYPE_OPTIONS,
             axum::http::HeaderValue::from_static("nosniff"),
         ))
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(telemetry::http_metrics))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::internal("the request handler crashed"))
         }))
+        .layer(TraceLayer::new_for_http().make_span_with(telemetry::request_span))
+        // Outermost: every request gets an id (or keeps the caller's), echoed in the response.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 
@@ -177,8 +197,19 @@ pub async fn run(
             }
         })
     };
+    let purging = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                scheduled_purge(&state).await;
+                tokio::time::sleep(state.cfg.purge_interval).await;
+            }
+        })
+    };
     let served = axum::serve(listener, app.router).with_graceful_shutdown(shutdown).await;
     maintenance.abort();
+    purging.abort();
+    state.inference_log.flush().await;
     // Last chance to write queued rows; what cannot be written is kept on disk for the next start.
     let _ = tokio::time::timeout(Duration::from_secs(5), state.maintain_store()).await;
     if !state.outbox.is_empty() {
@@ -191,6 +222,46 @@ pub async fn run(
     }
     state.store.close().await;
     served
+}
+
+/// One run of the automatic retention purge (skipped while the database is not ready).
+pub async fn scheduled_purge(state: &AppState) {
+    if !state.migrated.load(std::sync::atomic::Ordering::Acquire) {
+        return;
+    }
+    state.inference_log.flush().await;
+    let now = (state.cfg.clock)();
+    if let Err(e) =
+        retention::purge(&state.store, state.inference_log.files(), state.cfg.retention, now, "scheduler").await
+    {
+        metrics::counter!("catsdogs_store_errors_total", "operation" => "purge").increment(1);
+        tracing::warn!(error = %e, "retention purge failed; retrying at the next run");
+    }
+}
+
+/// Audits a change of the accepted tokens since the last start (a token rotation), by
+/// comparing fingerprints with those saved in `data_dir/token-fingerprints`.
+async fn audit_token_changes(state: &AppState) {
+    let path = state.cfg.data_dir.join("token-fingerprints");
+    let now: Vec<String> = state.tokens.fingerprints();
+    let before: Vec<String> = std::fs::read_to_string(&path)
+        .map(|t| t.lines().map(str::to_string).filter(|l| !l.is_empty()).collect())
+        .unwrap_or_default();
+    if now == before {
+        return;
+    }
+    let added: Vec<&String> = now.iter().filter(|f| !before.contains(f)).collect();
+    let removed: Vec<&String> = before.iter().filter(|f| !now.contains(f)).collect();
+    let detail = format!("tokens added {added:?}, removed {removed:?}");
+    match state.store.audit((state.cfg.clock)(), "configuration", "token_rotation", &detail).await {
+        Ok(()) => {
+            if let Err(e) = std::fs::write(&path, now.join("\n")) {
+                tracing::warn!(error = %e, "cannot save token fingerprints");
+            }
+        }
+        // Retried at the next start (the fingerprints file is only updated once audited).
+        Err(e) => tracing::warn!(error = %e, "token change not audited: database unavailable"),
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

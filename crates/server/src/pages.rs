@@ -30,6 +30,11 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
      img-src 'self' blob: data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
      form-action 'self'; frame-ancestors 'none'";
 
+/// Swagger UI (same origin as the page) loads only its own files; it sets inline styles.
+pub const DOCS_CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; object-src 'none'; \
+     base-uri 'none'; frame-ancestors 'none'";
+
 const APP_JS: &str = include_str!("../assets/app.js");
 const APP_CSS: &str = include_str!("../assets/app.css");
 const FAVICON: &str = include_str!("../assets/favicon.svg");
@@ -113,7 +118,8 @@ fn render(state: &AppState, session: &Session, status: StatusCode, name: &str, p
         asset_version => ASSET_VERSION.as_str(),
         page => page,
     };
-    let merged = context! { ..ctx, ..common };
+    // In `context!` the first spread wins: the common values cannot be overridden.
+    let merged = context! { ..common, ..ctx };
     match TEMPLATES.get_template(name).and_then(|t| t.render(merged)) {
         Ok(html) => (status, Html(html)).into_response(),
         Err(e) => {
@@ -160,11 +166,13 @@ async fn classify_form(
     let Ok(mp) = mp else {
         return failed(ApiError::bad_request("invalid_multipart", "the form was not sent as multipart/form-data"));
     };
-    let form = match read_uploads(mp, state.cfg.max_upload_bytes, state.cfg.max_batch_files).await {
+    let check = |t: &str| state.sessions.csrf_ok(&session, t);
+    let form = match read_uploads(mp, state.cfg.max_upload_bytes, state.cfg.max_batch_files, Some(&check)).await {
         Ok(f) => f,
+        Err(e) if e.code == "csrf_failed" => return csrf_failure(&state, &session),
         Err(e) => return failed(e),
     };
-    if !form.csrf.is_some_and(|t| state.sessions.csrf_ok(&session, &t)) {
+    if form.csrf.is_none() {
         return csrf_failure(&state, &session);
     }
     if form.uploads.is_empty() {
@@ -380,10 +388,19 @@ struct LoginQuery {
     next: Option<String>,
 }
 
-/// Only same-site paths: never redirect a signed-in operator to another site.
+/// Only same-site paths: never redirect a signed-in operator to another site. Browsers drop
+/// tabs and newlines from URLs (`/\t/evil` becomes `//evil`), so only printable ASCII
+/// without spaces or backslashes passes, and the second character may not be a slash.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n)
+            if n.len() <= 200
+                && n.starts_with('/')
+                && !n[1..].starts_with('/')
+                && n.chars().all(|c| c.is_ascii_graphic() && c != '\\') =>
+        {
+            n.to_string()
+        }
         _ => "/dashboard".to_string(),
     }
 }
@@ -460,7 +477,12 @@ fn with_cookie(mut resp: Response, cookie: &str) -> Response {
 
 async fn info(State(state): State<AppState>, Extension(session): Extension<Session>) -> Response {
     let card = state.model.as_ref().map(|m| Value::from_serialize(&m.card));
-    let ctx = context! { card, model_error => state.model_error.clone() };
+    // The load error may name server paths: operators see it, visitors a generic message.
+    let model_error = match session.operator() {
+        Some(_) => state.model_error.clone(),
+        None => state.model_error.as_ref().map(|_| "the model could not be loaded".to_string()),
+    };
+    let ctx = context! { card, model_error };
     render(&state, &session, StatusCode::OK, "info.html", "info", ctx)
 }
 
@@ -471,10 +493,28 @@ mod tests {
     #[test]
     fn redirects_stay_on_this_site() {
         assert_eq!(safe_next(Some("/dashboard?days=30")), "/dashboard?days=30");
-        for bad in ["https://evil.example", "//evil.example", "/\\evil.example", "dashboard", ""] {
+        for bad in [
+            "https://evil.example",
+            "//evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/x",
+            "/ /x",
+            "dashboard",
+            "",
+        ] {
             assert_eq!(safe_next(Some(bad)), "/dashboard", "{bad}");
         }
         assert_eq!(safe_next(None), "/dashboard");
+    }
+
+    #[test]
+    fn common_page_values_win_the_context_merge() {
+        let common = context! { csrf => "real" };
+        let page = context! { csrf => "from-page", other => 1 };
+        let merged = context! { ..common, ..page };
+        assert_eq!(merged.get_attr("csrf").ok(), Some(Value::from("real")));
+        assert_eq!(merged.get_attr("other").ok(), Some(Value::from(1)));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Browser sessions: how the web page calls the API without ever seeing the API token.
 //!
-//! - Every page visit gets a signed session cookie (`HttpOnly`, `SameSite=Strict`, `Path=/`,
-//!   `Secure` when configured). It carries a random id, its issue time and a role, and is
+//! - Every page visit gets a signed session cookie (`HttpOnly`, `SameSite=Lax`, `Path=/`;
+//!   `Secure` and the `__Host-` name prefix when configured for HTTPS). It carries a random id, its issue time and a role, and is
 //!   signed with HMAC-SHA256 under a key generated at first start (`data/session-key`), so
 //!   no session table is needed and replicas sharing the key accept each other's cookies.
 //! - Requests that change state carry a CSRF token derived from the session id
@@ -24,8 +24,12 @@ use subtle::ConstantTimeEq;
 
 use crate::state::AppState;
 
-/// Name of the session cookie.
+/// Name of the session cookie over plain HTTP.
 pub const COOKIE: &str = "catsdogs_session";
+/// Name over HTTPS: the `__Host-` prefix makes browsers refuse it from sibling subdomains.
+pub const SECURE_COOKIE: &str = "__Host-catsdogs_session";
+/// How far in the future a cookie's issue time may be (clock skew between replicas).
+pub const CLOCK_SKEW_S: i64 = 60;
 /// Header carrying the CSRF token on `fetch` calls.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Lifetime of a visitor session, in seconds.
@@ -102,7 +106,7 @@ impl SessionKeys {
         let role = parse_role(role)?;
         let ttl = if role == Role::Visitor { VISITOR_TTL_S } else { OPERATOR_TTL_S };
         let age = now.timestamp() - issued_at;
-        (0..ttl).contains(&age).then(|| Session { id: id.to_string(), issued: issued_at, role })
+        (-CLOCK_SKEW_S..ttl).contains(&age).then(|| Session { id: id.to_string(), issued: issued_at, role })
     }
 
     /// The CSRF token of a session.
@@ -115,11 +119,15 @@ impl SessionKeys {
         bool::from(self.csrf(s).as_bytes().ct_eq(presented.trim().as_bytes()))
     }
 
+    fn cookie_name(&self) -> &'static str {
+        if self.secure { SECURE_COOKIE } else { COOKIE }
+    }
+
     /// `Set-Cookie` value for a session.
     pub fn set_cookie(&self, s: &Session) -> String {
         let ttl = if s.role == Role::Visitor { VISITOR_TTL_S } else { OPERATOR_TTL_S };
         let secure = if self.secure { "; Secure" } else { "" };
-        format!("{COOKIE}={}; Path=/; Max-Age={ttl}; HttpOnly; SameSite=Strict{secure}", self.encode(s))
+        format!("{}={}; Path=/; Max-Age={ttl}; HttpOnly; SameSite=Lax{secure}", self.cookie_name(), self.encode(s))
     }
 
     /// The session named by the request's cookie, if valid.
@@ -130,7 +138,7 @@ impl SessionKeys {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|kv| kv.trim().split_once('='))
-            .filter(|(k, _)| *k == COOKIE)
+            .filter(|(k, _)| *k == self.cookie_name())
             .find_map(|(_, v)| self.decode(v, now))
     }
 }
@@ -222,8 +230,9 @@ mod tests {
         assert_eq!(k.decode(&k.encode(&op), later), None);
         let visitor = k.issue(Role::Visitor, now);
         assert!(k.decode(&k.encode(&visitor), later).is_some());
-        // Issued in the future (clock skew or forgery with a stolen key): refused.
-        assert_eq!(k.decode(&k.encode(&visitor), now - chrono::Duration::seconds(5)), None);
+        // Issued slightly in the future (another replica's clock): accepted; far ahead: refused.
+        assert!(k.decode(&k.encode(&visitor), now - chrono::Duration::seconds(5)).is_some());
+        assert_eq!(k.decode(&k.encode(&visitor), now - chrono::Duration::seconds(CLOCK_SKEW_S + 1)), None);
     }
 
     #[test]
@@ -240,7 +249,7 @@ mod tests {
     fn cookie_attributes() {
         let k = SessionKeys::new([1; 32], true);
         let c = k.set_cookie(&k.issue(Role::Visitor, Utc::now()));
-        for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Secure", "Max-Age=604800"] {
+        for attr in ["__Host-catsdogs_session=", "HttpOnly", "SameSite=Lax", "Path=/", "Secure", "Max-Age=604800"] {
             assert!(c.contains(attr), "{c}");
         }
         let mut h = HeaderMap::new();

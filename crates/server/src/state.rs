@@ -7,12 +7,14 @@ use std::time::Instant;
 
 use catsdogs_core::{LoadedModel, Prediction};
 use catsdogs_store::{PredictionRecord, Store, StoreError};
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use tokio::sync::Semaphore;
 
 use crate::auth::Tokens;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+use crate::inference_log::{InferenceLog, LogRow};
 use crate::session::SessionKeys;
 
 /// Cheap to clone; every handler gets one.
@@ -37,6 +39,8 @@ pub struct Shared {
     pseudonym_key: [u8; 32],
     /// Signs the web page's session cookies and CSRF tokens.
     pub sessions: SessionKeys,
+    /// One CSV line per prediction.
+    pub inference_log: InferenceLog,
     pub started: Instant,
     /// Predictions answered since start (whether or not they reached the database).
     pub predictions_served: AtomicU64,
@@ -68,6 +72,10 @@ impl Outbox {
         if q.front().is_some_and(|r| r.id == id) {
             q.pop_front();
         }
+    }
+    /// Drops a queued row (erasure of a prediction the database has not seen yet).
+    pub fn remove(&self, id: &str) {
+        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|r| r.id != id);
     }
     pub fn len(&self) -> usize {
         self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
@@ -152,6 +160,7 @@ impl Shared {
         };
         let slots = cfg.max_concurrent_inferences.max(1);
         let cfg_secure = cfg.secure_cookies;
+        let log_dir = cfg.inference_log_dir.clone();
         Self {
             cfg,
             model,
@@ -164,6 +173,7 @@ impl Shared {
             inference_slots: Semaphore::new(slots),
             pseudonym_key,
             sessions: SessionKeys::new(session_key, cfg_secure),
+            inference_log: InferenceLog::start(log_dir),
             started: Instant::now(),
             predictions_served: AtomicU64::new(0),
         }
@@ -188,13 +198,15 @@ impl Shared {
         self.model.as_ref().map(|m| m.card.version.clone()).unwrap_or_else(|| "none".into())
     }
 
-    /// A stable pseudonym for an uploaded file name: keyed hash + the (sanitised) extension.
+    /// A stable pseudonym for an uploaded file name: HMAC-SHA256 under the secret
+    /// pseudonymisation key + the (sanitised) extension. Without the key the name cannot be
+    /// recovered by hashing guesses.
     pub fn pseudonymise(&self, file_name: Option<&str>) -> Option<String> {
         let name = file_name?;
-        let mut h = Sha256::new();
-        h.update(self.pseudonym_key);
-        h.update(name.as_bytes());
-        let digest = h.finalize();
+        // HMAC accepts keys of any length: this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.pseudonym_key).unwrap_or_else(|_| unreachable!());
+        mac.update(name.as_bytes());
+        let digest = mac.finalize().into_bytes();
         let ext = Path::new(name)
             .extension()
             .and_then(|e| e.to_str())
@@ -204,20 +216,14 @@ impl Shared {
         Some(format!("upload-{}{ext}", hex::encode(&digest[..8])))
     }
 
-    /// Classifies one file on the blocking pool; returns the prediction and the time it took.
+    /// Classifies one file on the blocking pool; returns the prediction and the time it took
+    /// (decode + forward; waiting for a slot is measured separately).
     pub async fn classify(&self, bytes: Vec<u8>) -> Result<(Prediction, f64), (ApiError, f64)> {
-        let model = self.model().map_err(|e| (e, 0.0))?;
-        let _permit = self.inference_slots.acquire().await.map_err(|_| (ApiError::internal("shutting down"), 0.0))?;
-        let joined = tokio::task::spawn_blocking(move || {
-            let t = Instant::now();
-            let r = model.predict_bytes(&bytes);
-            (r, t.elapsed().as_secs_f64() * 1e3)
-        })
-        .await;
-        match joined {
-            Ok((Ok(p), ms)) => Ok((p, ms)),
-            Ok((Err(e), ms)) => Err((ApiError::from(e), ms)),
-            Err(e) => Err((ApiError::internal(format!("inference task failed: {e}")), 0.0)),
+        let (mut results, ms) = self.classify_many(vec![bytes]).await.map_err(|e| (e, 0.0))?;
+        match results.pop() {
+            Some(Ok(p)) => Ok((p, ms)),
+            Some(Err(e)) => Err((e, ms)),
+            None => Err((ApiError::internal("no result for the file"), ms)),
         }
     }
 
@@ -227,11 +233,20 @@ impl Shared {
         files: Vec<Vec<u8>>,
     ) -> Result<(Vec<Result<Prediction, ApiError>>, f64), ApiError> {
         let model = self.model()?;
+        let queued = Instant::now();
         let _permit = self.inference_slots.acquire().await.map_err(|_| ApiError::internal("shutting down"))?;
+        metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "queue")
+            .record(queued.elapsed().as_secs_f64());
         let joined = tokio::task::spawn_blocking(move || {
             use rayon::prelude::*;
             let t = Instant::now();
-            let pre: Vec<_> = files.par_iter().map(|b| model.preprocess(b)).collect();
+            let pre: Vec<_> = if files.len() == 1 {
+                files.iter().map(|b| model.preprocess(b)).collect()
+            } else {
+                files.par_iter().map(|b| model.preprocess(b)).collect()
+            };
+            metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "decode")
+                .record(t.elapsed().as_secs_f64());
             let mut results: Vec<Result<Prediction, ApiError>> = Vec::with_capacity(pre.len());
             let mut images = Vec::new();
             let mut slots = Vec::new();
@@ -246,7 +261,12 @@ impl Shared {
                 }
             }
             if !images.is_empty() {
-                match model.predict_images(&images) {
+                let forward = Instant::now();
+                let out = model.predict_images(&images);
+                metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "model")
+                    .record(forward.elapsed().as_secs_f64());
+                metrics::histogram!("catsdogs_batch_size").record(images.len() as f64);
+                match out {
                     Ok(preds) => {
                         for (slot, p) in slots.into_iter().zip(preds) {
                             results[slot] = Ok(p);
@@ -267,9 +287,31 @@ impl Shared {
         Ok(joined)
     }
 
-    /// Writes a prediction row, or queues it when the database is unavailable.
+    /// Writes a prediction row (and its inference-log line), or queues the row when the
+    /// database is unavailable.
     pub async fn record_prediction(&self, rec: PredictionRecord) {
         self.predictions_served.fetch_add(1, Ordering::Relaxed);
+        match (&rec.label, &rec.error_code) {
+            (Some(label), _) => {
+                metrics::counter!("catsdogs_predictions_total", "label" => label.clone()).increment(1);
+                metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "total")
+                    .record(rec.latency_ms / 1e3);
+            }
+            (None, code) => {
+                let code = code.clone().unwrap_or_else(|| "unknown".into());
+                metrics::counter!("catsdogs_prediction_errors_total", "code" => code).increment(1);
+            }
+        }
+        self.inference_log.log(LogRow {
+            time: rec.created_at,
+            prediction_id: rec.id.clone(),
+            model_version: rec.model_version.clone(),
+            label: rec.label.clone(),
+            p_dog: rec.p_dog,
+            latency_ms: rec.latency_ms,
+            status: if rec.status == catsdogs_store::PredictionStatus::Ok { "ok" } else { "error" },
+            error_code: rec.error_code.clone(),
+        });
         if !self.migrated.load(Ordering::Acquire) || !self.outbox.is_empty() {
             // Keep rows in order: while anything is queued, new rows queue behind it.
             self.outbox.push(rec);
@@ -278,6 +320,7 @@ impl Shared {
         match self.store.insert_prediction(&rec).await {
             Ok(()) => {}
             Err(e) if e.is_unavailable() => {
+                metrics::counter!("catsdogs_store_errors_total", "operation" => "insert_prediction").increment(1);
                 tracing::warn!(error = %e, id = %rec.id, "database unavailable; prediction row queued");
                 self.set_store_error(Some(e.to_string()));
                 self.outbox.push(rec);

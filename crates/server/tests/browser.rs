@@ -292,6 +292,11 @@ async fn web_page_in_chromium() {
     assert!(scroll.as_u64() <= inner.as_u64(), "dashboard scrolls sideways at phone width: {scroll} > {inner}");
     screenshot(&c, "dashboard-phone.png").await;
 
+    // The API docs render under their Content-Security-Policy.
+    c.goto(&app.url("/docs/")).await.expect("open docs");
+    let title = c.wait().for_element(Locator::Css(".swagger-ui .info .title")).await.expect("Swagger UI rendered");
+    assert!(title.text().await.expect("title").contains("catsdogs"));
+
     c.close().await.expect("close browser");
     app.stop().await;
 }

@@ -123,6 +123,31 @@ pub struct PredictionRecord {
     pub file_ref: Option<String>,
 }
 
+/// Rows created before these instants are removed by the retention purge.
+#[derive(Debug, Clone, Copy)]
+pub struct PurgeCutoffs {
+    pub predictions: DateTime<Utc>,
+    pub feedback: DateTime<Utc>,
+    pub audit: DateTime<Utc>,
+}
+
+/// Rows removed by a purge or an erasure, per table.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RemovedRows {
+    pub predictions: u64,
+    pub feedback: u64,
+    pub audit: u64,
+}
+
+/// One row of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub detail: Option<String>,
+}
+
 /// A prediction as listed on the dashboard: the row plus its feedback verdict, if any.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RecentPrediction {
@@ -133,14 +158,15 @@ pub struct RecentPrediction {
 }
 
 /// Who wrote a feedback row: the seed's body or ours keyed by prediction id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FeedbackSource {
     Seed,
     V2,
 }
 
 /// One row of `feedback`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct FeedbackRecord {
     pub id: String,
     pub prediction_id: Option<String>,
@@ -236,6 +262,17 @@ impl Store {
         Ok(Self { pool, kind })
     }
 
+    /// A transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and then writes fails
+    /// at once with "database is locked" when another writer committed in between, instead
+    /// of waiting for the busy timeout.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.kind {
+            DbKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            DbKind::Postgres => self.pool.begin().await?,
+        })
+    }
+
     pub fn kind(&self) -> DbKind {
         self.kind
     }
@@ -292,7 +329,7 @@ impl Store {
 
     /// Stores feedback; feedback on a prediction that already has some replaces it.
     pub async fn upsert_feedback(&self, f: &FeedbackRecord) -> Result<FeedbackOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let existing = match &f.prediction_id {
             Some(pid) => {
                 sqlx::query("SELECT id FROM feedback WHERE prediction_id = $1")
@@ -362,6 +399,132 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Deletes rows older than the retention, `batch` rows per statement (short
+    /// transactions, no long lock on a busy table). Feedback outlives its prediction
+    /// (365 vs 180 days by default): it is detached (`prediction_id` set to NULL; it keeps
+    /// its own label and P(dog)) before the prediction goes.
+    pub async fn purge(&self, c: &PurgeCutoffs, batch: u32) -> Result<RemovedRows, StoreError> {
+        let batch = i64::from(batch.max(1));
+        let mut removed = RemovedRows {
+            feedback: self
+                .delete_batched("feedback", "created_at_ms", c.feedback.timestamp_millis(), batch, "")
+                .await?,
+            ..RemovedRows::default()
+        };
+        sqlx::query(
+            "UPDATE feedback SET prediction_id = NULL WHERE prediction_id IN \
+             (SELECT id FROM predictions WHERE created_at_ms < $1)",
+        )
+        .bind(c.predictions.timestamp_millis())
+        .execute(&self.pool)
+        .await?;
+        // Feedback written between the UPDATE and a DELETE would be cascaded away: only
+        // predictions that nothing references go now; the next run detaches the others.
+        let unreferenced = "AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.prediction_id = predictions.id)";
+        removed.predictions = self
+            .delete_batched("predictions", "created_at_ms", c.predictions.timestamp_millis(), batch, unreferenced)
+            .await?;
+        removed.audit = self.delete_batched("audit_log", "at_ms", c.audit.timestamp_millis(), batch, "").await?;
+        Ok(removed)
+    }
+
+    async fn delete_batched(
+        &self,
+        table: &str,
+        column: &str,
+        before_ms: i64,
+        batch: i64,
+        extra: &str,
+    ) -> Result<u64, StoreError> {
+        // Table, column and condition come from this file only, never from input.
+        let sql =
+            format!("DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {column} < $1 {extra} LIMIT $2)");
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(&sql).bind(before_ms).bind(batch).execute(&self.pool).await?.rows_affected();
+            total += n;
+            if n == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Erasure of one prediction: the row and its feedback. Returns what was removed.
+    pub async fn erase_prediction(&self, id: &str) -> Result<RemovedRows, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let feedback = sqlx::query("DELETE FROM feedback WHERE prediction_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let predictions =
+            sqlx::query("DELETE FROM predictions WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(RemovedRows { predictions, feedback, audit: 0 })
+    }
+
+    /// Erasure of everything created before `t`: predictions, their feedback, and feedback.
+    pub async fn erase_before(&self, t: DateTime<Utc>) -> Result<RemovedRows, StoreError> {
+        let ms = t.timestamp_millis();
+        let mut tx = self.begin_write().await?;
+        let feedback = sqlx::query(
+            "DELETE FROM feedback WHERE created_at_ms < $1 OR prediction_id IN \
+             (SELECT id FROM predictions WHERE created_at_ms < $1)",
+        )
+        .bind(ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let predictions = sqlx::query("DELETE FROM predictions WHERE created_at_ms < $1")
+            .bind(ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(RemovedRows { predictions, feedback, audit: 0 })
+    }
+
+    /// The feedback stored about a prediction, if any.
+    pub async fn feedback_for(&self, prediction_id: &str) -> Result<Option<FeedbackRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, prediction_id, created_at_ms, CAST(CASE WHEN positive THEN 1 ELSE 0 END AS BIGINT) AS positive, \
+             true_label, p_dog, comment, source FROM feedback WHERE prediction_id = $1",
+        )
+        .bind(prediction_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let source: String = row.try_get("source")?;
+        Ok(Some(FeedbackRecord {
+            id: row.try_get("id")?,
+            prediction_id: row.try_get("prediction_id")?,
+            created_at: from_ms(row.try_get("created_at_ms")?)?,
+            positive: row.try_get::<i64, _>("positive")? != 0,
+            true_label: row.try_get("true_label")?,
+            p_dog: row.try_get("p_dog")?,
+            comment: row.try_get("comment")?,
+            source: if source == "seed" { FeedbackSource::Seed } else { FeedbackSource::V2 },
+        }))
+    }
+
+    /// The `limit` most recent audit entries, newest first.
+    pub async fn audit_entries(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query("SELECT at_ms, actor, action, detail FROM audit_log ORDER BY at_ms DESC, id LIMIT $1")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    at: from_ms(r.try_get("at_ms")?)?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
     }
 
     /// Number of rows in one of the service's tables or the seed's `feedback_user` view.

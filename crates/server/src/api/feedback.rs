@@ -103,6 +103,10 @@ fn parse_label(l: &str) -> Result<String, ApiError> {
     }
 }
 
+fn count_feedback(positive: bool) {
+    metrics::counter!("catsdogs_feedback_total", "verdict" => if positive { "right" } else { "wrong" }).increment(1);
+}
+
 /// Record whether a prediction was right.
 #[utoipa::path(
     post, path = "/api/feedback", tag = "feedback",
@@ -181,6 +185,7 @@ pub async fn feedback(
         source: FeedbackSource::Seed,
     };
     state.store.upsert_feedback(&rec).await?;
+    count_feedback(positive);
     Ok(Json(FeedbackResponse {
         status: "received".into(),
         id,
@@ -241,6 +246,7 @@ pub(crate) async fn save_prediction_feedback(
         source: FeedbackSource::V2,
     };
     let outcome = state.store.upsert_feedback(&rec).await?;
+    count_feedback(positive);
     Ok(FeedbackResponse {
         status: "received".into(),
         id,

@@ -3,6 +3,7 @@ pub mod feedback;
 pub mod health;
 pub mod metrics;
 pub mod predict;
+pub mod predictions;
 
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -24,6 +25,8 @@ use utoipa::{Modify, OpenApi};
         health::api_health,
         health::seed_health,
         health::info,
+        predictions::export,
+        predictions::erase,
     ),
     components(schemas(
         crate::error::ErrorBody,
@@ -37,6 +40,7 @@ use utoipa::{Modify, OpenApi};
         (name = "feedback", description = "Say whether a prediction was right"),
         (name = "metrics", description = "Service metrics per day and over 7 days"),
         (name = "health", description = "Liveness, readiness, model information"),
+        (name = "privacy", description = "Export and erasure of what is held about a prediction (operators)"),
     )
 )]
 pub struct ApiDoc;

@@ -151,8 +151,19 @@ pub(crate) struct UploadForm {
     pub csrf: Option<String>,
 }
 
+/// Checks the page form's CSRF token.
+pub(crate) type CsrfCheck<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
+
 /// Reads every `file` (or `files`) field and a `csrf` field; other fields are ignored.
-pub(crate) async fn read_uploads(mut mp: Multipart, limit: usize, max_files: usize) -> Result<UploadForm, ApiError> {
+/// With `csrf_check`, a valid `csrf` field must come before the first file, so a forged
+/// form is refused before any upload is buffered.
+pub(crate) async fn read_uploads(
+    mut mp: Multipart,
+    limit: usize,
+    max_files: usize,
+    csrf_check: Option<CsrfCheck<'_>>,
+) -> Result<UploadForm, ApiError> {
+    let forbidden = || ApiError::new(StatusCode::FORBIDDEN, "csrf_failed", "missing or invalid CSRF token");
     let mut out = UploadForm { uploads: Vec::new(), csrf: None };
     loop {
         let field = match mp.next_field().await {
@@ -163,11 +174,17 @@ pub(crate) async fn read_uploads(mut mp: Multipart, limit: usize, max_files: usi
         match field.name() {
             Some("file" | "files") => {}
             Some("csrf") => {
-                let token = read_limited(field, 256).await?;
-                out.csrf = Some(String::from_utf8_lossy(&token).into_owned());
+                let token = String::from_utf8_lossy(&read_limited(field, 256).await?).into_owned();
+                if csrf_check.is_some_and(|ok| !ok(&token)) {
+                    return Err(forbidden());
+                }
+                out.csrf = Some(token);
                 continue;
             }
             _ => continue,
+        }
+        if csrf_check.is_some() && out.csrf.is_none() {
+            return Err(forbidden());
         }
         let filename = field.file_name().unwrap_or_default().to_string();
         let bytes = read_limited(field, limit).await;
@@ -231,7 +248,7 @@ pub async fn predict(
 ) -> Result<Json<PredictResponse>, ApiError> {
     state.model()?;
     let limit = state.cfg.max_upload_bytes;
-    let mut form = read_uploads(mp.map_err(multipart_rejection)?, limit, 1).await?;
+    let mut form = read_uploads(mp.map_err(multipart_rejection)?, limit, 1, None).await?;
     let Some(upload) = form.uploads.pop() else {
         return Err(ApiError::bad_request("missing_file", "the form has no `file` field"));
     };
@@ -274,7 +291,8 @@ pub async fn predict_batch(
 ) -> Result<Json<BatchResponse>, ApiError> {
     state.model()?;
     let form =
-        read_uploads(mp.map_err(multipart_rejection)?, state.cfg.max_upload_bytes, state.cfg.max_batch_files).await?;
+        read_uploads(mp.map_err(multipart_rejection)?, state.cfg.max_upload_bytes, state.cfg.max_batch_files, None)
+            .await?;
     if form.uploads.is_empty() {
         return Err(ApiError::bad_request("missing_file", "the form has no `file` field"));
     }

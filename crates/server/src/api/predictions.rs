@@ -1,0 +1,124 @@
+//! `GET /api/predictions/{id}` (what is held about a prediction) and
+//! `DELETE /api/predictions/{id}` (erasure): the data-subject rights of `docs/privacy.md`.
+//! Both are administrative actions: operator only, and written to the audit log.
+use axum::Json;
+use axum::extract::{Extension, Path, State};
+use catsdogs_store::{FeedbackRecord, PredictionRecord};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::retention::{self, RetentionError};
+use crate::state::AppState;
+
+/// Everything stored about one prediction.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PredictionExport {
+    #[schema(value_type = Object)]
+    pub prediction: PredictionRecord,
+    #[schema(value_type = Option<Object>)]
+    pub feedback: Option<FeedbackRecord>,
+    /// Its lines in the inference log (CSV, header in `inference_log_header`).
+    pub inference_log: Vec<String>,
+    pub inference_log_header: String,
+}
+
+/// What an erasure removed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErasureReport {
+    pub id: String,
+    pub predictions: u64,
+    pub feedback: u64,
+    pub inference_log_lines: u64,
+}
+
+fn parse_id(id: &str) -> Result<String, ApiError> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| ApiError::not_found("unknown_prediction", "no prediction has this id"))
+}
+
+async fn audit(state: &AppState, caller: &Caller, action: &str, target: &str) -> Result<(), ApiError> {
+    // An administrative action that cannot be audited does not happen.
+    state.store.audit((state.cfg.clock)(), &caller.fingerprint, action, target).await?;
+    Ok(())
+}
+
+/// Export everything held about one prediction.
+#[utoipa::path(
+    get, path = "/api/predictions/{id}", tag = "privacy",
+    params(("id" = String, Path, description = "Prediction id")),
+    responses(
+        (status = 200, description = "The stored row, its feedback and its log lines", body = PredictionExport),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown prediction id", body = crate::error::ErrorBody),
+        (status = 503, description = "Database unavailable", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn export(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<PredictionExport>, ApiError> {
+    let id = parse_id(&id)?;
+    let prediction = state
+        .store
+        .get_prediction(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown_prediction", "no prediction has this id"))?;
+    audit(&state, &caller, "export", &format!("prediction {id}")).await?;
+    let feedback = state.store.feedback_for(&id).await?;
+    state.inference_log.flush().await;
+    let inference_log = match state.inference_log.files() {
+        Some(f) => f.lines_for(&id).map_err(|e| ApiError::internal(format!("cannot read the inference log: {e}")))?,
+        None => Vec::new(),
+    };
+    Ok(Json(PredictionExport {
+        prediction,
+        feedback,
+        inference_log,
+        inference_log_header: crate::inference_log::HEADER.to_string(),
+    }))
+}
+
+/// Erase one prediction: its row, its feedback and its inference-log lines.
+#[utoipa::path(
+    delete, path = "/api/predictions/{id}", tag = "privacy",
+    params(("id" = String, Path, description = "Prediction id")),
+    responses(
+        (status = 200, description = "What was removed", body = ErasureReport),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 404, description = "Nothing is held about this id", body = crate::error::ErrorBody),
+        (status = 503, description = "Database unavailable", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn erase(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<ErasureReport>, ApiError> {
+    let id = parse_id(&id)?;
+    state.outbox.remove(&id);
+    state.inference_log.flush().await;
+    let now = (state.cfg.clock)();
+    let removed = retention::erase_id(&state.store, state.inference_log.files(), &id, now, &caller.fingerprint)
+        .await
+        .map_err(|e| match e {
+        RetentionError::Store(e) => ApiError::from(e),
+        RetentionError::Log(e) => ApiError::internal(format!("cannot rewrite the inference log: {e}")),
+    })?;
+    let (removed, lines) = (removed.rows, removed.inference_log_lines);
+    if removed.predictions == 0 && lines == 0 {
+        return Err(ApiError::not_found("unknown_prediction", "no prediction has this id"));
+    }
+    tracing::info!(actor = %caller.fingerprint, prediction = %id, "prediction erased");
+    Ok(Json(ErasureReport {
+        id,
+        predictions: removed.predictions,
+        feedback: removed.feedback,
+        inference_log_lines: lines,
+    }))
+}
