@@ -100,6 +100,11 @@ impl LoadedModel {
         Ok(preprocess::preprocess(bytes, &self.preprocess_config())?)
     }
 
+    /// Crops and resizes raw RGB pixels exactly as `preprocess` does after decoding.
+    pub fn preprocess_pixels(&self, rgb: &RgbImage) -> Result<RgbImage, InferenceError> {
+        Ok(preprocess::preprocess_pixels(rgb, &self.preprocess_config())?)
+    }
+
     /// Runs the network on already preprocessed images.
     pub fn predict_images(&self, images: &[RgbImage]) -> Result<Vec<Prediction>, InferenceError> {
         if !self.tta_flip {

@@ -174,8 +174,13 @@ pub fn bound_short_side(img: RgbImage, max_short_side: u32) -> Result<RgbImage, 
 
 /// The full inference path: file bytes -> `size x size` RGB pixels, HWC `u8`.
 pub fn preprocess(bytes: &[u8], config: &PreprocessConfig) -> Result<RgbImage, PreprocessError> {
-    let rgb = decode_rgb(bytes, config.max_pixels)?;
-    resize_rgb(&rgb, center_crop(rgb.width(), rgb.height(), config), config.size)
+    preprocess_pixels(&decode_rgb(bytes, config.max_pixels)?, config)
+}
+
+/// The same path for images that arrive as pixels (tensor inputs of the inference
+/// protocol): crop and resize exactly as for decoded files.
+pub fn preprocess_pixels(rgb: &RgbImage, config: &PreprocessConfig) -> Result<RgbImage, PreprocessError> {
+    resize_rgb(rgb, center_crop(rgb.width(), rgb.height(), config), config.size)
 }
 
 /// The crop `config` asks for on a `width x height` image (`None`: squash the whole image).

@@ -124,6 +124,8 @@ pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> 
 pub fn router(state: AppState) -> Router {
     let upload_limit = state.cfg.max_upload_bytes + 64 * 1024;
     let batch_limit = state.cfg.max_upload_bytes.saturating_mul(state.cfg.max_batch_files) + 64 * 1024;
+    // Base64 in JSON makes files 4/3 larger.
+    let v2_limit = batch_limit.saturating_mul(4) / 3 + 64 * 1024;
     // The web page may classify and send feedback with its session cookie + CSRF header.
     let page_callable = Router::new()
         .route("/api/predict", post(api::predict::predict).layer(DefaultBodyLimit::max(upload_limit)))
@@ -137,6 +139,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/predictions/{id}", get(api::predictions::export).delete(api::predictions::erase))
         .route("/metrics", get(telemetry::metrics_endpoint))
         .route_layer(from_fn_with_state(state.clone(), auth::require_token));
+    // The inference protocol's routes answer errors in its own shape (`{"error": "..."}`).
+    let inference_protocol = Router::new()
+        .route("/v2", get(api::v2::server_metadata))
+        .route("/v2/models/{name}", get(api::v2::model_metadata))
+        .route("/v2/models/{name}/ready", get(api::v2::model_ready))
+        .route("/v2/models/{name}/infer", post(api::v2::infer).layer(DefaultBodyLimit::max(v2_limit)))
+        .route("/v2/models/{name}/versions/{version}", get(api::v2::versioned_metadata))
+        .route("/v2/models/{name}/versions/{version}/ready", get(api::v2::versioned_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(api::v2::versioned_infer).layer(DefaultBodyLimit::max(v2_limit)),
+        )
+        .route_layer(from_fn_with_state(state.clone(), auth::require_token))
+        .route("/v2/health/live", get(api::v2::live))
+        .route("/v2/health/ready", get(api::v2::ready))
+        .layer(axum::middleware::map_response(api::v2::protocol_error_shape));
     let public = Router::new()
         .route("/api/health", get(api::health::api_health))
         .route("/health", get(api::health::seed_health))
@@ -144,6 +162,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(page_callable)
         .merge(protected)
+        .merge(inference_protocol)
         .merge(public)
         .merge(Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", api::ApiDoc::openapi())).layer(
             tower_http::set_header::SetResponseHeaderLayer::overriding(

@@ -37,8 +37,19 @@ pub async fn purge(
     now: DateTime<Utc>,
     actor: &str,
 ) -> Result<Removed, RetentionError> {
+    let Some(lock) = store.try_purge_lock().await? else {
+        tracing::info!("another replica is running the retention purge; this run is skipped");
+        return Ok(Removed::default());
+    };
     let cutoffs = retention.cutoffs(now);
-    let rows = store.purge(&cutoffs, PURGE_BATCH).await?;
+    let rows = store.purge(&cutoffs, PURGE_BATCH).await;
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => {
+            lock.release().await;
+            return Err(e.into());
+        }
+    };
     let lines = match log {
         Some(l) => l.remove_before(cutoffs.predictions)?,
         None => 0,
@@ -54,7 +65,9 @@ pub async fn purge(
         rows.audit,
         lines
     );
-    store.audit(now, actor, "purge", &detail).await?;
+    let audited = store.audit(now, actor, "purge", &detail).await;
+    lock.release().await;
+    audited?;
     tracing::info!(actor, %detail, "retention purge");
     Ok(removed)
 }

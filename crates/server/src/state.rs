@@ -17,6 +17,12 @@ use crate::error::ApiError;
 use crate::inference_log::{InferenceLog, LogRow};
 use crate::session::SessionKeys;
 
+/// One image to classify: a file as uploaded, or pixels (inference-protocol tensors).
+pub enum ImageInput {
+    Encoded(Vec<u8>),
+    Pixels(image::RgbImage),
+}
+
 /// Cheap to clone; every handler gets one.
 pub type AppState = Arc<Shared>;
 
@@ -232,6 +238,14 @@ impl Shared {
         &self,
         files: Vec<Vec<u8>>,
     ) -> Result<(Vec<Result<Prediction, ApiError>>, f64), ApiError> {
+        self.classify_inputs(files.into_iter().map(ImageInput::Encoded).collect()).await
+    }
+
+    /// Classifies encoded files or raw pixels in one batch; each input gets its own result.
+    pub async fn classify_inputs(
+        &self,
+        files: Vec<ImageInput>,
+    ) -> Result<(Vec<Result<Prediction, ApiError>>, f64), ApiError> {
         let model = self.model()?;
         let queued = Instant::now();
         let _permit = self.inference_slots.acquire().await.map_err(|_| ApiError::internal("shutting down"))?;
@@ -240,10 +254,14 @@ impl Shared {
         let joined = tokio::task::spawn_blocking(move || {
             use rayon::prelude::*;
             let t = Instant::now();
+            let prepare = |input: &ImageInput| match input {
+                ImageInput::Encoded(b) => model.preprocess(b),
+                ImageInput::Pixels(img) => model.preprocess_pixels(img),
+            };
             let pre: Vec<_> = if files.len() == 1 {
-                files.iter().map(|b| model.preprocess(b)).collect()
+                files.iter().map(prepare).collect()
             } else {
-                files.par_iter().map(|b| model.preprocess(b)).collect()
+                files.par_iter().map(prepare).collect()
             };
             metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "decode")
                 .record(t.elapsed().as_secs_f64());

@@ -294,5 +294,14 @@ async fn retention_purge_postgres() {
             return;
         }
     };
-    retention(&pg.create_db("purge").expect("createdb")).await;
+    let url = pg.create_db("purge").expect("createdb");
+    retention(&url).await;
+    // One purge at a time across replicas: a second session cannot take the lock.
+    let a = catsdogs_store::Store::open(&url, &Default::default()).expect("open");
+    let b = catsdogs_store::Store::open(&url, &Default::default()).expect("open");
+    let held = a.try_purge_lock().await.expect("lock").expect("free at first");
+    assert!(b.try_purge_lock().await.expect("lock").is_none(), "held by the other replica");
+    held.release().await;
+    let again = b.try_purge_lock().await.expect("lock").expect("free after release");
+    again.release().await;
 }

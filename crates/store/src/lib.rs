@@ -148,6 +148,24 @@ pub struct AuditEntry {
     pub detail: Option<String>,
 }
 
+/// Held while one process runs the retention purge (PostgreSQL advisory lock; replicas
+/// sharing the database skip their run while another holds it). Dropping it without
+/// `release` closes its connection, which releases the lock too.
+pub struct PurgeLock {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+}
+
+/// Advisory-lock key of the purge ("catsdogs" in ASCII, truncated to 63 bits).
+const PURGE_LOCK_KEY: i64 = 0x6361_7473_646f_6773 & i64::MAX;
+
+impl PurgeLock {
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(PURGE_LOCK_KEY).execute(&mut *conn).await;
+        }
+    }
+}
+
 /// A prediction as listed on the dashboard: the row plus its feedback verdict, if any.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RecentPrediction {
@@ -399,6 +417,22 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Takes the purge lock, or `None` when another process holds it. On SQLite (one
+    /// process per file) there is nothing to coordinate.
+    pub async fn try_purge_lock(&self) -> Result<Option<PurgeLock>, StoreError> {
+        if self.kind == DbKind::Sqlite {
+            return Ok(Some(PurgeLock { conn: None }));
+        }
+        let mut conn = self.pool.acquire().await?;
+        conn.close_on_drop();
+        let row = sqlx::query("SELECT CAST(CASE WHEN pg_try_advisory_lock($1) THEN 1 ELSE 0 END AS BIGINT) AS locked")
+            .bind(PURGE_LOCK_KEY)
+            .fetch_one(&mut *conn)
+            .await?;
+        let locked: i64 = row.try_get("locked")?;
+        Ok((locked == 1).then_some(PurgeLock { conn: Some(conn) }))
     }
 
     /// Deletes rows older than the retention, `batch` rows per statement (short

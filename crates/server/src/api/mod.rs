@@ -4,6 +4,7 @@ pub mod health;
 pub mod metrics;
 pub mod predict;
 pub mod predictions;
+pub mod v2;
 
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -27,6 +28,12 @@ use utoipa::{Modify, OpenApi};
         health::info,
         predictions::export,
         predictions::erase,
+        v2::live,
+        v2::ready,
+        v2::server_metadata,
+        v2::model_metadata,
+        v2::model_ready,
+        v2::infer,
     ),
     components(schemas(
         crate::error::ErrorBody,
@@ -40,6 +47,7 @@ use utoipa::{Modify, OpenApi};
         (name = "feedback", description = "Say whether a prediction was right"),
         (name = "metrics", description = "Service metrics per day and over 7 days"),
         (name = "health", description = "Liveness, readiness, model information"),
+        (name = "inference protocol", description = "Open Inference Protocol (KServe v2) REST: model `catsdogs`"),
         (name = "privacy", description = "Export and erasure of what is held about a prediction (operators)"),
     )
 )]

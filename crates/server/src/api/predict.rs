@@ -208,7 +208,13 @@ pub(crate) async fn read_uploads(
     Ok(out)
 }
 
-async fn record(state: &AppState, id: &str, filename: &str, outcome: Result<Prediction, &ApiError>, latency_ms: f64) {
+pub(crate) async fn record(
+    state: &AppState,
+    id: &str,
+    filename: &str,
+    outcome: Result<Prediction, &ApiError>,
+    latency_ms: f64,
+) {
     let (status, label, p_dog, error_code) = match outcome {
         Ok(p) => (PredictionStatus::Ok, Some(p.label().to_string()), Some(f64::from(p.p_dog)), None),
         Err(e) => (PredictionStatus::Error, None, None, Some(e.code.to_string())),

@@ -1,0 +1,453 @@
+//! Open Inference Protocol (KServe v2 / Triton) over REST, so KServe, Triton and MLServer
+//! clients can call the model: health, server and model metadata, and inference.
+//!
+//! Inputs (one per request):
+//! - `image`, `BYTES`, shape `[N]`: encoded files (JPEG, PNG, ...). In JSON each element is
+//!   the file in base64; with the binary-data extension (`Inference-Header-Content-Length`)
+//!   the raw bytes follow the JSON header, each element prefixed by its 4-byte
+//!   little-endian length, as Triton clients send them.
+//! - `pixels`, `UINT8` (0-255) or `FP32` (0-1), shape `[N, H, W, 3]` or `[H, W, 3]`: RGB
+//!   pixels, row-major; cropped and resized exactly like decoded files.
+//!
+//! Outputs: `p_dog` (`FP32`, `[N]`) and `label` (`BYTES`, `[N]`, `cat` or `dog`). Every
+//! image is stored as a prediction like `/api/predict` (same limits and storage). Errors
+//! keep the API's status codes but use the protocol's shape, `{"error": "<code>: <message>"}`,
+//! which protocol clients parse.
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use catsdogs_core::Prediction;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::api::predict::record;
+use crate::error::ApiError;
+use crate::state::{AppState, ImageInput};
+
+/// The model's name on the protocol.
+pub const MODEL_NAME: &str = "catsdogs";
+
+/// `{"live": true}` / `{"ready": bool}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthStatus {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A tensor's name, type and shape (`-1`: any size).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TensorMetadata {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+}
+
+/// `GET /v2/models/{name}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelMetadata {
+    pub name: String,
+    pub versions: Vec<String>,
+    pub platform: String,
+    pub inputs: Vec<TensorMetadata>,
+    pub outputs: Vec<TensorMetadata>,
+}
+
+/// `GET /v2`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerMetadata {
+    pub name: String,
+    pub version: String,
+    pub extensions: Vec<String>,
+}
+
+/// One input tensor of an inference request.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InputTensor {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub datatype: String,
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<serde_json::Map<String, Value>>,
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+}
+
+/// `POST /v2/models/{name}/infer` body (JSON part).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InferRequest {
+    pub id: Option<String>,
+    pub inputs: Vec<InputTensor>,
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Value>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub outputs: Option<Vec<Value>>,
+}
+
+/// One output tensor.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutputTensor {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+    #[schema(value_type = Vec<Object>)]
+    pub data: Value,
+}
+
+/// Inference response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InferResponse {
+    pub model_name: String,
+    pub model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub outputs: Vec<OutputTensor>,
+}
+
+/// Most bytes of an error body rewritten into the protocol's shape.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Response middleware for the protocol's routes: `{"error": {"code", "message"}}` becomes
+/// `{"error": "code: message"}` (same status).
+pub async fn protocol_error_shape(resp: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if resp.status().is_success() {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_ERROR_BODY).await else {
+        return (parts.status, Json(serde_json::json!({"error": "error body too large"}))).into_response();
+    };
+    let message = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v) => match (&v["error"]["code"], &v["error"]["message"]) {
+            (Value::String(c), Value::String(m)) => format!("{c}: {m}"),
+            _ => String::from_utf8_lossy(&bytes).into_owned(),
+        },
+        Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+    };
+    let mut out = (parts.status, Json(serde_json::json!({ "error": message }))).into_response();
+    for name in [axum::http::header::WWW_AUTHENTICATE, axum::http::header::RETRY_AFTER] {
+        if let Some(v) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_inference_request", message)
+}
+
+fn check_model(name: &str) -> Result<(), ApiError> {
+    if name == MODEL_NAME {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("unknown_model", format!("no model named {name:?}; this server serves {MODEL_NAME:?}")))
+    }
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/v2/health/live", tag = "inference protocol",
+    responses((status = 200, description = "Live", body = HealthStatus)))]
+pub async fn live() -> Json<HealthStatus> {
+    Json(HealthStatus { live: Some(true), ready: None, name: None })
+}
+
+/// Readiness: a model is loaded (predictions do not need the database).
+#[utoipa::path(get, path = "/v2/health/ready", tag = "inference protocol",
+    responses((status = 200, description = "Ready", body = HealthStatus),
+              (status = 503, description = "No model loaded", body = HealthStatus)))]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthStatus>) {
+    let ok = state.model.is_some();
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(HealthStatus { live: None, ready: Some(ok), name: None }))
+}
+
+/// Server metadata.
+#[utoipa::path(get, path = "/v2", tag = "inference protocol",
+    responses((status = 200, description = "Server metadata", body = ServerMetadata)), security(("bearer" = [])))]
+pub async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata {
+        name: MODEL_NAME.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        extensions: vec!["binary_tensor_data".into()],
+    })
+}
+
+/// Model metadata.
+#[utoipa::path(get, path = "/v2/models/{name}", tag = "inference protocol",
+    params(("name" = String, Path, description = "Always `catsdogs`")),
+    responses((status = 200, description = "Model metadata", body = ModelMetadata),
+              (status = 404, description = "Unknown model", body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn model_metadata(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ModelMetadata>, ApiError> {
+    check_model(&name)?;
+    let t = |name: &str, datatype: &str, shape: &[i64]| TensorMetadata {
+        name: name.into(),
+        datatype: datatype.into(),
+        shape: shape.to_vec(),
+    };
+    Ok(Json(ModelMetadata {
+        name: MODEL_NAME.into(),
+        versions: vec![state.model_version()],
+        platform: "onnxruntime_onnx".into(),
+        inputs: vec![t("image", "BYTES", &[-1]), t("pixels", "UINT8", &[-1, -1, -1, 3])],
+        outputs: vec![t("p_dog", "FP32", &[-1]), t("label", "BYTES", &[-1])],
+    }))
+}
+
+/// Model readiness.
+#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "inference protocol",
+    params(("name" = String, Path, description = "Always `catsdogs`")),
+    responses((status = 200, description = "Ready", body = HealthStatus),
+              (status = 503, description = "Not loaded", body = HealthStatus)),
+    security(("bearer" = [])))]
+pub async fn model_ready(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<HealthStatus>), ApiError> {
+    check_model(&name)?;
+    let ok = state.model.is_some();
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Ok((status, Json(HealthStatus { live: None, ready: Some(ok), name: Some(MODEL_NAME.into()) })))
+}
+
+/// Same as `model_metadata`, under `/versions/{version}`.
+pub async fn versioned_metadata(
+    state: State<AppState>,
+    Path((name, _version)): Path<(String, String)>,
+) -> Result<Json<ModelMetadata>, ApiError> {
+    model_metadata(state, Path(name)).await
+}
+
+/// Same as `model_ready`, under `/versions/{version}`.
+pub async fn versioned_ready(
+    state: State<AppState>,
+    Path((name, _version)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<HealthStatus>), ApiError> {
+    model_ready(state, Path(name)).await
+}
+
+/// Same as `infer`, under `/versions/{version}`.
+pub async fn versioned_infer(
+    state: State<AppState>,
+    Path((name, _version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<InferResponse>, ApiError> {
+    infer(state, Path(name), headers, body).await
+}
+
+/// Splits a body into its JSON header and binary part (binary-data extension).
+fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ApiError> {
+    match headers.get("inference-header-content-length") {
+        None => Ok((body, &[])),
+        Some(v) => {
+            let n: usize = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| invalid("Inference-Header-Content-Length is not a number"))?;
+            if n > body.len() {
+                return Err(invalid("Inference-Header-Content-Length is larger than the body"));
+            }
+            Ok(body.split_at(n))
+        }
+    }
+}
+
+/// Number of elements a shape holds (all dimensions must be positive).
+fn element_count(shape: &[i64]) -> Result<usize, ApiError> {
+    shape.iter().try_fold(1usize, |acc, &d| {
+        usize::try_from(d).ok().filter(|d| *d > 0).and_then(|d| acc.checked_mul(d)).ok_or_else(|| invalid("bad shape"))
+    })
+}
+
+/// Flattens nested JSON arrays.
+fn flatten(v: &Value, out: &mut Vec<Value>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
+        other => out.push(other.clone()),
+    }
+}
+
+/// The encoded files of a `BYTES` input.
+fn bytes_elements(input: &InputTensor, binary: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, ApiError> {
+    let count = element_count(&input.shape)?;
+    let files = match binary {
+        Some(mut raw) => {
+            let mut files = Vec::with_capacity(count);
+            while !raw.is_empty() {
+                let len_bytes: [u8; 4] =
+                    raw.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(|| invalid("truncated BYTES element"))?;
+                let len = u32::from_le_bytes(len_bytes) as usize;
+                let element = raw.get(4..4 + len).ok_or_else(|| invalid("truncated BYTES element"))?;
+                files.push(element.to_vec());
+                raw = &raw[4 + len..];
+            }
+            files
+        }
+        None => {
+            let mut flat = Vec::new();
+            flatten(input.data.as_ref().ok_or_else(|| invalid("input has no data"))?, &mut flat);
+            flat.iter()
+                .map(|v| {
+                    let s = v.as_str().ok_or_else(|| invalid("BYTES data must be strings (base64 files)"))?;
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s.trim())
+                        .map_err(|_| invalid("BYTES elements in JSON must be base64-encoded files"))
+                })
+                .collect::<Result<_, _>>()?
+        }
+    };
+    if files.len() != count {
+        return Err(invalid(format!("shape says {count} elements, data has {}", files.len())));
+    }
+    if files.iter().any(|f| f.len() > limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    Ok(files)
+}
+
+/// The images of a `UINT8` / `FP32` pixel input, `[N, H, W, 3]` or `[H, W, 3]`.
+fn pixel_images(input: &InputTensor, binary: Option<&[u8]>, max_pixels: u64) -> Result<Vec<image::RgbImage>, ApiError> {
+    let shape: Vec<i64> = if input.shape.len() == 3 { [&[1], &input.shape[..]].concat() } else { input.shape.clone() };
+    let [n, h, w, c] = shape[..] else { return Err(invalid("pixels must have shape [N, H, W, 3] or [H, W, 3]")) };
+    if c != 3 {
+        return Err(invalid("pixels must have 3 channels (RGB, last dimension)"));
+    }
+    let total = element_count(&shape)?;
+    let (n, h, w) = (n as usize, h as usize, w as usize);
+    if (h as u64).saturating_mul(w as u64) > max_pixels {
+        return Err(ApiError::unprocessable("too_many_pixels", format!("images over {max_pixels} pixels are refused")));
+    }
+    let values: Vec<u8> = match (input.datatype.as_str(), binary) {
+        ("UINT8", Some(raw)) => raw.to_vec(),
+        ("FP32", Some(raw)) => raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .map(|x| (x.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect(),
+        (dt, None) => {
+            let mut flat = Vec::with_capacity(total);
+            flatten(input.data.as_ref().ok_or_else(|| invalid("input has no data"))?, &mut flat);
+            flat.iter()
+                .map(|v| {
+                    let x = v.as_f64().ok_or_else(|| invalid("pixel data must be numbers"))?;
+                    Ok(if dt == "FP32" { (x.clamp(0.0, 1.0) * 255.0).round() as u8 } else { x.clamp(0.0, 255.0) as u8 })
+                })
+                .collect::<Result<_, ApiError>>()?
+        }
+        _ => return Err(invalid("pixels must be UINT8 or FP32")),
+    };
+    if values.len() != total {
+        return Err(invalid(format!("shape says {total} values, data has {}", values.len())));
+    }
+    let per = h * w * 3;
+    (0..n)
+        .map(|i| {
+            image::RgbImage::from_raw(w as u32, h as u32, values[i * per..(i + 1) * per].to_vec())
+                .ok_or_else(|| invalid("pixel buffer does not match the shape"))
+        })
+        .collect()
+}
+
+/// Classify images sent as an inference-protocol tensor.
+#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "inference protocol",
+    params(("name" = String, Path, description = "Always `catsdogs`")),
+    request_body(content = InferRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "`p_dog` and `label` per image", body = InferResponse),
+        (status = 400, description = "Malformed request or an image that cannot be read", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown model", body = crate::error::ErrorBody),
+        (status = 413, description = "Too many images or a file over the limit", body = crate::error::ErrorBody),
+        (status = 503, description = "No model loaded", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn infer(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<InferResponse>, ApiError> {
+    check_model(&name)?;
+    state.model()?;
+    let (json, binary) = split_body(&headers, &body)?;
+    let req: InferRequest =
+        serde_json::from_slice(json).map_err(|e| invalid(format!("body is not an inference request: {e}")))?;
+    let [input] = &req.inputs[..] else { return Err(invalid("send exactly one input (`image` or `pixels`)")) };
+    let binary = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
+        Some(size) => {
+            let size = size.as_u64().ok_or_else(|| invalid("binary_data_size must be a number"))? as usize;
+            Some(binary.get(..size).ok_or_else(|| invalid("binary data shorter than binary_data_size"))?)
+        }
+        None => None,
+    };
+    let inputs: Vec<ImageInput> = match input.datatype.as_str() {
+        "BYTES" => {
+            bytes_elements(input, binary, state.cfg.max_upload_bytes)?.into_iter().map(ImageInput::Encoded).collect()
+        }
+        "UINT8" | "FP32" => {
+            let max_pixels = state.model()?.preprocess_config().max_pixels;
+            pixel_images(input, binary, max_pixels)?.into_iter().map(ImageInput::Pixels).collect()
+        }
+        other => return Err(invalid(format!("unsupported datatype {other}; use BYTES, UINT8 or FP32"))),
+    };
+    if inputs.len() > state.cfg.max_batch_files {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_files",
+            format!("more than {} images in one request", state.cfg.max_batch_files),
+        ));
+    }
+    let (results, ms) = state.classify_inputs(inputs).await?;
+    let mut preds: Vec<Prediction> = Vec::with_capacity(results.len());
+    let mut first_error = None;
+    for r in results {
+        let id = uuid::Uuid::new_v4().to_string();
+        match r {
+            Ok(p) => {
+                record(&state, &id, "", Ok(p), ms).await;
+                preds.push(p);
+            }
+            Err(e) => {
+                record(&state, &id, "", Err(&e), ms).await;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    // The protocol answers a request as a whole: one unreadable image fails it.
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let n = preds.len() as i64;
+    Ok(Json(InferResponse {
+        model_name: MODEL_NAME.into(),
+        model_version: state.model_version(),
+        id: req.id,
+        outputs: vec![
+            OutputTensor {
+                name: "p_dog".into(),
+                datatype: "FP32".into(),
+                shape: vec![n],
+                data: preds.iter().map(|p| Value::from(f64::from(p.p_dog))).collect(),
+            },
+            OutputTensor {
+                name: "label".into(),
+                datatype: "BYTES".into(),
+                shape: vec![n],
+                data: preds.iter().map(|p| Value::from(p.label())).collect(),
+            },
+        ],
+    }))
+}
