@@ -34,6 +34,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Retention purge, erasure and export of stored data.
     Db(db::DbArgs),
+    /// Exit 0 when the service answers its readiness route with 200 (container health checks).
+    Healthcheck(serve::HealthcheckArgs),
 }
 
 fn tune_allocator() {
@@ -65,5 +67,8 @@ fn main() -> Result<ExitCode> {
         Command::Export(a) => commands::export(a).map(|_| ExitCode::SUCCESS),
         Command::Serve(a) => serve::serve(a).map(|_| ExitCode::SUCCESS),
         Command::Db(a) => db::db(a).map(|_| ExitCode::SUCCESS),
+        Command::Healthcheck(a) => {
+            serve::healthcheck(a).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
     }
 }

@@ -54,8 +54,40 @@ pub struct ServeArgs {
     /// Minutes between two runs of the automatic retention purge.
     #[arg(long, env = "CATSDOGS_PURGE_EVERY_MIN", default_value_t = 60)]
     pub purge_every_min: u64,
+    /// Directory holding api-token, pseudonym-key and session-key (default: --data-dir);
+    /// point every replica at the same secrets, e.g. /run/secrets.
+    #[arg(long, env = "CATSDOGS_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
     #[command(flatten)]
     pub retention: crate::db::RetentionArgs,
+}
+
+/// `catsdogs healthcheck`: for container health checks where no curl is installed.
+#[derive(Args)]
+pub struct HealthcheckArgs {
+    /// Readiness URL to query (plain HTTP).
+    #[arg(long, default_value = "http://127.0.0.1:8000/api/health")]
+    pub url: String,
+    #[arg(long, default_value_t = 3)]
+    pub timeout_s: u64,
+}
+
+/// GETs the URL; success when the status is 200.
+pub fn healthcheck(a: HealthcheckArgs) -> Result<bool> {
+    use std::io::{Read, Write};
+    let rest = a.url.strip_prefix("http://").context("only http:// URLs")?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let timeout = std::time::Duration::from_secs(a.timeout_s.max(1));
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(host)?.next().context("cannot resolve the host")?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 16];
+    let n = stream.read(&mut head)?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    let ok = line.starts_with("HTTP/1.1 200") || line.starts_with("HTTP/1.0 200");
+    eprintln!("{} {}", a.url, line.lines().next().unwrap_or("no answer"));
+    Ok(ok)
 }
 
 /// The seed's PostgreSQL settings, when DB_HOST is set.
@@ -80,6 +112,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     cfg.tta_flip = a.tta_flip;
     cfg.secure_cookies = a.secure_cookies;
     cfg.retention = a.retention.into();
+    cfg.secrets_dir = a.secrets_dir;
     cfg.purge_interval = std::time::Duration::from_secs(a.purge_every_min.max(1) * 60);
     if a.no_inference_log {
         cfg.inference_log_dir = None;

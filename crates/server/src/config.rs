@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub max_concurrent_inferences: usize,
     /// Test-time flip (image + mirror image averaged; twice the forward cost).
     pub tta_flip: bool,
+    /// Where the API token, pseudonymisation key and session key are read (and generated
+    /// when absent); `None` = `data_dir`. Replicas must share these (Docker/Kubernetes secrets).
+    pub secrets_dir: Option<PathBuf>,
     /// Mark the page's session cookie `Secure` (set when served over HTTPS).
     pub secure_cookies: bool,
     /// Inference log directory (one CSV per UTC day); `None` switches the log off.
@@ -94,6 +97,7 @@ impl ServerConfig {
             max_concurrent_inferences: cores,
             tta_flip: false,
             secure_cookies: false,
+            secrets_dir: None,
             inference_log_dir: Some(log_dir),
             retention: Retention::default(),
             purge_interval: std::time::Duration::from_secs(3600),

@@ -69,15 +69,16 @@ pub enum TokenSource {
 pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source })?;
+    let secrets = cfg.secrets_dir.clone().unwrap_or_else(|| cfg.data_dir.clone());
     let (tokens, source) = if cfg.tokens.iter().any(|t| !t.trim().is_empty()) {
         (auth::Tokens::new(&cfg.tokens), TokenSource::Configured(cfg.tokens.len()))
     } else {
-        let (token, path, created) = auth::load_or_create_secret(&cfg.data_dir, "api-token")?;
+        let (token, path, created) = auth::load_or_create_secret(&secrets, "api-token")?;
         (auth::Tokens::new(&[token]), TokenSource::File { path, created })
     };
-    let (key, _, _) = auth::load_or_create_secret(&cfg.data_dir, "pseudonym-key")?;
+    let (key, _, _) = auth::load_or_create_secret(&secrets, "pseudonym-key")?;
     let pseudonym_key: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
-    let (key, _, _) = auth::load_or_create_secret(&cfg.data_dir, "session-key")?;
+    let (key, _, _) = auth::load_or_create_secret(&secrets, "session-key")?;
     let session_key: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
 
     let (model_dir, backend, threads, tta_flip) =
