@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// Do not write the inference log.
     #[arg(long, env = "CATSDOGS_NO_INFERENCE_LOG")]
     pub no_inference_log: bool,
+    /// Longest a request may take, upload included (slower ones get 408).
+    #[arg(long, env = "CATSDOGS_REQUEST_TIMEOUT_S", default_value_t = 60)]
+    pub request_timeout_s: u64,
     /// Minutes between two runs of the automatic retention purge.
     #[arg(long, env = "CATSDOGS_PURGE_EVERY_MIN", default_value_t = 60)]
     pub purge_every_min: u64,
@@ -113,6 +116,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     cfg.secure_cookies = a.secure_cookies;
     cfg.retention = a.retention.into();
     cfg.secrets_dir = a.secrets_dir;
+    cfg.request_timeout = std::time::Duration::from_secs(a.request_timeout_s.max(1));
     cfg.purge_interval = std::time::Duration::from_secs(a.purge_every_min.max(1) * 60);
     if a.no_inference_log {
         cfg.inference_log_dir = None;

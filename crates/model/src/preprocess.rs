@@ -98,6 +98,11 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PreprocessE
     let format = sniff_format(bytes).ok_or(PreprocessError::UnsupportedFormat)?;
     let corrupt =
         |e: image::ImageError| PreprocessError::Corrupt { format: format_name(format), reason: e.to_string() };
+    if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
+        // The JPEG decoder fills a cut-off scan with grey and reports success: classifying
+        // half an image would be a confident answer about something else.
+        return Err(PreprocessError::Corrupt { format: "JPEG", reason: "no end-of-image marker (truncated)".into() });
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     // Decoders may allocate a few buffers of the output size; 16 bytes a pixel covers RGBA16.
@@ -115,6 +120,17 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PreprocessE
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     img.apply_orientation(orientation);
     Ok(to_rgb_over_white(img))
+}
+
+/// Whether a JPEG's last scan is followed by the end-of-image marker. Inside entropy-coded
+/// data every 0xFF is followed by 0x00 or a restart marker, so 0xFFD9 after the last 0xFFDA
+/// (start of scan) can only be the real end (an EXIF thumbnail's markers come before).
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let find_last = |m: [u8; 2]| bytes.windows(2).rposition(|w| w == m);
+    match (find_last([0xFF, 0xDA]), find_last([0xFF, 0xD9])) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        _ => false,
+    }
 }
 
 fn to_rgb_over_white(img: DynamicImage) -> RgbImage {

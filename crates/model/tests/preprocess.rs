@@ -160,6 +160,17 @@ fn bad_inputs_are_typed_errors() {
     let jpeg = encode(&DynamicImage::ImageRgb8(card()), ImageFormat::Jpeg);
     let err = decode_rgb(&jpeg[..jpeg.len() / 2], LIMIT).expect_err("truncated JPEG");
     assert_eq!(err.code(), "corrupt_image", "{err:?}");
+    // A smooth image cut mid-scan decodes "successfully" (grey fill) in the JPEG decoder:
+    // the missing end-of-image marker must still make it an error.
+    let smooth = RgbImage::from_fn(200, 150, |x, y| image::Rgb([x as u8, y as u8, 128]));
+    let jpeg = encode(&DynamicImage::ImageRgb8(smooth), ImageFormat::Jpeg);
+    for cut in [jpeg.len() * 3 / 5, jpeg.len() - 2] {
+        let err = decode_rgb(&jpeg[..cut], LIMIT).expect_err("JPEG without its end");
+        assert_eq!(err.code(), "corrupt_image", "cut at {cut}: {err:?}");
+    }
+    let mut trailing = jpeg.clone();
+    trailing.extend_from_slice(&[0u8; 100]);
+    assert!(decode_rgb(&trailing, LIMIT).is_ok(), "bytes after the end marker are tolerated");
     let png = encode(&DynamicImage::ImageRgb8(card()), ImageFormat::Png);
     let err = decode_rgb(&png[..png.len() - 20], LIMIT).expect_err("truncated PNG");
     assert_eq!(err.code(), "corrupt_image", "{err:?}");

@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub retention: Retention,
     /// How often the purge runs inside the server.
     pub purge_interval: std::time::Duration,
+    /// Longest a request may take, body upload included (slow uploads get 408).
+    pub request_timeout: std::time::Duration,
     /// How often pending rows are retried while the database is down.
     pub retry_interval: std::time::Duration,
     pub clock: Clock,
@@ -98,6 +100,7 @@ impl ServerConfig {
             tta_flip: false,
             secure_cookies: false,
             secrets_dir: None,
+            request_timeout: std::time::Duration::from_secs(60),
             inference_log_dir: Some(log_dir),
             retention: Retention::default(),
             purge_interval: std::time::Duration::from_secs(3600),

@@ -177,6 +177,7 @@ pub fn router(state: AppState) -> Router {
             axum::http::HeaderValue::from_static("nosniff"),
         ))
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), request_deadline))
         .layer(axum::middleware::from_fn(telemetry::http_metrics))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::internal("the request handler crashed"))
@@ -186,6 +187,23 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// Ends a request that takes longer than `request_timeout`, body upload included (a slow
+/// or stalled upload must not hold a connection and its buffer forever).
+async fn request_deadline(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(state.cfg.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request took longer than {} s", state.cfg.request_timeout.as_secs_f64()),
+        )),
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

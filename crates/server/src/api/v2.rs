@@ -328,7 +328,7 @@ fn pixel_images(input: &InputTensor, binary: Option<&[u8]>, max_pixels: u64) -> 
     let total = element_count(&shape)?;
     let (n, h, w) = (n as usize, h as usize, w as usize);
     if (h as u64).saturating_mul(w as u64) > max_pixels {
-        return Err(ApiError::unprocessable("too_many_pixels", format!("images over {max_pixels} pixels are refused")));
+        return Err(ApiError::unprocessable("image_too_large", format!("images over {max_pixels} pixels are refused")));
     }
     let values: Vec<u8> = match (input.datatype.as_str(), binary) {
         ("UINT8", Some(raw)) => raw.to_vec(),
