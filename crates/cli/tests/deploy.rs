@@ -40,7 +40,7 @@ fn deployment_wiring_is_consistent() {
     let deployment = read("deploy/k8s/deployment.yaml");
     // Probes point at routes the server has.
     let lib = read("crates/server/src/lib.rs");
-    for path in ["/api/health", "/v2/health/ready", "/v2/health/live"] {
+    for path in ["/v2/health/ready", "/v2/health/live"] {
         assert!(deployment.contains(&format!("path: {path}")), "probe {path}");
         assert!(lib.contains(&format!("\"{path}\"")), "route {path} missing from the router");
     }

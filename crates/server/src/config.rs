@@ -72,7 +72,9 @@ impl Default for Retention {
 impl Retention {
     /// The cut-off instants for a purge run at `now`.
     pub fn cutoffs(&self, now: DateTime<Utc>) -> catsdogs_store::PurgeCutoffs {
-        let before = |days: u32| now - chrono::Duration::days(i64::from(days));
+        let before = |days: u32| {
+            now.checked_sub_signed(chrono::Duration::days(i64::from(days))).unwrap_or(DateTime::<Utc>::MIN_UTC)
+        };
         catsdogs_store::PurgeCutoffs {
             predictions: before(self.predictions_days),
             feedback: before(self.feedback_days),

@@ -123,10 +123,10 @@ pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> 
 
 /// All routes.
 pub fn router(state: AppState) -> Router {
-    let upload_limit = state.cfg.max_upload_bytes + 64 * 1024;
-    let batch_limit = state.cfg.max_upload_bytes.saturating_mul(state.cfg.max_batch_files) + 64 * 1024;
+    let upload_limit = state.cfg.max_upload_bytes.saturating_add(64 * 1024);
+    let batch_limit = state.cfg.max_upload_bytes.saturating_mul(state.cfg.max_batch_files).saturating_add(64 * 1024);
     // Base64 in JSON makes files 4/3 larger.
-    let v2_limit = batch_limit.saturating_mul(4) / 3 + 64 * 1024;
+    let v2_limit = (batch_limit / 3).saturating_mul(4).saturating_add(64 * 1024);
     // The web page may classify and send feedback with its session cookie + CSRF header.
     let page_callable = Router::new()
         .route("/api/predict", post(api::predict::predict).layer(DefaultBodyLimit::max(upload_limit)))
@@ -183,9 +183,11 @@ pub fn router(state: AppState) -> Router {
             axum::response::IntoResponse::into_response(ApiError::internal("the request handler crashed"))
         }))
         .layer(TraceLayer::new_for_http().make_span_with(telemetry::request_span))
-        // Outermost: every request gets an id (or keeps the caller's), echoed in the response.
+        // Outermost: every request gets an id (or keeps the caller's when it is a short
+        // token), echoed in the response.
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::map_request(telemetry::drop_unsafe_request_id))
         .with_state(state)
 }
 
@@ -277,28 +279,20 @@ pub async fn scheduled_purge(state: &AppState) {
     }
 }
 
-/// Audits a change of the accepted tokens since the last start (a token rotation), by
-/// comparing fingerprints with those saved in `data_dir/token-fingerprints`.
+/// Audits a change of the accepted tokens (a rotation): the sorted fingerprints are
+/// compared with those of the newest `token_rotation` audit row, so the check lives in the
+/// shared database and works for replicas whose disks are not kept (Kubernetes pods).
 async fn audit_token_changes(state: &AppState) {
-    let path = state.cfg.data_dir.join("token-fingerprints");
-    let now: Vec<String> = state.tokens.fingerprints();
-    let before: Vec<String> = std::fs::read_to_string(&path)
-        .map(|t| t.lines().map(str::to_string).filter(|l| !l.is_empty()).collect())
-        .unwrap_or_default();
-    if now == before {
-        return;
-    }
-    let added: Vec<&String> = now.iter().filter(|f| !before.contains(f)).collect();
-    let removed: Vec<&String> = before.iter().filter(|f| !now.contains(f)).collect();
-    let detail = format!("tokens added {added:?}, removed {removed:?}");
-    match state.store.audit((state.cfg.clock)(), "configuration", "token_rotation", &detail).await {
-        Ok(()) => {
-            if let Err(e) = std::fs::write(&path, now.join("\n")) {
-                tracing::warn!(error = %e, "cannot save token fingerprints");
+    let detail = format!("accepted token fingerprints: {}", state.tokens.fingerprints().join(","));
+    match state.store.latest_audit_detail("token_rotation").await {
+        Ok(Some(last)) if last == detail => {}
+        Ok(_) => {
+            if let Err(e) = state.store.audit((state.cfg.clock)(), "configuration", "token_rotation", &detail).await {
+                tracing::warn!(error = %e, "token set not audited");
             }
         }
-        // Retried at the next start (the fingerprints file is only updated once audited).
-        Err(e) => tracing::warn!(error = %e, "token change not audited: database unavailable"),
+        // Checked again at the next start.
+        Err(e) => tracing::warn!(error = %e, "token set not audited: database unavailable"),
     }
 }
 

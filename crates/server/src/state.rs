@@ -41,7 +41,7 @@ pub struct Shared {
     /// Set once migrations have run against the current database.
     pub migrated: AtomicBool,
     pub store_error: Mutex<Option<String>>,
-    pub inference_slots: Semaphore,
+    pub inference_slots: Arc<Semaphore>,
     pseudonym_key: [u8; 32],
     /// Signs the web page's session cookies and CSRF tokens.
     pub sessions: SessionKeys,
@@ -176,7 +176,7 @@ impl Shared {
             outbox: Outbox::default(),
             migrated: AtomicBool::new(false),
             store_error: Mutex::new(None),
-            inference_slots: Semaphore::new(slots),
+            inference_slots: Arc::new(Semaphore::new(slots)),
             pseudonym_key,
             sessions: SessionKeys::new(session_key, cfg_secure),
             inference_log: InferenceLog::start(log_dir),
@@ -248,10 +248,14 @@ impl Shared {
     ) -> Result<(Vec<Result<Prediction, ApiError>>, f64), ApiError> {
         let model = self.model()?;
         let queued = Instant::now();
-        let _permit = self.inference_slots.acquire().await.map_err(|_| ApiError::internal("shutting down"))?;
+        let permit =
+            self.inference_slots.clone().acquire_owned().await.map_err(|_| ApiError::internal("shutting down"))?;
         metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "queue")
             .record(queued.elapsed().as_secs_f64());
         let joined = tokio::task::spawn_blocking(move || {
+            // The slot is held by the work itself: a request that times out and is dropped
+            // does not free it while its inference still runs.
+            let _permit = permit;
             use rayon::prelude::*;
             let t = Instant::now();
             let prepare = |input: &ImageInput| match input {

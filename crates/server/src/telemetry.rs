@@ -49,7 +49,19 @@ pub fn prometheus() -> Option<PrometheusHandle> {
 /// create one series per id) and status, and times it.
 pub async fn http_metrics(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
-    let method = req.method().to_string();
+    // Only standard methods become label values: any token is a valid method to hyper, and
+    // each new label value would be a new series.
+    use axum::http::Method;
+    let method: &'static str = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
     let started = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
@@ -77,6 +89,18 @@ pub async fn metrics_endpoint(State(state): State<AppState>) -> Response {
 pub fn record_model_info(version: &str, architecture: &str) {
     metrics::gauge!("catsdogs_model_info", "version" => version.to_string(), "architecture" => architecture.to_string())
         .set(1.0);
+}
+
+/// Removes a caller's `x-request-id` unless it is 1-64 characters of `[A-Za-z0-9._-]`, so
+/// logs cannot be fed arbitrary text; a fresh id is then generated.
+pub async fn drop_unsafe_request_id(mut req: Request) -> Request {
+    let ok = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        (1..=64).contains(&v.len()) && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    });
+    if !ok {
+        req.headers_mut().remove("x-request-id");
+    }
+    req
 }
 
 /// One span per request, named by method and route, carrying the request id that

@@ -70,6 +70,11 @@ async fn metrics_move_with_known_requests() {
         assert_eq!(r.headers().get("x-request-id").and_then(|v| v.to_str().ok()), Some("client-chosen-id-42"));
     }
 
+    // An id that is not a short token is replaced, never echoed into logs and headers.
+    let r = c.get(app.url("/api/health")).header("x-request-id", "two words\tand a tab").send().await.expect("health");
+    let id = r.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert!(!id.is_empty() && !id.contains(' '), "replaced request id: {id:?}");
+
     let after = scrape(&app).await;
     let delta = |series: &str| value(&after, series) - value(&before, series);
     let cats = labels.iter().filter(|l| *l == "cat").count() as f64;

@@ -136,7 +136,22 @@ async fn protocol_endpoints() {
             StatusCode::BAD_REQUEST,
         ),
     ];
-    for (body, status) in bad {
+    // Shapes that would ask for huge buffers are refused before anything is allocated.
+    let huge = [
+        (
+            json!({"inputs": [{"name": "pixels", "shape": [1000, 1000, 1000, 3], "datatype": "UINT8"}]}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            json!({"inputs": [{"name": "image", "shape": [1_000_000_000_000i64], "datatype": "BYTES", "data": []}]}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            json!({"inputs": [{"name": "pixels", "shape": [1, 100000, 100000, 3], "datatype": "UINT8"}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ];
+    for (body, status) in bad.into_iter().chain(huge) {
         let r = infer(&app, serde_json::to_vec(&body).expect("json"), None).await;
         assert_eq!(r.status(), status, "{body}");
         let e: Value = r.json().await.expect("json");

@@ -437,44 +437,24 @@ impl Store {
 
     /// Deletes rows older than the retention, `batch` rows per statement (short
     /// transactions, no long lock on a busy table). Feedback outlives its prediction
-    /// (365 vs 180 days by default): it is detached (`prediction_id` set to NULL; it keeps
-    /// its own label and P(dog)) before the prediction goes.
+    /// (365 vs 180 days by default): the foreign key detaches it (`prediction_id` NULL).
     pub async fn purge(&self, c: &PurgeCutoffs, batch: u32) -> Result<RemovedRows, StoreError> {
         let batch = i64::from(batch.max(1));
         let mut removed = RemovedRows {
-            feedback: self
-                .delete_batched("feedback", "created_at_ms", c.feedback.timestamp_millis(), batch, "")
-                .await?,
+            feedback: self.delete_batched("feedback", "created_at_ms", c.feedback.timestamp_millis(), batch).await?,
             ..RemovedRows::default()
         };
-        sqlx::query(
-            "UPDATE feedback SET prediction_id = NULL WHERE prediction_id IN \
-             (SELECT id FROM predictions WHERE created_at_ms < $1)",
-        )
-        .bind(c.predictions.timestamp_millis())
-        .execute(&self.pool)
-        .await?;
-        // Feedback written between the UPDATE and a DELETE would be cascaded away: only
-        // predictions that nothing references go now; the next run detaches the others.
-        let unreferenced = "AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.prediction_id = predictions.id)";
-        removed.predictions = self
-            .delete_batched("predictions", "created_at_ms", c.predictions.timestamp_millis(), batch, unreferenced)
-            .await?;
-        removed.audit = self.delete_batched("audit_log", "at_ms", c.audit.timestamp_millis(), batch, "").await?;
+        // The foreign key is ON DELETE SET NULL: feedback stays, detached, with its own label
+        // and P(dog), including feedback committed while this runs.
+        removed.predictions =
+            self.delete_batched("predictions", "created_at_ms", c.predictions.timestamp_millis(), batch).await?;
+        removed.audit = self.delete_batched("audit_log", "at_ms", c.audit.timestamp_millis(), batch).await?;
         Ok(removed)
     }
 
-    async fn delete_batched(
-        &self,
-        table: &str,
-        column: &str,
-        before_ms: i64,
-        batch: i64,
-        extra: &str,
-    ) -> Result<u64, StoreError> {
-        // Table, column and condition come from this file only, never from input.
-        let sql =
-            format!("DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {column} < $1 {extra} LIMIT $2)");
+    async fn delete_batched(&self, table: &str, column: &str, before_ms: i64, batch: i64) -> Result<u64, StoreError> {
+        // Table and column names come from this file only, never from input.
+        let sql = format!("DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {column} < $1 LIMIT $2)");
         let mut total = 0;
         loop {
             let n = sqlx::query(&sql).bind(before_ms).bind(batch).execute(&self.pool).await?.rows_affected();
@@ -541,6 +521,18 @@ impl Store {
             comment: row.try_get("comment")?,
             source: if source == "seed" { FeedbackSource::Seed } else { FeedbackSource::V2 },
         }))
+    }
+
+    /// The detail of the newest audit entry with this action, if any.
+    pub async fn latest_audit_detail(&self, action: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT detail FROM audit_log WHERE action = $1 ORDER BY at_ms DESC, id LIMIT 1")
+            .bind(action)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get("detail")?,
+            None => None,
+        })
     }
 
     /// The `limit` most recent audit entries, newest first.

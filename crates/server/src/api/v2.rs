@@ -67,7 +67,8 @@ pub struct ServerMetadata {
     pub extensions: Vec<String>,
 }
 
-/// One input tensor of an inference request.
+/// One input tensor of an inference request. `data` stays raw JSON until its type and
+/// size are known, so a huge numeric array never becomes a tree of JSON values.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct InputTensor {
     pub name: String,
@@ -75,9 +76,13 @@ pub struct InputTensor {
     pub datatype: String,
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<serde_json::Map<String, Value>>,
-    #[schema(value_type = Option<Object>)]
-    pub data: Option<Value>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub data: Option<Box<serde_json::value::RawValue>>,
 }
+
+/// Largest JSON text accepted for numeric pixel data; bigger tensors must use the binary
+/// extension (JSON numbers cost ~4 bytes of text and 8 of memory per value).
+pub const MAX_JSON_PIXEL_TEXT: usize = 8 * 1024 * 1024;
 
 /// `POST /v2/models/{name}/infer` body (JSON part).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -127,7 +132,8 @@ pub async fn protocol_error_shape(resp: axum::response::Response) -> axum::respo
     let message = match serde_json::from_slice::<Value>(&bytes) {
         Ok(v) => match (&v["error"]["code"], &v["error"]["message"]) {
             (Value::String(c), Value::String(m)) => format!("{c}: {m}"),
-            _ => String::from_utf8_lossy(&bytes).into_owned(),
+            // Already in the protocol's shape (e.g. `{"ready": false}`): unchanged.
+            _ => return axum::response::Response::from_parts(parts, axum::body::Body::from(bytes)),
         },
         Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
     };
@@ -272,36 +278,53 @@ fn element_count(shape: &[i64]) -> Result<usize, ApiError> {
     })
 }
 
-/// Flattens nested JSON arrays.
-fn flatten(v: &Value, out: &mut Vec<Value>) {
-    match v {
-        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
-        other => out.push(other.clone()),
-    }
+fn too_many(max: usize) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_files", format!("more than {max} images in one request"))
 }
 
-/// The encoded files of a `BYTES` input.
-fn bytes_elements(input: &InputTensor, binary: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, ApiError> {
+/// The raw JSON `data` of an input, required when no binary data came.
+fn json_data(input: &InputTensor) -> Result<&str, ApiError> {
+    input.data.as_deref().map(serde_json::value::RawValue::get).ok_or_else(|| invalid("input has no data"))
+}
+
+/// The encoded files of a `BYTES` input (at most `max_files`, each at most `limit` bytes).
+fn bytes_elements(
+    input: &InputTensor,
+    binary: Option<&[u8]>,
+    limit: usize,
+    max_files: usize,
+) -> Result<Vec<Vec<u8>>, ApiError> {
     let count = element_count(&input.shape)?;
+    if count > max_files {
+        return Err(too_many(max_files));
+    }
     let files = match binary {
         Some(mut raw) => {
-            let mut files = Vec::with_capacity(count);
+            let mut files = Vec::new();
             while !raw.is_empty() {
+                if files.len() == count {
+                    return Err(invalid(format!("binary data holds more than the {count} elements the shape says")));
+                }
                 let len_bytes: [u8; 4] =
                     raw.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(|| invalid("truncated BYTES element"))?;
                 let len = u32::from_le_bytes(len_bytes) as usize;
-                let element = raw.get(4..4 + len).ok_or_else(|| invalid("truncated BYTES element"))?;
+                let element =
+                    raw.get(4..).and_then(|r| r.get(..len)).ok_or_else(|| invalid("truncated BYTES element"))?;
                 files.push(element.to_vec());
                 raw = &raw[4 + len..];
             }
             files
         }
         None => {
-            let mut flat = Vec::new();
-            flatten(input.data.as_ref().ok_or_else(|| invalid("input has no data"))?, &mut flat);
-            flat.iter()
-                .map(|v| {
-                    let s = v.as_str().ok_or_else(|| invalid("BYTES data must be strings (base64 files)"))?;
+            // A flat list of base64 strings, as protocol clients send it.
+            let strings: Vec<String> = serde_json::from_str(json_data(input)?)
+                .map_err(|_| invalid("BYTES data must be a flat list of base64 strings"))?;
+            if strings.len() > max_files {
+                return Err(too_many(max_files));
+            }
+            strings
+                .iter()
+                .map(|s| {
                     base64::engine::general_purpose::STANDARD
                         .decode(s.trim())
                         .map_err(|_| invalid("BYTES elements in JSON must be base64-encoded files"))
@@ -318,8 +341,15 @@ fn bytes_elements(input: &InputTensor, binary: Option<&[u8]>, limit: usize) -> R
     Ok(files)
 }
 
-/// The images of a `UINT8` / `FP32` pixel input, `[N, H, W, 3]` or `[H, W, 3]`.
-fn pixel_images(input: &InputTensor, binary: Option<&[u8]>, max_pixels: u64) -> Result<Vec<image::RgbImage>, ApiError> {
+/// The images of a `UINT8` / `FP32` pixel input, `[N, H, W, 3]` or `[H, W, 3]`. Sizes are
+/// checked against the limits before anything is allocated; binary data must have exactly
+/// the length the shape implies.
+fn pixel_images(
+    input: &InputTensor,
+    binary: Option<&[u8]>,
+    max_pixels: u64,
+    max_files: usize,
+) -> Result<Vec<image::RgbImage>, ApiError> {
     let shape: Vec<i64> = if input.shape.len() == 3 { [&[1], &input.shape[..]].concat() } else { input.shape.clone() };
     let [n, h, w, c] = shape[..] else { return Err(invalid("pixels must have shape [N, H, W, 3] or [H, W, 3]")) };
     if c != 3 {
@@ -327,25 +357,41 @@ fn pixel_images(input: &InputTensor, binary: Option<&[u8]>, max_pixels: u64) -> 
     }
     let total = element_count(&shape)?;
     let (n, h, w) = (n as usize, h as usize, w as usize);
+    if n > max_files {
+        return Err(too_many(max_files));
+    }
     if (h as u64).saturating_mul(w as u64) > max_pixels {
         return Err(ApiError::unprocessable("image_too_large", format!("images over {max_pixels} pixels are refused")));
     }
     let values: Vec<u8> = match (input.datatype.as_str(), binary) {
-        ("UINT8", Some(raw)) => raw.to_vec(),
-        ("FP32", Some(raw)) => raw
+        ("UINT8", Some(raw)) if raw.len() == total => raw.to_vec(),
+        ("FP32", Some(raw)) if Some(raw.len()) == total.checked_mul(4) => raw
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .map(|x| (x.clamp(0.0, 1.0) * 255.0).round() as u8)
             .collect(),
+        ("UINT8" | "FP32", Some(raw)) => {
+            return Err(invalid(format!("binary data has {} bytes; the shape and type need another size", raw.len())));
+        }
         (dt, None) => {
-            let mut flat = Vec::with_capacity(total);
-            flatten(input.data.as_ref().ok_or_else(|| invalid("input has no data"))?, &mut flat);
-            flat.iter()
-                .map(|v| {
-                    let x = v.as_f64().ok_or_else(|| invalid("pixel data must be numbers"))?;
-                    Ok(if dt == "FP32" { (x.clamp(0.0, 1.0) * 255.0).round() as u8 } else { x.clamp(0.0, 255.0) as u8 })
-                })
-                .collect::<Result<_, ApiError>>()?
+            let text = json_data(input)?;
+            if text.len() > MAX_JSON_PIXEL_TEXT {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("pixel data over {MAX_JSON_PIXEL_TEXT} bytes of JSON: send it with the binary extension"),
+                ));
+            }
+            let numbers: Vec<f64> =
+                serde_json::from_str(text).map_err(|_| invalid("pixel data must be a flat list of numbers"))?;
+            numbers
+                .into_iter()
+                .map(
+                    |x| {
+                        if dt == "FP32" { (x.clamp(0.0, 1.0) * 255.0).round() as u8 } else { x.clamp(0.0, 255.0) as u8 }
+                    },
+                )
+                .collect()
         }
         _ => return Err(invalid("pixels must be UINT8 or FP32")),
     };
@@ -386,30 +432,27 @@ pub async fn infer(
     let req: InferRequest =
         serde_json::from_slice(json).map_err(|e| invalid(format!("body is not an inference request: {e}")))?;
     let [input] = &req.inputs[..] else { return Err(invalid("send exactly one input (`image` or `pixels`)")) };
+    // One input: its binary part is everything after the JSON header.
     let binary = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
-        Some(size) => {
-            let size = size.as_u64().ok_or_else(|| invalid("binary_data_size must be a number"))? as usize;
-            Some(binary.get(..size).ok_or_else(|| invalid("binary data shorter than binary_data_size"))?)
-        }
+        Some(size) if size.as_u64() == Some(binary.len() as u64) => Some(binary),
+        Some(_) => return Err(invalid("binary_data_size does not match the binary data after the JSON header")),
+        None if !binary.is_empty() => return Err(invalid("binary data sent without binary_data_size")),
         None => None,
     };
     let inputs: Vec<ImageInput> = match input.datatype.as_str() {
-        "BYTES" => {
-            bytes_elements(input, binary, state.cfg.max_upload_bytes)?.into_iter().map(ImageInput::Encoded).collect()
-        }
+        "BYTES" => bytes_elements(input, binary, state.cfg.max_upload_bytes, state.cfg.max_batch_files)?
+            .into_iter()
+            .map(ImageInput::Encoded)
+            .collect(),
         "UINT8" | "FP32" => {
             let max_pixels = state.model()?.preprocess_config().max_pixels;
-            pixel_images(input, binary, max_pixels)?.into_iter().map(ImageInput::Pixels).collect()
+            pixel_images(input, binary, max_pixels, state.cfg.max_batch_files)?
+                .into_iter()
+                .map(ImageInput::Pixels)
+                .collect()
         }
         other => return Err(invalid(format!("unsupported datatype {other}; use BYTES, UINT8 or FP32"))),
     };
-    if inputs.len() > state.cfg.max_batch_files {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_files",
-            format!("more than {} images in one request", state.cfg.max_batch_files),
-        ));
-    }
     let (results, ms) = state.classify_inputs(inputs).await?;
     let mut preds: Vec<Prediction> = Vec::with_capacity(results.len());
     let mut first_error = None;
