@@ -287,6 +287,7 @@ pub async fn predict(
         (status = 400, description = "No `file` field", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
         (status = 413, description = "Too many files or request too large", body = crate::error::ErrorBody),
+        (status = 415, description = "Not a multipart/form-data body", body = crate::error::ErrorBody),
         (status = 503, description = "No model loaded", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))

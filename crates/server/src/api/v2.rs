@@ -41,6 +41,12 @@ pub struct HealthStatus {
     pub name: Option<String>,
 }
 
+/// Error body of the protocol's routes: `{"error": "<code>: <message>"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProtocolError {
+    pub error: String,
+}
+
 /// A tensor's name, type and shape (`-1`: any size).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TensorMetadata {
@@ -177,7 +183,9 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthSta
 
 /// Server metadata.
 #[utoipa::path(get, path = "/v2", tag = "inference protocol",
-    responses((status = 200, description = "Server metadata", body = ServerMetadata)), security(("bearer" = [])))]
+    responses((status = 200, description = "Server metadata", body = ServerMetadata),
+              (status = 401, description = "Missing or invalid token", body = ProtocolError)),
+    security(("bearer" = [])))]
 pub async fn server_metadata() -> Json<ServerMetadata> {
     Json(ServerMetadata {
         name: MODEL_NAME.into(),
@@ -190,7 +198,8 @@ pub async fn server_metadata() -> Json<ServerMetadata> {
 #[utoipa::path(get, path = "/v2/models/{name}", tag = "inference protocol",
     params(("name" = String, Path, description = "Always `catsdogs`")),
     responses((status = 200, description = "Model metadata", body = ModelMetadata),
-              (status = 404, description = "Unknown model", body = crate::error::ErrorBody)),
+              (status = 401, description = "Missing or invalid token", body = ProtocolError),
+              (status = 404, description = "Unknown model", body = ProtocolError)),
     security(("bearer" = [])))]
 pub async fn model_metadata(
     State(state): State<AppState>,
@@ -215,6 +224,8 @@ pub async fn model_metadata(
 #[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "inference protocol",
     params(("name" = String, Path, description = "Always `catsdogs`")),
     responses((status = 200, description = "Ready", body = HealthStatus),
+              (status = 401, description = "Missing or invalid token", body = ProtocolError),
+              (status = 404, description = "Unknown model", body = ProtocolError),
               (status = 503, description = "Not loaded", body = HealthStatus)),
     security(("bearer" = [])))]
 pub async fn model_ready(
@@ -413,11 +424,13 @@ fn pixel_images(
     request_body(content = InferRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "`p_dog` and `label` per image", body = InferResponse),
-        (status = 400, description = "Malformed request or an image that cannot be read", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
-        (status = 404, description = "Unknown model", body = crate::error::ErrorBody),
-        (status = 413, description = "Too many images or a file over the limit", body = crate::error::ErrorBody),
-        (status = 503, description = "No model loaded", body = crate::error::ErrorBody),
+        (status = 400, description = "Malformed request", body = ProtocolError),
+        (status = 401, description = "Missing or invalid token", body = ProtocolError),
+        (status = 404, description = "Unknown model", body = ProtocolError),
+        (status = 413, description = "Too many images or a file over the limit", body = ProtocolError),
+        (status = 415, description = "An element is not a supported image", body = ProtocolError),
+        (status = 422, description = "An image is corrupt or has too many pixels", body = ProtocolError),
+        (status = 503, description = "No model loaded", body = ProtocolError),
     ),
     security(("bearer" = [])))]
 pub async fn infer(
