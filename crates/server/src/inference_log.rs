@@ -84,6 +84,16 @@ impl LogFiles {
         &self.dir
     }
 
+    /// Runs file work on tokio's blocking pool, so reading and rewriting day files never
+    /// stalls the async workers.
+    pub async fn off_thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&LogFiles) -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let files = self.clone();
+        tokio::task::spawn_blocking(move || f(&files)).await.map_err(std::io::Error::other)?
+    }
+
     /// Runs `f` holding the exclusive lock shared with other processes.
     fn locked<T>(&self, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
         std::fs::create_dir_all(&self.dir)?;

@@ -51,7 +51,10 @@ pub async fn purge(
         }
     };
     let lines = match log {
-        Some(l) => l.remove_before(cutoffs.predictions)?,
+        Some(l) => {
+            let cutoff = cutoffs.predictions;
+            l.off_thread(move |l| l.remove_before(cutoff)).await?
+        }
         None => 0,
     };
     let removed = Removed { rows, inference_log_lines: lines };
@@ -83,7 +86,10 @@ pub async fn erase_id(
     store.audit(now, actor, "erase", &format!("prediction {id}")).await?;
     let rows = store.erase_prediction(id).await?;
     let lines = match log {
-        Some(l) => l.erase_ids(&HashSet::from([id.to_string()]))?,
+        Some(l) => {
+            let ids = HashSet::from([id.to_string()]);
+            l.off_thread(move |l| l.erase_ids(&ids)).await?
+        }
         None => 0,
     };
     Ok(Removed { rows, inference_log_lines: lines })
@@ -100,7 +106,7 @@ pub async fn erase_before(
     store.audit(now, actor, "erase", &format!("everything before {}", before.to_rfc3339())).await?;
     let rows = store.erase_before(before).await?;
     let lines = match log {
-        Some(l) => l.remove_before(before)?,
+        Some(l) => l.off_thread(move |l| l.remove_before(before)).await?,
         None => 0,
     };
     Ok(Removed { rows, inference_log_lines: lines })

@@ -84,23 +84,17 @@ async fn sessions_csrf_and_roles() {
     let r = predict(Some(&csrf)).await.expect("send");
     assert_eq!(r.status(), StatusCode::OK);
     let pred: serde_json::Value = r.json().await.expect("json");
-    let r = c
-        .post(app.url("/api/feedback"))
-        .header("X-CSRF-Token", &csrf)
-        .json(&json!({"prediction_id": pred["id"], "correct": true}))
-        .send()
-        .await
-        .expect("feedback");
-    assert_eq!(r.status(), StatusCode::OK);
+    let send_feedback = |client: &reqwest::Client| {
+        client
+            .post(app.url("/api/feedback"))
+            .header("X-CSRF-Token", &csrf)
+            .json(&json!({"prediction_id": pred["id"], "correct": true}))
+            .send()
+    };
+    assert_eq!(send_feedback(&c).await.expect("feedback").status(), StatusCode::OK);
     // Without the cookie the CSRF token alone is worthless.
-    let r = reqwest::Client::new()
-        .post(app.url("/api/feedback"))
-        .header("X-CSRF-Token", &csrf)
-        .json(&json!({"prediction_id": pred["id"], "correct": true}))
-        .send()
-        .await
-        .expect("feedback");
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let no_cookies = reqwest::Client::new();
+    assert_eq!(send_feedback(&no_cookies).await.expect("feedback").status(), StatusCode::UNAUTHORIZED);
     // A visitor session does not open the metrics.
     let r = c.get(app.url("/api/metrics/7d")).header("X-CSRF-Token", &csrf).send().await.expect("metrics");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);

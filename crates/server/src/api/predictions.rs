@@ -72,7 +72,12 @@ pub async fn export(
     let feedback = state.store.feedback_for(&id).await?;
     state.inference_log.flush().await;
     let inference_log = match state.inference_log.files() {
-        Some(f) => f.lines_for(&id).map_err(|e| ApiError::internal(format!("cannot read the inference log: {e}")))?,
+        Some(f) => {
+            let wanted = id.clone();
+            f.off_thread(move |f| f.lines_for(&wanted))
+                .await
+                .map_err(|e| ApiError::internal(format!("cannot read the inference log: {e}")))?
+        }
         None => Vec::new(),
     };
     Ok(Json(PredictionExport {
