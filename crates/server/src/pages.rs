@@ -349,8 +349,7 @@ async fn dashboard(
     let today = (state.cfg.clock)().date_naive();
     let first = today - chrono::Days::new(u64::from(days - 1));
     let loaded = async {
-        let daily = state.store.daily_metrics(today, days).await?;
-        let window = state.store.window_metrics(today, days).await?;
+        let (daily, window) = state.store.period_metrics(today, days).await?;
         let recent = state.store.recent_predictions(RECENT_ROWS).await?;
         Ok::<_, catsdogs_store::StoreError>((daily, window, recent))
     }

@@ -572,11 +572,22 @@ impl Store {
         Ok(metrics::by_day(&preds, &fbs))
     }
 
-    /// Metrics over the 7 UTC days ending at `today` (today and the 6 before).
+    /// Metrics over the `days` UTC days ending at `today` (for 7: today and the 6 before).
     pub async fn window_metrics(&self, today: NaiveDate, days: u32) -> Result<WindowMetrics, StoreError> {
         let start = today - chrono::Days::new(u64::from(days.saturating_sub(1)));
         let (preds, fbs) = self.rows_between(start, today).await?;
         Ok(metrics::window(start, today, &preds, &fbs))
+    }
+
+    /// Both of the above over the same days, from one read of the rows (the dashboard).
+    pub async fn period_metrics(
+        &self,
+        today: NaiveDate,
+        days: u32,
+    ) -> Result<(Vec<DayMetrics>, WindowMetrics), StoreError> {
+        let start = today - chrono::Days::new(u64::from(days.saturating_sub(1)));
+        let (preds, fbs) = self.rows_between(start, today).await?;
+        Ok((metrics::by_day(&preds, &fbs), metrics::window(start, today, &preds, &fbs)))
     }
 
     async fn rows_between(
