@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// Longest a request may take, upload included (slower ones get 408).
     #[arg(long, env = "CATSDOGS_REQUEST_TIMEOUT_S", default_value_t = 60)]
     pub request_timeout_s: u64,
+    /// Longest a client may take to send its request headers (slower ones are cut off).
+    #[arg(long, env = "CATSDOGS_HEADER_TIMEOUT_S", default_value_t = 10)]
+    pub header_timeout_s: u64,
     /// Minutes between two runs of the automatic retention purge.
     #[arg(long, env = "CATSDOGS_PURGE_EVERY_MIN", default_value_t = 60)]
     pub purge_every_min: u64,
@@ -117,6 +120,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     cfg.retention = a.retention.into();
     cfg.secrets_dir = a.secrets_dir;
     cfg.request_timeout = std::time::Duration::from_secs(a.request_timeout_s.max(1));
+    cfg.header_read_timeout = std::time::Duration::from_secs(a.header_timeout_s.max(1));
     cfg.purge_interval = std::time::Duration::from_secs(a.purge_every_min.max(1) * 60);
     if a.no_inference_log {
         cfg.inference_log_dir = None;

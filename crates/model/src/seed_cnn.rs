@@ -63,19 +63,34 @@ impl BatchNorm {
         Ok(Self { gamma, beta, running_mean, running_var })
     }
 
+    /// `relu(batch_norm(x))` in training mode through the fused kernel of
+    /// [`crate::ops::batch_norm_relu_train`]; updates the running statistics.
+    fn forward_relu_train(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c) = x.dims4()?;
+        let (y, mean, var) =
+            crate::ops::batch_norm_relu_train(&x.reshape((b * h * w, c))?, &self.gamma, &self.beta, BN_EPS)?;
+        self.update_running(&mean, &var, b * h * w)?;
+        y.reshape((b, h, w, c))
+    }
+
+    fn update_running(&self, mean: &Tensor, biased_var: &Tensor, n: usize) -> Result<()> {
+        let n = n as f64;
+        let unbiased = (biased_var.detach() * (n / (n - 1.0).max(1.0)))?;
+        let new_mean = ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean.detach() * BN_MOMENTUM)?)?;
+        let new_var = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))? + (unbiased * BN_MOMENTUM)?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)
+    }
+
+    /// Batch norm from candle's primitives: the reference the fused kernel is tested
+    /// against, and the inference path (running statistics).
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (b, h, w, c) = x.dims4()?;
         let x2 = x.reshape((b * h * w, c))?;
         let (mean, var) = if train {
             let mean = x2.mean_keepdim(0)?;
             let var = x2.broadcast_sub(&mean)?.sqr()?.mean_keepdim(0)?;
-            let n = (b * h * w) as f64;
-            let unbiased = (var.detach() * (n / (n - 1.0).max(1.0)))?.squeeze(0)?;
-            let new_mean =
-                ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean.detach().squeeze(0)? * BN_MOMENTUM)?)?;
-            let new_var = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))? + (unbiased * BN_MOMENTUM)?)?;
-            self.running_mean.set(&new_mean)?;
-            self.running_var.set(&new_var)?;
+            self.update_running(&mean.squeeze(0)?, &var.squeeze(0)?, b * h * w)?;
             (mean, var)
         } else {
             (self.running_mean.as_tensor().unsqueeze(0)?, self.running_var.as_tensor().unsqueeze(0)?)
@@ -107,12 +122,14 @@ impl Conv3x3 {
         Ok(Self { weight, bias, bn })
     }
 
+    /// `relu(conv(x))`, with the batch norm between them when training with one.
     /// NHWC in, NHWC out.
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = conv3x3_same_nhwc(x, &self.weight, &self.bias)?;
         match &self.bn {
-            Some(bn) => bn.forward(&y, train),
-            None => Ok(y),
+            Some(bn) if train => bn.forward_relu_train(&y),
+            Some(bn) => bn.forward(&y, false)?.relu(),
+            None => y.relu(),
         }
     }
 
@@ -215,7 +232,7 @@ impl SeedCnn {
     pub fn features(&self, images_u8_nhwc: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = (images_u8_nhwc.to_dtype(DType::F32)? * (1.0 / 255.0))?;
         for conv in &self.convs {
-            x = max_pool2_nhwc(&conv.forward(&x, train)?.relu()?)?;
+            x = max_pool2_nhwc(&conv.forward_relu(&x, train)?)?;
         }
         x.mean(2)?.mean(1)
     }
@@ -326,6 +343,40 @@ mod tests {
         let up = ours.permute((0, 3, 1, 2))?.upsample_nearest2d(6, 8)?.permute((0, 2, 3, 1))?;
         let expected = (x.as_tensor().eq(&up)?.to_dtype(DType::F32)? * (up * 2.0)?)?;
         assert_eq!((got - expected)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn fused_batch_norm_relu_matches_candle_composition() -> Result<()> {
+        let dev = Device::Cpu;
+        let (m, c) = (5000, 7);
+        let x = candle_core::Var::from_tensor(&(Tensor::randn(0f32, 2.0, (m, c), &dev)? + 0.5)?)?;
+        let gamma = candle_core::Var::from_tensor(&Tensor::randn(1f32, 0.3, c, &dev)?)?;
+        let beta = candle_core::Var::from_tensor(&Tensor::randn(0f32, 0.3, c, &dev)?)?;
+        // A loss that weighs every output differently, so each gradient term matters.
+        let weights = Tensor::randn(0f32, 1.0, (m, c), &dev)?;
+
+        let (fused, mean, var) = crate::ops::batch_norm_relu_train(&x, &gamma, &beta, BN_EPS)?;
+        let mean_ref = x.mean_keepdim(0)?;
+        let centred = x.broadcast_sub(&mean_ref)?;
+        let var_ref = centred.sqr()?.mean_keepdim(0)?;
+        let reference = centred
+            .broadcast_div(&(&var_ref + BN_EPS)?.sqrt()?)?
+            .broadcast_mul(&gamma.unsqueeze(0)?)?
+            .broadcast_add(&beta.unsqueeze(0)?)?
+            .relu()?;
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.max_all()?.to_scalar::<f32>() };
+        assert!(max_diff(&fused, &reference)? < 1e-5);
+        assert!(max_diff(&mean, &mean_ref.squeeze(0)?)? < 1e-5);
+        assert!(max_diff(&var, &var_ref.squeeze(0)?)? < 1e-4);
+
+        let g_fused = fused.mul(&weights)?.sum_all()?.backward()?;
+        let g_ref = reference.mul(&weights)?.sum_all()?.backward()?;
+        for (name, v) in [("x", x.as_tensor()), ("gamma", gamma.as_tensor()), ("beta", beta.as_tensor())] {
+            let (a, b) = (g_fused.get(v).expect("fused grad"), g_ref.get(v).expect("reference grad"));
+            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-3);
+            assert!(max_diff(a, b)? / scale < 1e-4, "gradient of {name} differs");
+        }
         Ok(())
     }
 

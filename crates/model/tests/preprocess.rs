@@ -229,3 +229,39 @@ fn training_cache_and_serving_give_identical_pixels() {
         }
     }
 }
+
+/// Files of a fuzz target's seed corpus and regressions (`fuzz/`).
+fn fuzz_inputs(target: &str, kind: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz").join(kind).join(target);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_none_or(|x| x != "md"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).expect("read fuzz input");
+            (p, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn fuzz_corpus_and_regressions_replay_without_panics() {
+    let config = PreprocessConfig { size: 32, max_pixels: 1 << 20, center_crop_from: 0 };
+    let corpus = fuzz_inputs("preprocess", "corpus");
+    assert!(corpus.len() >= 10, "seed corpus missing: {} files", corpus.len());
+    for (path, bytes) in &corpus {
+        // The seed corpus is valid images of every format, plus one text file.
+        let is_text = path.extension().is_some_and(|x| x == "txt");
+        match preprocess(bytes, &config) {
+            Ok(img) => assert!(!is_text && img.dimensions() == (32, 32), "{}", path.display()),
+            Err(e) => assert!(is_text, "{}: {e}", path.display()),
+        }
+    }
+    // Inputs that once crashed the fuzzer: any typed answer will do, a panic fails.
+    for (path, bytes) in fuzz_inputs("preprocess", "regressions") {
+        if let Err(e) = preprocess(&bytes, &config) {
+            assert!(!e.code().is_empty(), "{}", path.display());
+        }
+    }
+}

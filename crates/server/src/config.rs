@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub purge_interval: std::time::Duration,
     /// Longest a request may take, body upload included (slow uploads get 408).
     pub request_timeout: std::time::Duration,
+    /// Longest a client may take to send a request's headers before the connection is
+    /// closed (slowloris); idle keep-alive connections wait this long for their next request.
+    pub header_read_timeout: std::time::Duration,
     /// How often pending rows are retried while the database is down.
     pub retry_interval: std::time::Duration,
     pub clock: Clock,
@@ -103,6 +106,7 @@ impl ServerConfig {
             secure_cookies: false,
             secrets_dir: None,
             request_timeout: std::time::Duration::from_secs(60),
+            header_read_timeout: std::time::Duration::from_secs(10),
             inference_log_dir: Some(log_dir),
             retention: Retention::default(),
             purge_interval: std::time::Duration::from_secs(3600),

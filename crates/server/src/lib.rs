@@ -246,7 +246,7 @@ pub async fn run(
             }
         })
     };
-    let served = axum::serve(listener, app.router).with_graceful_shutdown(shutdown).await;
+    let served = serve_connections(listener, app.router, state.cfg.header_read_timeout, shutdown).await;
     maintenance.abort();
     purging.abort();
     state.inference_log.flush().await;
@@ -262,6 +262,54 @@ pub async fn run(
     }
     state.store.close().await;
     served
+}
+
+/// How long in-flight requests may run once shutdown has begun.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The accept loop: HTTP/1.1 connections served by hyper with a header read timeout
+/// (axum::serve has none, so a client dribbling header bytes held a connection forever),
+/// then a graceful shutdown that lets in-flight requests finish.
+async fn serve_connections(
+    listener: TcpListener,
+    router: Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let watched = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still running after the shutdown grace period were cut off");
+    }
+    Ok(())
 }
 
 /// One run of the automatic retention purge (skipped while the database is not ready).

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::api::feedback::{PredictionFeedback, save_prediction_feedback};
+use crate::api::feedback::{PredictionFeedback, check_prediction_feedback, save_checked_feedback};
 use crate::api::predict::{classify_uploads, read_uploads};
 use crate::charts::{self, Series, Unit};
 use crate::error::ApiError;
@@ -212,7 +212,11 @@ async fn feedback_form(
         other => (None, Some(other.to_string())),
     };
     let body = PredictionFeedback { prediction_id: form.prediction_id, correct, label, comment: None };
-    match save_prediction_feedback(&state, body).await {
+    let saved = match check_prediction_feedback(body) {
+        Ok(checked) => save_checked_feedback(&state, checked).await,
+        Err(e) => Err(e),
+    };
+    match saved {
         Ok(r) => {
             let text = if r.positive {
                 "Thanks! You confirmed the prediction.".to_string()

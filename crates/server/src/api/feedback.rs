@@ -107,29 +107,32 @@ fn count_feedback(positive: bool) {
     metrics::counter!("catsdogs_feedback_total", "verdict" => if positive { "right" } else { "wrong" }).increment(1);
 }
 
-/// Record whether a prediction was right.
-#[utoipa::path(
-    post, path = "/api/feedback", tag = "feedback",
-    request_body(content = FeedbackBody, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Stored", body = FeedbackResponse),
-        (status = 400, description = "Body is not JSON", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
-        (status = 404, description = "Unknown prediction id", body = crate::error::ErrorBody),
-        (status = 409, description = "The prediction failed; nothing to judge", body = crate::error::ErrorBody),
-        (status = 415, description = "Content-Type is not JSON", body = crate::error::ErrorBody),
-        (status = 422, description = "Fields missing or invalid", body = crate::error::ErrorBody),
-        (status = 503, description = "Database unavailable", body = crate::error::ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
-pub async fn feedback(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<FeedbackResponse>, ApiError> {
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+/// A feedback body, parsed and checked: what remains to check needs the database.
+#[derive(Debug)]
+pub enum ParsedFeedback {
+    /// The seed's body; `comment` is `input_user` trimmed to nothing when blank.
+    Seed { body: SeedFeedback, positive: bool, comment: Option<String> },
+    /// Ours, keyed by a prediction id.
+    Prediction(CheckedFeedback),
+}
+
+/// Our body after its checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedFeedback {
+    /// The prediction id in canonical UUID form.
+    pub prediction_id: String,
+    pub correct: Option<bool>,
+    /// `cat` or `dog`.
+    pub label: Option<String>,
+    pub comment: Option<String>,
+}
+
+/// Parses and checks the body of `POST /api/feedback` (given its `Content-Type`), without
+/// touching any state: the one place untrusted feedback bytes are read, and a fuzz target
+/// (`fuzz/fuzz_targets/feedback_json.rs`).
+pub fn parse_feedback(content_type: Option<&str>, body: &[u8]) -> Result<ParsedFeedback, ApiError> {
+    if let Some(ct) = content_type {
+        let ct = ct.to_ascii_lowercase();
         if !ct.starts_with("application/json") && !ct.contains("+json") {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -138,15 +141,12 @@ pub async fn feedback(
             ));
         }
     }
-    let value: serde_json::Value = serde_json::from_slice(&body)
+    let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}")))?;
-    let now = (state.cfg.clock)();
-    let id = uuid::Uuid::new_v4().to_string();
-    let timestamp = now.timestamp_millis() as f64 / 1e3;
     if value.get("prediction_id").is_some() {
         let body: PredictionFeedback = serde_json::from_value(value)
             .map_err(|e| ApiError::unprocessable("invalid_body", format!("invalid feedback: {e}")))?;
-        return save_prediction_feedback(&state, body).await.map(Json);
+        return check_prediction_feedback(body).map(ParsedFeedback::Prediction);
     }
     let body: SeedFeedback = serde_json::from_value(value).map_err(|e| {
         ApiError::unprocessable(
@@ -170,10 +170,56 @@ pub async fn feedback(
     {
         return Err(ApiError::unprocessable("invalid_body", "resultat_prediction must be a probability in [0, 1]"));
     }
-    let comment = check_comment(body.input_user.clone())?.map(|c| {
-        // Seed clients send the image's file name here: store only its pseudonym.
-        if looks_like_file_name(&c) { state.pseudonymise(Some(&c)).unwrap_or_default() } else { c }
-    });
+    let comment = check_comment(body.input_user.clone())?;
+    Ok(ParsedFeedback::Seed { body, positive, comment })
+}
+
+/// Checks our body: a UUID (anything else cannot name a prediction: 404), a known label,
+/// `correct` or `label` given, a comment within bounds.
+pub fn check_prediction_feedback(body: PredictionFeedback) -> Result<CheckedFeedback, ApiError> {
+    let comment = check_comment(body.comment)?;
+    let label = body.label.as_deref().map(parse_label).transpose()?;
+    let prediction_id = uuid::Uuid::parse_str(&body.prediction_id)
+        .map_err(|_| ApiError::not_found("unknown_prediction", "no prediction has this id"))?
+        .to_string();
+    if body.correct.is_none() && label.is_none() {
+        return Err(ApiError::unprocessable("invalid_body", "give `correct` or `label`"));
+    }
+    Ok(CheckedFeedback { prediction_id, correct: body.correct, label, comment })
+}
+
+/// Record whether a prediction was right.
+#[utoipa::path(
+    post, path = "/api/feedback", tag = "feedback",
+    request_body(content = FeedbackBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored", body = FeedbackResponse),
+        (status = 400, description = "Body is not JSON", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown prediction id", body = crate::error::ErrorBody),
+        (status = 409, description = "The prediction failed; nothing to judge", body = crate::error::ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = crate::error::ErrorBody),
+        (status = 422, description = "Fields missing or invalid", body = crate::error::ErrorBody),
+        (status = 503, description = "Database unavailable", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn feedback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<FeedbackResponse>, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("invalid"));
+    let (body, positive, comment) = match parse_feedback(content_type, &body)? {
+        ParsedFeedback::Prediction(checked) => return save_checked_feedback(&state, checked).await.map(Json),
+        ParsedFeedback::Seed { body, positive, comment } => (body, positive, comment),
+    };
+    let now = (state.cfg.clock)();
+    let id = uuid::Uuid::new_v4().to_string();
+    let timestamp = now.timestamp_millis() as f64 / 1e3;
+    // Seed clients send the image's file name as the comment: store only its pseudonym.
+    let comment =
+        comment.map(|c| if looks_like_file_name(&c) { state.pseudonymise(Some(&c)).unwrap_or_default() } else { c });
     let rec = FeedbackRecord {
         id: id.clone(),
         prediction_id: None,
@@ -201,19 +247,15 @@ pub async fn feedback(
     }))
 }
 
-/// Stores feedback on one prediction (the API's body and the page's plain form).
-pub(crate) async fn save_prediction_feedback(
+/// Stores checked feedback on one prediction (the API's body and the page's plain form).
+pub(crate) async fn save_checked_feedback(
     state: &AppState,
-    body: PredictionFeedback,
+    body: CheckedFeedback,
 ) -> Result<FeedbackResponse, ApiError> {
     let now = (state.cfg.clock)();
     let id = uuid::Uuid::new_v4().to_string();
     let timestamp = now.timestamp_millis() as f64 / 1e3;
-    let comment = check_comment(body.comment)?;
-    let label = body.label.as_deref().map(parse_label).transpose()?;
-    let pid = uuid::Uuid::parse_str(&body.prediction_id)
-        .map_err(|_| ApiError::not_found("unknown_prediction", "no prediction has this id"))?
-        .to_string();
+    let CheckedFeedback { prediction_id: pid, correct, label, comment } = body;
     let mut pred = state.store.get_prediction(&pid).await?;
     if pred.is_none() && !state.outbox.is_empty() {
         // The prediction may still be queued from a database outage: write the queue first.
@@ -226,7 +268,7 @@ pub(crate) async fn save_prediction_feedback(
     }
     let predicted = pred.label.clone().unwrap_or_default();
     let other = if predicted == "dog" { "cat" } else { "dog" };
-    let (positive, true_label) = match (body.correct, label) {
+    let (positive, true_label) = match (correct, label) {
         (Some(c), None) => (c, if c { predicted.clone() } else { other.to_string() }),
         (None, Some(l)) => (l == predicted, l),
         (Some(c), Some(l)) if c == (l == predicted) => (c, l),
