@@ -15,16 +15,7 @@ use support::{client, feedback, get, png, predict, wait_ready};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_postgres() {
-    let pg = match pg::PgCluster::start() {
-        Ok(c) => c,
-        Err(e) if std::env::var("CATSDOGS_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
-            panic!("PostgreSQL required but unavailable: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: replica test needs PostgreSQL ({e})");
-            return;
-        }
-    };
+    let Some(pg) = pg::PgCluster::start_or_skip("the replica test") else { return };
     let url = pg.create_db("replicas").expect("createdb");
     let dir = tempfile::tempdir().expect("tempdir");
     // Replicas share the token and the keys (pseudonyms and sessions must agree).

@@ -387,16 +387,7 @@ async fn sqlite_routes_and_metrics() {
 
 /// PostgreSQL must be present where `CATSDOGS_REQUIRE_POSTGRES=1` (CI); elsewhere its absence skips.
 fn cluster() -> Option<PgCluster> {
-    match PgCluster::start() {
-        Ok(c) => Some(c),
-        Err(e) if std::env::var("CATSDOGS_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") => {
-            panic!("PostgreSQL required but unavailable: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: PostgreSQL tests ({e}); set CATSDOGS_REQUIRE_POSTGRES=1 to make this a failure");
-            None
-        }
-    }
+    PgCluster::start_or_skip("the PostgreSQL tests")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

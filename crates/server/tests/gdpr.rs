@@ -294,16 +294,7 @@ async fn retention_purge_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_purge_postgres() {
-    let pg = match PgCluster::start() {
-        Ok(c) => c,
-        Err(e) if std::env::var("CATSDOGS_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") => {
-            panic!("PostgreSQL required but unavailable: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: PostgreSQL retention test ({e})");
-            return;
-        }
-    };
+    let Some(pg) = PgCluster::start_or_skip("the PostgreSQL retention test") else { return };
     let url = pg.create_db("purge").expect("createdb");
     retention(&url).await;
     // One purge at a time across replicas: a second session cannot take the lock.

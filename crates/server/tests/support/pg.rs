@@ -87,6 +87,23 @@ impl PgCluster {
         }
     }
 
+    /// A cluster for the test named `what`, or `None` (after printing SKIPPED) where
+    /// PostgreSQL is not installed; a failure instead where `CATSDOGS_REQUIRE_POSTGRES=1` (CI).
+    pub fn start_or_skip(what: &str) -> Option<Self> {
+        match Self::start() {
+            Ok(c) => Some(c),
+            Err(e) if std::env::var("CATSDOGS_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") => {
+                panic!("PostgreSQL required but unavailable: {e}")
+            }
+            Err(e) => {
+                eprintln!(
+                    "SKIPPED: {what} needs PostgreSQL ({e}); set CATSDOGS_REQUIRE_POSTGRES=1 to make this a failure"
+                );
+                None
+            }
+        }
+    }
+
     /// Starts (or restarts) the server and waits until it accepts connections.
     pub fn start_server(&self) -> Result<(), String> {
         let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, path(&self.sock));
