@@ -66,6 +66,15 @@ pub struct ServeArgs {
     pub secrets_dir: Option<PathBuf>,
     #[command(flatten)]
     pub retention: crate::db::RetentionArgs,
+    /// Largest number of images in one forward pass (dynamic batching across requests).
+    #[arg(long, env = "CATSDOGS_MAX_BATCH", default_value_t = 16)]
+    pub max_batch: usize,
+    /// Longest an image waits for others to share its forward pass, in milliseconds.
+    #[arg(long, env = "CATSDOGS_BATCH_WAIT_MS", default_value_t = 2)]
+    pub batch_wait_ms: u64,
+    /// Images that may wait for the model at once; beyond, requests get 503 + Retry-After.
+    #[arg(long, env = "CATSDOGS_QUEUE_CAPACITY", default_value_t = 256)]
+    pub queue_capacity: usize,
 }
 
 /// `catsdogs healthcheck`: for container health checks where no curl is installed.
@@ -127,6 +136,12 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     } else if let Some(dir) = a.inference_log_dir {
         cfg.inference_log_dir = Some(dir);
     }
+    cfg.batching = catsdogs_core::batcher::BatcherConfig {
+        max_batch: a.max_batch.max(1),
+        max_wait: std::time::Duration::from_millis(a.batch_wait_ms),
+        queue_capacity: a.queue_capacity.max(1),
+        workers: 1,
+    };
     if let Some(t) = a.threads {
         cfg.inference_threads = t.max(1);
         cfg.max_concurrent_inferences = t.max(1);

@@ -4,6 +4,7 @@
 //! model's own forward pass). The model never knows about HTTP.
 mod backend_candle;
 mod backend_ort;
+pub mod batcher;
 mod eval;
 mod export;
 mod model;

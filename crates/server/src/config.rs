@@ -32,7 +32,7 @@ pub struct ServerConfig {
     pub max_batch_files: usize,
     /// Threads ONNX Runtime may use per inference.
     pub inference_threads: usize,
-    /// Inference jobs allowed to run at the same time.
+    /// Requests allowed to decode and resize their images at the same time.
     pub max_concurrent_inferences: usize,
     /// Test-time flip (image + mirror image averaged; twice the forward cost).
     pub tta_flip: bool,
@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub purge_interval: std::time::Duration,
     /// Longest a request may take, body upload included (slow uploads get 408).
     pub request_timeout: std::time::Duration,
+    /// Dynamic batching: largest batch, longest wait for company, queue bound, workers.
+    pub batching: catsdogs_core::batcher::BatcherConfig,
     /// Longest a client may take to send a request's headers before the connection is
     /// closed (slowloris); idle keep-alive connections wait this long for their next request.
     pub header_read_timeout: std::time::Duration,
@@ -107,6 +109,7 @@ impl ServerConfig {
             secrets_dir: None,
             request_timeout: std::time::Duration::from_secs(60),
             header_read_timeout: std::time::Duration::from_secs(10),
+            batching: catsdogs_core::batcher::BatcherConfig::default(),
             inference_log_dir: Some(log_dir),
             retention: Retention::default(),
             purge_interval: std::time::Duration::from_secs(3600),

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use catsdogs_core::batcher::{BatchError, Batcher, RunBatch};
 use catsdogs_core::{LoadedModel, Prediction};
 use catsdogs_store::{PredictionRecord, Store, StoreError};
 use hmac::{Hmac, Mac};
@@ -41,7 +42,10 @@ pub struct Shared {
     /// Set once migrations have run against the current database.
     pub migrated: AtomicBool,
     pub store_error: Mutex<Option<String>>,
+    /// Bounds how many requests decode and resize at once (the CPU work outside the model).
     pub inference_slots: Arc<Semaphore>,
+    /// Groups preprocessed images from concurrent requests into forward passes.
+    pub batcher: Option<Batcher<image::RgbImage, Prediction>>,
     pseudonym_key: [u8; 32],
     /// Signs the web page's session cookies and CSRF tokens.
     pub sessions: SessionKeys,
@@ -164,6 +168,7 @@ impl Shared {
             Ok(m) => (Some(Arc::new(m)), None),
             Err(e) => (None, Some(e)),
         };
+        let batcher = model.clone().map(|m| Batcher::new(cfg.batching, forward_pass(m)));
         let slots = cfg.max_concurrent_inferences.max(1);
         let cfg_secure = cfg.secure_cookies;
         let log_dir = cfg.inference_log_dir.clone();
@@ -177,6 +182,7 @@ impl Shared {
             migrated: AtomicBool::new(false),
             store_error: Mutex::new(None),
             inference_slots: Arc::new(Semaphore::new(slots)),
+            batcher,
             pseudonym_key,
             sessions: SessionKeys::new(session_key, cfg_secure),
             inference_log: InferenceLog::start(log_dir),
@@ -241,72 +247,69 @@ impl Shared {
         self.classify_inputs(files.into_iter().map(ImageInput::Encoded).collect()).await
     }
 
-    /// Classifies encoded files or raw pixels in one batch; each input gets its own result.
+    /// Classifies encoded files or raw pixels; each input gets its own result. Decoding
+    /// runs on the blocking pool (parallel within the request, bounded across requests);
+    /// the decoded images join the batcher's queue with other requests' images. The time
+    /// returned covers decode, queue and forward.
     pub async fn classify_inputs(
         &self,
         files: Vec<ImageInput>,
     ) -> Result<(Vec<Result<Prediction, ApiError>>, f64), ApiError> {
         let model = self.model()?;
+        let batcher = self.batcher.as_ref().ok_or_else(|| ApiError::internal("no inference workers"))?;
         let queued = Instant::now();
         let permit =
             self.inference_slots.clone().acquire_owned().await.map_err(|_| ApiError::internal("shutting down"))?;
-        metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "queue")
-            .record(queued.elapsed().as_secs_f64());
-        let joined = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let decoded = tokio::task::spawn_blocking(move || {
             // The slot is held by the work itself: a request that times out and is dropped
-            // does not free it while its inference still runs.
+            // does not free it while its decoding still runs.
             let _permit = permit;
             use rayon::prelude::*;
-            let t = Instant::now();
             let prepare = |input: &ImageInput| match input {
                 ImageInput::Encoded(b) => model.preprocess(b),
                 ImageInput::Pixels(img) => model.preprocess_pixels(img),
             };
-            let pre: Vec<_> = if files.len() == 1 {
-                files.iter().map(prepare).collect()
+            if files.len() == 1 {
+                files.iter().map(prepare).collect::<Vec<_>>()
             } else {
                 files.par_iter().map(prepare).collect()
-            };
-            metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "decode")
-                .record(t.elapsed().as_secs_f64());
-            let mut results: Vec<Result<Prediction, ApiError>> = Vec::with_capacity(pre.len());
-            let mut images = Vec::new();
-            let mut slots = Vec::new();
-            for (i, r) in pre.into_iter().enumerate() {
-                match r {
-                    Ok(img) => {
-                        images.push(img);
-                        slots.push(i);
-                        results.push(Err(ApiError::internal("not classified")));
-                    }
-                    Err(e) => results.push(Err(ApiError::from(e))),
-                }
             }
-            if !images.is_empty() {
-                let forward = Instant::now();
-                let out = model.predict_images(&images);
-                metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "model")
-                    .record(forward.elapsed().as_secs_f64());
-                metrics::histogram!("catsdogs_batch_size").record(images.len() as f64);
-                match out {
-                    Ok(preds) => {
-                        for (slot, p) in slots.into_iter().zip(preds) {
-                            results[slot] = Ok(p);
-                        }
-                    }
-                    Err(e) => {
-                        let err = ApiError::from(e);
-                        for slot in slots {
-                            results[slot] = Err(err.clone());
-                        }
-                    }
-                }
-            }
-            (results, t.elapsed().as_secs_f64() * 1e3)
         })
         .await
-        .map_err(|e| ApiError::internal(format!("inference task failed: {e}")))?;
-        Ok(joined)
+        .map_err(|e| ApiError::internal(format!("decoding task failed: {e}")))?;
+        metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "decode")
+            .record(t.elapsed().as_secs_f64());
+
+        let mut results: Vec<Result<Prediction, ApiError>> = Vec::with_capacity(decoded.len());
+        let mut pending = Vec::new();
+        for (slot, r) in decoded.into_iter().enumerate() {
+            let img = match r {
+                Ok(img) => img,
+                Err(e) => {
+                    results.push(Err(ApiError::from(e)));
+                    continue;
+                }
+            };
+            results.push(Err(ApiError::internal("not classified")));
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            match batcher.submit(img, Box::new(move |r| drop(tx.send(r)))) {
+                Ok(()) => pending.push((slot, rx)),
+                Err(e) => results[slot] = Err(batch_error(e)),
+            }
+        }
+        for (slot, rx) in pending {
+            results[slot] = match rx.await {
+                Ok(Ok((p, timing))) => {
+                    metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "queue")
+                        .record(timing.queue.as_secs_f64());
+                    Ok(p)
+                }
+                Ok(Err(e)) => Err(batch_error(e)),
+                Err(_) => Err(ApiError::internal("the inference worker dropped the request")),
+            };
+        }
+        Ok((results, queued.elapsed().as_secs_f64() * 1e3))
     }
 
     /// Writes a prediction row (and its inference-log line), or queues the row when the
@@ -384,5 +387,32 @@ impl Shared {
             }
         }
         self.set_store_error(None);
+    }
+}
+
+/// The batcher's forward pass over the loaded model; records the model-stage metrics
+/// once per batch.
+fn forward_pass(model: Arc<LoadedModel>) -> Arc<RunBatch<image::RgbImage, Prediction>> {
+    Arc::new(move |images: &[image::RgbImage]| {
+        let t = Instant::now();
+        let out = model.predict_images(images).map_err(|e| e.to_string());
+        metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "model")
+            .record(t.elapsed().as_secs_f64());
+        metrics::histogram!("catsdogs_batch_size").record(images.len() as f64);
+        out
+    })
+}
+
+/// The API's answer for an input the batcher could not classify.
+fn batch_error(e: BatchError) -> ApiError {
+    match e {
+        BatchError::QueueFull(_) => {
+            ApiError::unavailable("overloaded", "too many images waiting for the model; retry shortly")
+        }
+        BatchError::Stopped => ApiError::unavailable("shutting_down", "the service is stopping"),
+        BatchError::Failed(m) | BatchError::Panicked(m) => {
+            tracing::error!(error = %m, "inference failed");
+            ApiError::internal(format!("inference failed: {m}"))
+        }
     }
 }

@@ -433,3 +433,49 @@ fn feedback_fuzz_inputs_replay() {
     }
     assert!(seen >= 5, "feedback seed corpus missing ({seen} files)");
 }
+
+/// A full inference queue refuses at once with 503 + `Retry-After` and the `overloaded`
+/// code, per file, instead of queueing without bound; the service recovers at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_inference_queue_answers_503() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("q.db").display());
+    let app = TestApp::spawn_with(&db, dir.path().join("data"), None, |cfg| {
+        // One image per forward pass and room for one more: a batch upload overflows.
+        cfg.batching.max_batch = 1;
+        cfg.batching.max_wait = Duration::ZERO;
+        cfg.batching.queue_capacity = 1;
+    })
+    .await;
+    let mut refused = 0;
+    for _ in 0..5 {
+        let mut form = reqwest::multipart::Form::new();
+        for i in 0..MAX_BATCH {
+            let part = reqwest::multipart::Part::bytes(image_bytes(ImageFormat::Png)).file_name(format!("{i}.png"));
+            form = form.part("file", part);
+        }
+        let r = client()
+            .post(app.url("/api/predict/batch"))
+            .header("Authorization", bearer())
+            .multipart(form)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.expect("json");
+        for item in body["results"].as_array().expect("results") {
+            match item["status"].as_u64() {
+                Some(200) => assert!(item["result"]["label"].is_string()),
+                Some(503) => {
+                    assert_eq!(item["error"]["code"], "overloaded", "{item}");
+                    refused += 1;
+                }
+                other => panic!("unexpected per-file status {other:?}: {item}"),
+            }
+        }
+    }
+    assert!(refused > 0, "a queue of one never overflowed under batch uploads");
+    // A single upload refused the same way carries Retry-After; here the queue is free again.
+    still_works(&app).await;
+    app.stop().await;
+}
