@@ -3,8 +3,9 @@
 //! input) into one forward pass and hand each caller its own result.
 //!
 //! One forward over 8 images costs far less than 8 forwards over one, so under load the
-//! service answers more requests per second with the same cores; alone, a request waits
-//! at most `max_wait`. The queue is bounded: when it is full, `submit` refuses at once
+//! service answers more requests per second with the same cores. A worker waits for
+//! company (at most `max_wait`) only while callers have announced inputs still on their
+//! way ([`Batcher::announce`], e.g. images being decoded): a lone request never waits. The queue is bounded: when it is full, `submit` refuses at once
 //! (the server answers 503 with `Retry-After`) instead of letting memory grow. A batch
 //! that fails or panics answers all its callers with an error, and the worker goes on.
 //!
@@ -79,6 +80,7 @@ struct Job<I, O> {
 pub struct Batcher<I, O> {
     tx: Option<SyncSender<Job<I, O>>>,
     waiting: Arc<AtomicUsize>,
+    on_the_way: Arc<AtomicUsize>,
     config: BatcherConfig,
     workers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -95,16 +97,17 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job<I, O>>(config.queue_capacity);
         let rx = Arc::new(Mutex::new(rx));
         let waiting = Arc::new(AtomicUsize::new(0));
+        let on_the_way = Arc::new(AtomicUsize::new(0));
         let workers = (0..config.workers)
             .map(|i| {
-                let (rx, run, waiting) = (rx.clone(), run.clone(), waiting.clone());
+                let (rx, run, waiting, on_the_way) = (rx.clone(), run.clone(), waiting.clone(), on_the_way.clone());
                 std::thread::Builder::new()
                     .name(format!("catsdogs-infer-{i}"))
-                    .spawn(move || worker(&rx, &*run, &waiting, config))
+                    .spawn(move || worker(&rx, &*run, &waiting, &on_the_way, config))
                     .expect("spawn an inference worker thread")
             })
             .collect();
-        Self { tx: Some(tx), waiting, config, workers }
+        Self { tx: Some(tx), waiting, on_the_way, config, workers }
     }
 
     /// Queues one input; `done` is called with its result from a worker thread. Refuses
@@ -124,6 +127,13 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         }
     }
 
+    /// Announces `n` inputs that will be submitted soon (while they are decoded, say):
+    /// until the returned guard drops, workers wait up to `max_wait` for them to join.
+    pub fn announce(&self, n: usize) -> Arrival {
+        self.on_the_way.fetch_add(n, Ordering::SeqCst);
+        Arrival { counter: self.on_the_way.clone(), n }
+    }
+
     /// Inputs queued and not yet in a forward pass.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
@@ -132,6 +142,18 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// The sizes in use.
     pub fn config(&self) -> BatcherConfig {
         self.config
+    }
+}
+
+/// Inputs announced with [`Batcher::announce`]; dropping it withdraws the announcement.
+pub struct Arrival {
+    counter: Arc<AtomicUsize>,
+    n: usize,
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.n, Ordering::SeqCst);
     }
 }
 
@@ -145,17 +167,28 @@ impl<I, O> Drop for Batcher<I, O> {
     }
 }
 
-fn worker<I, O>(rx: &Mutex<Receiver<Job<I, O>>>, run: &RunBatch<I, O>, waiting: &AtomicUsize, config: BatcherConfig) {
+fn worker<I, O>(
+    rx: &Mutex<Receiver<Job<I, O>>>,
+    run: &RunBatch<I, O>,
+    waiting: &AtomicUsize,
+    on_the_way: &AtomicUsize,
+    config: BatcherConfig,
+) {
     loop {
-        let Some(jobs) = next_batch(rx, config) else { return };
+        let Some(jobs) = next_batch(rx, on_the_way, config) else { return };
         waiting.fetch_sub(jobs.len(), Ordering::SeqCst);
         run_batch(jobs, run);
     }
 }
 
-/// Blocks for a first job, then gathers more until the batch is full or the first job
-/// has waited `max_wait`. `None` once the queue is closed and empty.
-fn next_batch<I, O>(rx: &Mutex<Receiver<Job<I, O>>>, config: BatcherConfig) -> Option<Vec<Job<I, O>>> {
+/// Blocks for a first job, then gathers more until the batch is full, or the first job
+/// has waited `max_wait`, or nothing more is queued or announced. `None` once the queue
+/// is closed and empty.
+fn next_batch<I, O>(
+    rx: &Mutex<Receiver<Job<I, O>>>,
+    on_the_way: &AtomicUsize,
+    config: BatcherConfig,
+) -> Option<Vec<Job<I, O>>> {
     // One worker gathers at a time; the others wait here for the next batch.
     let rx = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let first = rx.recv().ok()?;
@@ -172,12 +205,14 @@ fn next_batch<I, O>(rx: &Mutex<Receiver<Job<I, O>>>, config: BatcherConfig) -> O
             Err(std::sync::mpsc::TryRecvError::Empty) => {}
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if left.is_zero() || on_the_way.load(Ordering::SeqCst) == 0 {
             break;
         }
-        match rx.recv_timeout(left) {
+        // Poll in short steps: an announced input may be withdrawn (its decoding failed).
+        match rx.recv_timeout(left.min(Duration::from_micros(200))) {
+            Err(RecvTimeoutError::Timeout) => continue,
             Ok(job) => jobs.push(job),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => break,
         }
     }
     Some(jobs)
@@ -262,10 +297,22 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_input_waits_at_most_max_wait() {
+    fn a_lone_input_does_not_wait_for_company_nobody_announced() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let cfg = BatcherConfig { max_batch: 32, max_wait: Duration::from_millis(500), queue_capacity: 10, workers: 1 };
+        let b = Batcher::new(cfg, doubler(log));
+        let (y, timing) = submit(&b, 21).recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+        assert_eq!(y, 42);
+        assert!(timing.queue < Duration::from_millis(100), "{:?}", timing.queue);
+    }
+
+    #[test]
+    fn an_announced_input_is_waited_for_at_most_max_wait() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let cfg = BatcherConfig { max_batch: 32, max_wait: Duration::from_millis(30), queue_capacity: 10, workers: 1 };
         let b = Batcher::new(cfg, doubler(log));
+        // Announced but never sent: the first input waits max_wait for it, no longer.
+        let _arrival = b.announce(1);
         let started = Instant::now();
         let (y, timing) = submit(&b, 21).recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
         assert_eq!(y, 42);

@@ -258,6 +258,9 @@ impl Shared {
         let model = self.model()?;
         let batcher = self.batcher.as_ref().ok_or_else(|| ApiError::internal("no inference workers"))?;
         let queued = Instant::now();
+        // Workers wait briefly for these images while they are decoded, to batch them
+        // with others; the announcement ends once they are submitted.
+        let arrival = batcher.announce(files.len());
         let permit =
             self.inference_slots.clone().acquire_owned().await.map_err(|_| ApiError::internal("shutting down"))?;
         let t = Instant::now();
@@ -298,6 +301,7 @@ impl Shared {
                 Err(e) => results[slot] = Err(batch_error(e)),
             }
         }
+        drop(arrival);
         for (slot, rx) in pending {
             results[slot] = match rx.await {
                 Ok(Ok((p, timing))) => {
