@@ -52,7 +52,7 @@ pub struct ServerConfig {
     /// Dynamic batching: largest batch, longest wait for company, queue bound, workers.
     pub batching: catsdogs_core::batcher::BatcherConfig,
     /// Longest a client may take to send a request's headers before the connection is
-    /// closed (slowloris); idle keep-alive connections wait this long for their next request.
+    /// closed (slowloris).
     pub header_read_timeout: std::time::Duration,
     /// How often pending rows are retried while the database is down.
     pub retry_interval: std::time::Duration,
