@@ -1,21 +1,31 @@
-//! `catsdogs-bench`: starts `catsdogs serve` as a real process per configuration, drives
-//! `POST /api/predict` on loopback with N concurrent clients sending real photos, and prints
-//! one table: requests/s, p50/p99 latency, errors, accuracy against the photos' folders,
-//! the server's peak RSS and its cold start (exec to first successful prediction). Each
-//! model is measured with dynamic batching on and off (`--max-batch 1`), in the same run,
-//! so the ratio between them is what the batcher buys on this machine.
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+//! `catsdogs-bench`: one table of how fast catsdogs is, next to the Python stack it
+//! replaces, on this machine in this run:
+//! 1. model forward (batch-1 latency, batch-32 throughput) for each shipped model: the
+//!    catsdogs backend, a bare ONNX Runtime session, PyTorch eager, ONNX Runtime (Python);
+//!    FLOP/s against a measured matrix-product peak;
+//! 2. end to end `POST /api/predict` on real photos at 1/8/64 clients: `catsdogs serve`
+//!    per model with dynamic batching on and off, and the seed's FastAPI + Keras service;
+//!    peak RSS and cold start of each server;
+//! 3. seed-CNN training images/s: candle vs Keras vs PyTorch.
+//!
+//! The Python side (bench/reference/) runs in a venv the harness creates; `--no-reference`
+//! skips it.
+mod forward;
+mod reference;
+mod serve;
 
-use anyhow::{Context, Result, bail};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
 use clap::Parser;
 
-const TOKEN: &str = "bench-token-0123456789abcdef0123456789abcdef";
+use forward::ForwardRow;
+use serve::{Cell, Server};
 
 #[derive(Parser)]
-#[command(about = "End-to-end benchmark of catsdogs serve on loopback")]
+#[command(about = "Benchmark of catsdogs against the Python references, on loopback")]
 struct Args {
     /// The `catsdogs` binary to measure (build it with `cargo build --release`).
     #[arg(long, default_value = "target/release/catsdogs")]
@@ -26,179 +36,33 @@ struct Args {
     /// Photos loaded per class (sent round-robin).
     #[arg(long, default_value_t = 100)]
     per_class: usize,
-    /// Model directories to serve.
+    /// Model directories to measure.
     #[arg(long, value_delimiter = ',', default_value = "models/seed-cnn,models/effnet-lite0")]
     models: Vec<PathBuf>,
-    /// Concurrent clients for each measurement.
+    /// Concurrent clients for each end-to-end measurement.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
     clients: Vec<usize>,
-    /// Seconds per measurement (after a 1 s warm-up).
+    /// Seconds per end-to-end measurement (after a 1 s warm-up).
     #[arg(long, default_value_t = 10.0)]
     secs: f64,
-    /// Markdown table written here too.
+    /// Seconds per model-forward measurement.
+    #[arg(long, default_value_t = 3.0)]
+    forward_secs: f64,
+    /// Seconds per training-speed measurement.
+    #[arg(long, default_value_t = 20.0)]
+    train_secs: f64,
+    /// Threads for every engine (ONNX Runtime intra-op, torch, TensorFlow).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// The EfficientNet-Lite0 checkpoint the PyTorch reference loads.
+    #[arg(long, default_value = ".cache/efficientnet/efficientnet-lite0-57934424.pth")]
+    pth: PathBuf,
+    /// Skip the Python references (no venv needed).
+    #[arg(long)]
+    no_reference: bool,
+    /// Markdown report written here too.
     #[arg(long, default_value = "bench/results/latest.md")]
     out: PathBuf,
-}
-
-/// A photo and its true label.
-struct Photo {
-    bytes: Vec<u8>,
-    label: &'static str,
-}
-
-fn load_photos(dir: &Path, per_class: usize) -> Result<Vec<Photo>> {
-    let mut photos = Vec::new();
-    for label in ["cat", "dog"] {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(label))
-            .with_context(|| format!("cannot list {}", dir.join(label).display()))?
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        files.sort();
-        for f in files.into_iter().take(per_class) {
-            photos.push(Photo { bytes: std::fs::read(&f)?, label });
-        }
-    }
-    if photos.is_empty() {
-        bail!("no photos under {}", dir.display());
-    }
-    // Interleave the classes so every client sees both.
-    photos.sort_by_key(|p| p.bytes.len() % 7);
-    Ok(photos)
-}
-
-struct Server {
-    child: Child,
-    base: String,
-    cold_start: Duration,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// Peak resident memory of the server process so far (VmHWM), in MiB.
-    fn peak_rss_mib(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
-            .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-            .map_or(f64::NAN, |kib| kib / 1024.0)
-    }
-}
-
-async fn start(exe: &Path, model: &Path, max_batch: usize, probe: &Photo) -> Result<Server> {
-    let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let started = Instant::now();
-    let child = Command::new(exe)
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--no-inference-log"])
-        .arg("--model")
-        .arg(model)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--max-batch", &max_batch.to_string()])
-        .env("API_TOKEN", TOKEN)
-        .env("LOG_LEVEL", "warn")
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", exe.display()))?;
-    let base = format!("http://127.0.0.1:{port}");
-    let mut server = Server { child, base, cold_start: Duration::ZERO, _dir: dir };
-    let client = reqwest::Client::new();
-    while started.elapsed() < Duration::from_secs(60) {
-        if predict(&client, &server.base, probe).await.is_ok() {
-            server.cold_start = started.elapsed();
-            return Ok(server);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    bail!("{} did not answer a prediction within 60 s", exe.display())
-}
-
-/// One prediction; the label answered.
-async fn predict(c: &reqwest::Client, base: &str, photo: &Photo) -> Result<String> {
-    let part = reqwest::multipart::Part::bytes(photo.bytes.clone()).file_name("photo.jpg");
-    let r = c
-        .post(format!("{base}/api/predict"))
-        .bearer_auth(TOKEN)
-        .multipart(reqwest::multipart::Form::new().part("file", part))
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("status {}", r.status());
-    }
-    let v: serde_json::Value = r.json().await?;
-    Ok(v["label"].as_str().unwrap_or_default().to_string())
-}
-
-/// One measurement's figures.
-struct Cell {
-    requests: usize,
-    errors: usize,
-    correct: usize,
-    secs: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-async fn measure(base: &str, photos: &Arc<Vec<Photo>>, clients: usize, secs: f64) -> Cell {
-    let run = |window: Duration| {
-        let mut tasks = Vec::new();
-        let until = Instant::now() + window;
-        for k in 0..clients {
-            let (photos, base) = (photos.clone(), base.to_string());
-            tasks.push(tokio::spawn(async move {
-                let c = reqwest::Client::new();
-                let (mut lat, mut errors, mut correct) = (Vec::new(), 0usize, 0usize);
-                let mut i = k * 7919;
-                while Instant::now() < until {
-                    let photo = &photos[i % photos.len()];
-                    i += 1;
-                    let t = Instant::now();
-                    match predict(&c, &base, photo).await {
-                        Ok(label) => {
-                            lat.push(t.elapsed().as_secs_f64() * 1e3);
-                            correct += usize::from(label == photo.label);
-                        }
-                        Err(_) => errors += 1,
-                    }
-                }
-                (lat, errors, correct)
-            }));
-        }
-        tasks
-    };
-    for t in run(Duration::from_secs(1)) {
-        let _ = t.await;
-    }
-    let started = Instant::now();
-    let (mut lat, mut errors, mut correct) = (Vec::new(), 0, 0);
-    for t in run(Duration::from_secs_f64(secs)) {
-        if let Ok((l, e, c)) = t.await {
-            lat.extend(l);
-            errors += e;
-            correct += c;
-        }
-    }
-    let secs = started.elapsed().as_secs_f64();
-    lat.sort_by(f64::total_cmp);
-    let pct = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied();
-    Cell {
-        requests: lat.len() + errors,
-        errors,
-        correct,
-        secs,
-        p50_ms: pct(0.5).unwrap_or(f64::NAN),
-        p99_ms: pct(0.99).unwrap_or(f64::NAN),
-    }
 }
 
 fn machine() -> String {
@@ -210,57 +74,221 @@ fn machine() -> String {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let simd = if flags.contains("avx512f") {
+        "AVX-512"
+    } else if flags.contains("avx2") {
+        "AVX2"
+    } else {
+        "no AVX2"
+    };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores")
+    format!("{cpu}, {cores} cores, {simd}")
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b > 0.0 { format!("{:.2}x", a / b) } else { "n/a".into() }
+}
+
+/// Section 1: the model forward table.
+fn forward_section(args: &Args, python: Option<&PathBuf>, report: &mut String) -> Result<()> {
+    let peak = forward::matmul_peak_gflops(args.forward_secs.max(0.5))?;
+    let mut rows: Vec<(ForwardRow, f64)> = Vec::new();
+    let mut seed_dir = None;
+    let mut effnet_dir = None;
+    for dir in &args.models {
+        let model = forward::load(dir, args.threads)?;
+        let gflop = forward::gflop_per_image(&model);
+        match model.card.architecture.as_str() {
+            "efficientnet-lite0" => effnet_dir = Some(dir.clone()),
+            _ => seed_dir = Some(dir.clone()),
+        }
+        rows.push((forward::catsdogs_backend(&model, args.forward_secs)?, gflop));
+        rows.push((forward::bare_ort(&model, args.threads, args.forward_secs)?, gflop));
+        eprintln!("forward: {} done", dir.display());
+    }
+    let mut agreement = Vec::new();
+    let mut versions = String::new();
+    if let (Some(py), Some(seed)) = (python, &seed_dir) {
+        let effnet = effnet_dir.as_deref().filter(|_| args.pth.is_file()).map(|d| (d, args.pth.as_path()));
+        let py = reference::model_rows(py, seed, effnet, args.threads, args.forward_secs)?;
+        for r in py.rows {
+            let gflop = rows.iter().find(|(x, _)| x.model == r.model).map_or(f64::NAN, |(_, g)| *g);
+            rows.push((r, gflop));
+        }
+        agreement = py.agreement;
+        versions = py.versions;
+    }
+    writeln!(
+        report,
+        "## 1. Model forward\n\nSame machine, {} threads per engine, seeded random images; batch-1 latency over {} s, \
+         batch-{} throughput over {} s. FLOP/s = model GFLOP per image x images/s at batch {}; matrix-product \
+         peak measured now: {peak:.0} GFLOP/s (2048x2048 f32, candle's gemm, all cores). Ratios: catsdogs / that \
+         engine (above 1 = catsdogs faster).\n",
+        args.threads,
+        args.forward_secs,
+        forward::THROUGHPUT_BATCH,
+        args.forward_secs,
+        forward::THROUGHPUT_BATCH
+    )?;
+    report.push_str(
+        "| model | engine | batch-1 median ms | batch-1 p99 ms | batch-32 img/s | GFLOP/s | % of peak | throughput catsdogs / engine | batch-1 latency engine / catsdogs |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (r, gflop) in &rows {
+        let ours = rows.iter().find(|(x, _)| x.model == r.model && x.engine.starts_with("catsdogs")).map(|(x, _)| x);
+        let flops = gflop * r.batch32_img_s;
+        writeln!(
+            report,
+            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} % | {} | {} |",
+            r.model,
+            r.engine,
+            r.batch1_median_ms,
+            r.batch1_p99_ms,
+            r.batch32_img_s,
+            flops,
+            100.0 * flops / peak,
+            ours.map_or("".into(), |o| ratio(o.batch32_img_s, r.batch32_img_s)),
+            ours.map_or("".into(), |o| ratio(r.batch1_median_ms, o.batch1_median_ms)),
+        )?;
+    }
+    if !agreement.is_empty() {
+        let list: Vec<String> = agreement.iter().map(|(k, d)| format!("{k}: {d:.1e}")).collect();
+        writeln!(
+            report,
+            "\nSame weights in every engine: largest |p_dog - p_dog(ONNX Runtime)| {}. Versions: {versions}.",
+            list.join(", ")
+        )?;
+    }
+    report.push('\n');
+    Ok(())
+}
+
+fn e2e_row(report: &mut String, name: &str, mode: &str, clients: usize, cell: &Cell, server: &Server, extra: &str) {
+    let line = format!(
+        "| {name} | {mode} | {clients} | {:.1} | {:.1} | {:.1} | {} | {:.1} % | {:.0} | {:.0} | {extra} |\n",
+        cell.rate(),
+        cell.p50_ms,
+        cell.p99_ms,
+        cell.errors,
+        100.0 * cell.accuracy(),
+        server.peak_rss_mib(),
+        server.cold_start.as_secs_f64() * 1e3,
+    );
+    eprint!("{line}");
+    report.push_str(&line);
+}
+
+/// Section 2: end to end, catsdogs per model with batching off/on, and the seed service.
+async fn e2e_section(args: &Args, python: Option<&PathBuf>, report: &mut String) -> Result<()> {
+    let photos = Arc::new(serve::load_photos(&args.photos, args.per_class)?);
+    writeln!(
+        report,
+        "## 2. End to end: `POST /api/predict`\n\nLoopback, {} photos from {} sent round-robin by closed-loop \
+         clients, {} s per row after 1 s of warm-up. catsdogs: SQLite store, inference log off; batching off = \
+         `--max-batch 1`. The seed service is bench/reference/seed_service.py (FastAPI + uvicorn + Keras 3 \
+         `model.predict` per request, our seed-CNN weights). Accuracy checks the labels answered against the \
+         photos' folders (the first files of each folder, partly training photos: a correctness check, not a \
+         validation figure). Peak RSS: the server's VmHWM after the row; cold start: exec to first successful \
+         prediction.\n",
+        photos.len(),
+        args.photos.display(),
+        args.secs
+    )?;
+    report.push_str(
+        "| model | batching | clients | req/s | p50 ms | p99 ms | errors | accuracy | peak RSS MiB | cold start ms | req/s batching on / off |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    // (model, clients) -> (cell, rss, cold start) of catsdogs with batching on, for the ratios.
+    let mut ours: Vec<(String, usize, Cell, f64, f64)> = Vec::new();
+    for model in &args.models {
+        let name = model.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_string();
+        let mut off_rates = Vec::new();
+        for (mode, max_batch) in [("off", 1), ("on", 16)] {
+            let server = Server::catsdogs(&args.catsdogs, model, max_batch, &photos[0]).await?;
+            for (i, &clients) in args.clients.iter().enumerate() {
+                let cell = serve::measure(&server, &photos, clients, args.secs).await;
+                let extra = if mode == "on" {
+                    off_rates.get(i).map_or(String::new(), |off: &f64| ratio(cell.rate(), *off))
+                } else {
+                    off_rates.push(cell.rate());
+                    String::new()
+                };
+                e2e_row(report, &name, mode, clients, &cell, &server, &extra);
+                if mode == "on" {
+                    ours.push((name.clone(), clients, cell, server.peak_rss_mib(), server.cold_start.as_secs_f64()));
+                }
+            }
+        }
+    }
+    let Some(py) = python else {
+        report.push('\n');
+        return Ok(());
+    };
+    let seed_model =
+        args.models.iter().find(|m| m.ends_with("seed-cnn")).context("the seed service needs models/seed-cnn")?;
+    let server = Server::seed_reference(py, seed_model, &photos[0]).await?;
+    let mut seed_cells = Vec::new();
+    for &clients in &args.clients {
+        let cell = serve::measure(&server, &photos, clients, args.secs).await;
+        e2e_row(report, "seed service (FastAPI + Keras)", "-", clients, &cell, &server, "");
+        seed_cells.push((clients, cell));
+    }
+    let (seed_rss, seed_cold) = (server.peak_rss_mib(), server.cold_start.as_secs_f64());
+    drop(server);
+    report.push_str(
+        "\nRatios, catsdogs (batching on) / seed service at the same concurrency:\n\n| catsdogs model | clients | req/s | p50 latency (seed / ours) | p99 latency (seed / ours) | peak RSS (ours / seed) | cold start (seed / ours) |\n|---|---|---|---|---|---|---|\n",
+    );
+    for (name, clients, cell, rss, cold) in &ours {
+        if let Some((_, s)) = seed_cells.iter().find(|(c, _)| c == clients) {
+            writeln!(
+                report,
+                "| {name} | {clients} | {} | {} | {} | {} | {} |",
+                ratio(cell.rate(), s.rate()),
+                ratio(s.p50_ms, cell.p50_ms),
+                ratio(s.p99_ms, cell.p99_ms),
+                ratio(*rss, seed_rss),
+                ratio(seed_cold, *cold),
+            )?;
+        }
+    }
+    report.push('\n');
+    Ok(())
+}
+
+/// Section 3: seed-CNN training speed.
+fn training_section(args: &Args, python: Option<&PathBuf>, report: &mut String) -> Result<()> {
+    let cfg = catsdogs_model::seed_cnn::Config { batch_norm: true, ..Default::default() };
+    let ours = catsdogs_model::train::training_speed(&cfg, 32, args.train_secs)?;
+    eprintln!("training: candle {ours:.1} img/s");
+    writeln!(
+        report,
+        "## 3. Training the seed architecture\n\nFull training steps (forward with dropout, loss, backward, \
+         optimiser) at batch 32 on random 128x128 images for {} s, {} threads. catsdogs trains with batch \
+         normalisation after each convolution (folded away when saved); Keras and PyTorch run the seed's plain \
+         network.\n\n| engine | img/s | catsdogs / engine |\n|---|---|---|\n| catsdogs (candle) | {ours:.1} | 1.00x |",
+        args.train_secs, args.threads
+    )?;
+    if let Some(py) = python {
+        for engine in ["keras", "pytorch"] {
+            let (img_s, version) = reference::training(py, engine, args.threads, args.train_secs)?;
+            writeln!(report, "| {version} | {img_s:.1} | {} |", ratio(ours, img_s))?;
+        }
+    }
+    report.push('\n');
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let photos = Arc::new(load_photos(&args.photos, args.per_class)?);
-    let mut table = String::from(
-        "| model | batching | clients | req/s | p50 ms | p99 ms | errors | accuracy | peak RSS MiB | cold start ms | req/s batching on / off |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    let python = if args.no_reference { None } else { Some(reference::python()?) };
+    let mut report = format!(
+        "# catsdogs benchmark\n\nMachine: {}. One run of `catsdogs-bench`; every ratio compares measurements \
+         taken in this run on this machine.\n\n",
+        machine()
     );
-    for model in &args.models {
-        let name = model.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_string();
-        let mut off_rates = Vec::new();
-        for (mode, max_batch) in [("off", 1), ("on", 16)] {
-            let server = start(&args.catsdogs, model, max_batch, &photos[0]).await?;
-            for (i, &clients) in args.clients.iter().enumerate() {
-                let cell = measure(&server.base, &photos, clients, args.secs).await;
-                let rate = (cell.requests - cell.errors) as f64 / cell.secs;
-                let ratio = if mode == "on" {
-                    off_rates.get(i).map_or("".into(), |off: &f64| format!("{:.2}x", rate / off))
-                } else {
-                    off_rates.push(rate);
-                    String::new()
-                };
-                let ok = cell.requests - cell.errors;
-                let line = format!(
-                    "| {name} | {mode} | {clients} | {rate:.1} | {:.1} | {:.1} | {} | {:.1} % | {:.0} | {:.0} | {ratio} |\n",
-                    cell.p50_ms,
-                    cell.p99_ms,
-                    cell.errors,
-                    100.0 * cell.correct as f64 / ok.max(1) as f64,
-                    server.peak_rss_mib(),
-                    server.cold_start.as_secs_f64() * 1e3,
-                );
-                eprint!("{line}");
-                table.push_str(&line);
-            }
-        }
-    }
-    let report = format!(
-        "# catsdogs end-to-end benchmark\n\nMachine: {}. `POST /api/predict` on loopback, {} photos \
-         from {} sent round-robin, {} s per row after 1 s of warm-up; SQLite store, inference log off. \
-         Batching off = `--max-batch 1`. Accuracy is a correctness check on these photos (the \
-         first files of each folder, which may belong to the training split), not a validation \
-         figure; peak RSS is the server's VmHWM after the row.\n\n{table}",
-        machine(),
-        photos.len(),
-        args.photos.display(),
-        args.secs
-    );
+    forward_section(&args, python.as_ref(), &mut report)?;
+    e2e_section(&args, python.as_ref(), &mut report).await?;
+    training_section(&args, python.as_ref(), &mut report)?;
     println!("{report}");
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;

@@ -26,17 +26,27 @@ fn harness_produces_a_table() {
         .arg("--photos")
         .arg(&photos)
         .args(["--per-class", "4", "--models", "models/seed-cnn", "--clients", "1,4", "--secs", "1"])
+        .args(["--forward-secs", "0.2", "--train-secs", "0.5", "--no-reference"])
         .arg("--out")
         .arg(&out)
         .status()
         .expect("run the harness");
     assert!(status.success());
     let table = std::fs::read_to_string(&out).expect("table written");
-    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| seed-cnn")).collect();
-    assert_eq!(rows.len(), 4, "{table}");
-    for row in rows {
-        let cols: Vec<&str> = row.split('|').map(str::trim).collect();
-        assert!(cols[4].parse::<f64>().is_ok_and(|r| r > 0.0), "no throughput: {row}");
-        assert_eq!(cols[7], "0", "errors in the smoke run: {row}");
+    let cols = |row: &str| row.split('|').map(|c| c.trim().to_string()).collect::<Vec<_>>();
+    let rows: Vec<Vec<String>> = table.lines().filter(|l| l.starts_with("| seed-cnn")).map(cols).collect();
+    let forward: Vec<_> =
+        rows.iter().filter(|c| c[2].contains("ONNX Runtime") || c[2].starts_with("catsdogs")).collect();
+    assert_eq!(forward.len(), 2, "backend and bare session rows: {table}");
+    for c in forward {
+        assert!(c[5].parse::<f64>().is_ok_and(|r| r > 0.0), "no forward throughput: {c:?}");
     }
+    let e2e: Vec<_> = rows.iter().filter(|c| c[2] == "off" || c[2] == "on").collect();
+    assert_eq!(e2e.len(), 4, "{table}");
+    for c in e2e {
+        assert!(c[4].parse::<f64>().is_ok_and(|r| r > 0.0), "no throughput: {c:?}");
+        assert_eq!(c[7], "0", "errors in the smoke run: {c:?}");
+    }
+    let training = table.lines().find(|l| l.starts_with("| catsdogs (candle)")).expect("training row");
+    assert!(cols(training)[2].parse::<f64>().is_ok_and(|r| r > 0.0), "{training}");
 }

@@ -81,6 +81,24 @@ pub struct TrainArgs {
     /// efficientnet-lite0: resize the short side to N then centre-crop 224 (0 = squash).
     #[arg(long, default_value_t = 256)]
     pub center_crop_from: u32,
+    /// efficientnet-lite0: random augmented crops per training photo, besides the centre
+    /// view and its mirror image.
+    #[arg(long, default_value_t = 1)]
+    pub random_views: usize,
+    /// efficientnet-lite0: epochs of tuning the 1x1 head convolution with the classifier
+    /// (0 = logistic head on frozen features only).
+    #[arg(long, default_value_t = 4)]
+    pub tune_epochs: usize,
+    /// efficientnet-lite0: peak learning rate of the head tuning.
+    #[arg(long, default_value_t = 3e-4)]
+    pub tune_lr: f64,
+    /// efficientnet-lite0: dropout on the pooled features during head tuning.
+    #[arg(long, default_value_t = 0.0)]
+    pub tune_dropout: f32,
+    /// efficientnet-lite0: keep the extracted features in DIR and reuse them when the
+    /// data and views are the same (several GiB with head tuning).
+    #[arg(long)]
+    pub feature_cache: Option<PathBuf>,
 }
 
 fn train_transfer(a: &TrainArgs) -> Result<()> {
@@ -91,6 +109,11 @@ fn train_transfer(a: &TrainArgs) -> Result<()> {
     cfg.max_per_class = a.max_per_class;
     cfg.label_smoothing = a.label_smoothing;
     cfg.center_crop_from = a.center_crop_from;
+    cfg.random_views = a.random_views;
+    cfg.tune_epochs = a.tune_epochs;
+    cfg.tune_learning_rate = a.tune_lr;
+    cfg.tune_dropout = a.tune_dropout;
+    cfg.feature_cache = a.feature_cache.clone();
     if a.version != "seed-cnn-1" {
         cfg.version = a.version.clone();
     }
@@ -104,6 +127,14 @@ fn train_transfer(a: &TrainArgs) -> Result<()> {
         r.val_uncalibrated.ece,
         r.temperature
     );
+    if let Some(before) = &r.val_logistic_only {
+        println!(
+            "logistic head alone: accuracy {:.2} %, log loss {:.4}; head tuning kept epoch {}",
+            before.accuracy * 100.0,
+            before.log_loss,
+            r.head_tuning_best_epoch
+        );
+    }
     println!(
         "features: {:.0} s ({:.1} img/s), head: {:.1} s, total {:.0} s; written to {}",
         r.feature_extraction_s,
@@ -284,7 +315,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let model = a.model.load()?;
     let (report, out) = evaluate_folder(&model, &a.data, a.val_split, a.max_per_class, a.model.batch_size, a.out)?;
     println!("{}", report.table());
-    println!("plots written to {}", out.display());
+    println!("plots and predictions.csv (misclassified first) written to {}", out.display());
     Ok(())
 }
 
@@ -302,6 +333,25 @@ pub fn evaluate_folder(
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     catsdogs_model::plots::evaluation_plots(&out, &report.p_dog, &report.labels)
         .map_err(|e| anyhow::anyhow!("plotting failed: {e}"))?;
+    // Per-image results, the misclassified first (most confident mistakes on top), so
+    // that what the model gets wrong can be looked at.
+    let mut rows: Vec<(bool, f32, String)> = report
+        .files
+        .iter()
+        .zip(&report.p_dog)
+        .zip(&report.labels)
+        .map(|((f, &p), &l)| {
+            let wrong = (p >= 0.5) != (l == 1);
+            let confidence = if l == 1 { 1.0 - p } else { p };
+            let label = catsdogs_model::data::CLASSES[usize::from(l)];
+            (!wrong, -confidence, format!("{},{label},{p:.6},{}\n", f.display(), !wrong))
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    let csv = out.join("predictions.csv");
+    let body: String =
+        std::iter::once("file,true_label,p_dog,correct\n".to_string()).chain(rows.into_iter().map(|r| r.2)).collect();
+    std::fs::write(&csv, body).with_context(|| format!("cannot write {}", csv.display()))?;
     Ok((report, out))
 }
 

@@ -13,7 +13,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (pth, images) = args.split_first().context("usage: effnet_check PTH IMAGE...")?;
     let net = load_backbone(pth.as_ref())?;
-    let onnx = net.to_onnx(None, &BTreeMap::new())?;
+    let onnx = net.to_onnx(&Default::default(), &BTreeMap::new())?;
     let fx = FeatureExtractor::from_onnx(&onnx, &net.config, 2)?;
     let cfg = PreprocessConfig { size: 224, ..Default::default() };
     for path in images {

@@ -79,6 +79,12 @@ pub(crate) fn session_builder(threads: usize) -> Result<ort::session::builder::S
         .map_err(ort_err)
 }
 
+/// A bare ONNX Runtime session on a graph, with the settings our backend uses: what the
+/// benchmark compares the backend wrapper against.
+pub fn ort_session(path: &Path, threads: usize) -> Result<Session, InferenceError> {
+    session_builder(threads)?.commit_from_file(path).map_err(ort_err)
+}
+
 /// An ONNX Runtime session over a model with input `image` (u8 NHWC) and output `p_dog`.
 pub struct OrtBackend {
     session: Mutex<Session>,
@@ -91,8 +97,7 @@ impl OrtBackend {
         if !path.is_file() {
             return Err(InferenceError::MissingFile(path.display().to_string()));
         }
-        let session = session_builder(threads)?.commit_from_file(path).map_err(ort_err)?;
-        Ok(Self { session: Mutex::new(session), size })
+        Ok(Self { session: Mutex::new(ort_session(path, threads)?), size })
     }
 }
 

@@ -1,8 +1,10 @@
 //! Transfer learning from the pretrained EfficientNet-Lite0: the frozen backbone runs in
-//! ONNX Runtime over every photo (and its mirror image for training), the pooled features
-//! are cached, and a logistic cat/dog head is trained on them in candle. The shipped model
-//! is one ONNX graph: backbone + calibrated head (`p_dog`), plus the ImageNet logits used
-//! to flag images that show neither a cat nor a dog.
+//! ONNX Runtime over several views of every training photo (centre, mirror image, random
+//! crops), its pooled features and last 7x7 activations are kept (optionally cached on
+//! disk), a logistic cat/dog head is trained on the features, then the 1x1 head
+//! convolution is tuned together with it ([`crate::head_tuning`]). The shipped model is
+//! one ONNX graph: backbone + tuned head + calibrated classifier (`p_dog`), plus the
+//! untouched ImageNet branch used to flag images that show neither a cat nor a dog.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -11,8 +13,8 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use catsdogs_model::card::{DataSummary, ModelCard, Preprocessing};
-use catsdogs_model::data::{self, CAT, DOG, Sample};
-use catsdogs_model::efficientnet_lite::{self, Config, EfficientNetLite};
+use catsdogs_model::data::{self, Augment, CAT, DOG, Sample};
+use catsdogs_model::efficientnet_lite::{self, Config, EfficientNetLite, OnnxHeads};
 use catsdogs_model::metrics::{self, Metrics};
 use catsdogs_model::preprocess::{self, PreprocessConfig};
 use image::RgbImage;
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::InferenceError;
 use crate::backend_ort::{ort_err, session_builder};
+use crate::head_tuning::{self, TrunkSet, TuneConfig, TuneEpoch};
 
 /// Errors of importing the checkpoint or training the head.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,8 @@ pub struct FeatureExtractor {
 pub struct Features {
     pub features: Vec<f32>,
     pub logits: Vec<f32>,
+    /// The last block's activations [N, 320, 7, 7], when the graph exports `trunk`.
+    pub trunk: Option<Vec<f32>>,
 }
 
 impl FeatureExtractor {
@@ -90,7 +95,11 @@ impl FeatureExtractor {
         let out = session.run(ort::inputs!["image" => input]).map_err(ort_err)?;
         let (_, f) = out["features"].try_extract_tensor::<f32>().map_err(ort_err)?;
         let (_, l) = out["imagenet_logits"].try_extract_tensor::<f32>().map_err(ort_err)?;
-        Ok(Features { features: f.to_vec(), logits: l.to_vec() })
+        let trunk = match out.get("trunk") {
+            Some(t) => Some(t.try_extract_tensor::<f32>().map_err(ort_err)?.1.to_vec()),
+            None => None,
+        };
+        Ok(Features { features: f.to_vec(), logits: l.to_vec(), trunk })
     }
 }
 
@@ -105,6 +114,14 @@ pub struct TransferConfig {
     pub max_per_class: Option<usize>,
     /// Also extract features of each training photo's mirror image.
     pub flip_views: bool,
+    /// Random augmented crops of each training photo, besides the centre view.
+    pub random_views: usize,
+    /// Epochs of head-convolution tuning after the logistic head (0: logistic head only).
+    pub tune_epochs: usize,
+    pub tune_learning_rate: f64,
+    pub tune_dropout: f32,
+    /// Folder where extracted features are kept between runs (keyed by data and views).
+    pub feature_cache: Option<PathBuf>,
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
@@ -127,13 +144,18 @@ impl TransferConfig {
             seed: 42,
             max_per_class: None,
             flip_views: true,
+            random_views: 1,
+            tune_epochs: 4,
+            tune_learning_rate: 3e-4,
+            tune_dropout: 0.0,
+            feature_cache: None,
             epochs: 30,
             batch_size: 256,
             learning_rate: 3e-3,
             weight_decays: vec![1e-4, 1e-3, 1e-2],
             label_smoothing: 0.05,
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-            version: "effnet-lite0-head-1".into(),
+            version: "effnet-lite0-tuned-1".into(),
             center_crop_from: 256,
         }
     }
@@ -143,11 +165,22 @@ impl TransferConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TransferReport {
     pub feature_extraction_s: f64,
+    /// The features were read from `--feature-cache` (the times are then not extraction's).
+    #[serde(default)]
+    pub features_from_cache: bool,
     pub feature_images_per_s: f64,
     pub head_training_s: f64,
     pub wall_time_s: f64,
     pub train_views: usize,
     pub weight_decay: f64,
+    /// Validation metrics of the logistic head alone, before head tuning (calibrated).
+    #[serde(default)]
+    pub val_logistic_only: Option<Metrics>,
+    /// Head tuning per epoch (epoch 0 = the logistic head) and the epoch kept.
+    #[serde(default)]
+    pub head_tuning: Vec<TuneEpoch>,
+    #[serde(default)]
+    pub head_tuning_best_epoch: usize,
     pub temperature: f64,
     pub val_uncalibrated: Metrics,
     pub val: Metrics,
@@ -163,36 +196,68 @@ struct Extracted {
     features: Vec<f32>,
     labels: Vec<u8>,
     zero_shot: Vec<(f32, f32)>,
+    /// Trunk activations [views, 49, 320] in f16 (empty unless the graph exports them).
+    trunk: Option<Tensor>,
     skipped: usize,
+}
+
+/// Which views of a photo the backbone sees.
+#[derive(Debug, Clone, Copy)]
+struct Views {
+    flip: bool,
+    random: usize,
+    seed: u64,
+}
+
+/// Mild crops for the random views: the backbone is frozen, so the views only need to
+/// show the head the framings real uploads have, not regularise a whole network.
+const VIEW_AUGMENT: Augment =
+    Augment { min_area: 0.45, max_aspect: 4.0 / 3.0, max_rotation_deg: 0.0, jitter: 0.1, flip: 0.5 };
+
+/// The centre view of a photo, its mirror image and `random` augmented crops.
+fn views_of(bytes: &[u8], cfg: &PreprocessConfig, views: Views, index: usize) -> Option<Vec<RgbImage>> {
+    let rgb = preprocess::decode_rgb(bytes, cfg.max_pixels).ok()?;
+    let centre = preprocess::preprocess_pixels(&rgb, cfg).ok()?;
+    let mut out = Vec::with_capacity(2 + views.random);
+    if views.flip {
+        out.push(image::imageops::flip_horizontal(&centre));
+    }
+    out.push(centre);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(
+        views.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    for _ in 0..views.random {
+        out.push(VIEW_AUGMENT.apply(&rgb, cfg.size, &mut rng).ok()?);
+    }
+    Some(out)
 }
 
 fn extract(
     fx: &FeatureExtractor,
     samples: &[Sample],
     cfg: &PreprocessConfig,
-    flip: bool,
+    views: Views,
     progress: &indicatif::ProgressBar,
 ) -> Result<Extracted, TransferError> {
-    let mut out = Extracted { features: Vec::new(), labels: Vec::new(), zero_shot: Vec::new(), skipped: 0 };
-    for chunk in samples.chunks(64) {
-        let decoded: Vec<Option<(RgbImage, u8)>> = chunk
+    let mut out =
+        Extracted { features: Vec::new(), labels: Vec::new(), zero_shot: Vec::new(), trunk: None, skipped: 0 };
+    let mut trunk_chunks = Vec::new();
+    for (c, chunk) in samples.chunks(64).enumerate() {
+        let decoded: Vec<Option<(Vec<RgbImage>, u8)>> = chunk
             .par_iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let bytes = std::fs::read(&s.path).ok()?;
-                preprocess::preprocess(&bytes, cfg).ok().map(|img| (img, s.label))
+                views_of(&bytes, cfg, views, c * 64 + i).map(|v| (v, s.label))
             })
             .collect();
         let mut images = Vec::new();
         let mut labels = Vec::new();
         for d in decoded {
             match d {
-                Some((img, l)) => {
-                    if flip {
-                        images.push(image::imageops::flip_horizontal(&img));
-                        labels.push(l);
-                    }
-                    images.push(img);
-                    labels.push(l);
+                Some((v, l)) => {
+                    labels.extend(std::iter::repeat_n(l, v.len()));
+                    images.extend(v);
                 }
                 None => out.skipped += 1,
             }
@@ -203,10 +268,77 @@ fn extract(
         let f = fx.run(&images)?;
         out.features.extend_from_slice(&f.features);
         out.zero_shot.extend(f.logits.chunks(fx.classes).map(efficientnet_lite::zero_shot));
+        if let Some(t) = f.trunk {
+            let n = images.len();
+            let channels = t.len() / n / 49;
+            // NCHW -> [N, cells, channels]: the head convolution becomes one matrix product.
+            let t = Tensor::from_vec(t, (n, channels, 49), &Device::Cpu)?.transpose(1, 2)?;
+            trunk_chunks.push(t.to_dtype(DType::F16)?);
+        }
         out.labels.extend(labels);
         progress.inc(chunk.len() as u64);
     }
+    if !trunk_chunks.is_empty() {
+        out.trunk = Some(Tensor::cat(&trunk_chunks, 0)?);
+    }
     Ok(out)
+}
+
+/// The file that holds the extracted features of one data set and set of views.
+fn cache_file(cfg: &TransferConfig, digest: &str, tune: bool) -> Option<PathBuf> {
+    let dir = cfg.feature_cache.as_ref()?;
+    let key = format!(
+        "{digest}-{}-{}-{}-{}-{}-{:?}-{}-{}",
+        cfg.flip_views,
+        cfg.random_views,
+        cfg.center_crop_from,
+        cfg.seed,
+        cfg.val_fraction,
+        cfg.max_per_class,
+        tune,
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&key, &mut h);
+    Some(dir.join(format!("features-{:016x}.safetensors", std::hash::Hasher::finish(&h))))
+}
+
+fn save_cache(path: &Path, sets: [&Extracted; 2]) -> Result<(), TransferError> {
+    let dev = Device::Cpu;
+    let mut map = std::collections::HashMap::new();
+    for (name, e) in ["train", "val"].into_iter().zip(sets) {
+        let n = e.labels.len();
+        map.insert(
+            format!("{name}.features"),
+            Tensor::from_slice(&e.features, (n, e.features.len() / n.max(1)), &dev)?,
+        );
+        map.insert(format!("{name}.labels"), Tensor::from_slice(&e.labels, n, &dev)?);
+        let zs: Vec<f32> = e.zero_shot.iter().flat_map(|&(p, m)| [p, m]).collect();
+        map.insert(format!("{name}.zero_shot"), Tensor::from_vec(zs, (n, 2), &dev)?);
+        map.insert(format!("{name}.skipped"), Tensor::new(&[e.skipped as u32], &dev)?);
+        if let Some(t) = &e.trunk {
+            map.insert(format!("{name}.trunk"), t.clone());
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| TransferError::Io { path: dir.display().to_string(), source })?;
+    }
+    candle_core::safetensors::save(&map, path)?;
+    Ok(())
+}
+
+fn load_cache(path: &Path) -> Option<[Extracted; 2]> {
+    let mut map = candle_core::safetensors::load(path, &Device::Cpu).ok()?;
+    let mut take = |name: &str| -> Option<Extracted> {
+        let labels = map.remove(&format!("{name}.labels"))?.to_vec1::<u8>().ok()?;
+        let features = map.remove(&format!("{name}.features"))?.flatten_all().ok()?.to_vec1::<f32>().ok()?;
+        let zs = map.remove(&format!("{name}.zero_shot"))?.to_vec2::<f32>().ok()?;
+        let skipped = map.remove(&format!("{name}.skipped"))?.to_vec1::<u32>().ok()?.first().copied()? as usize;
+        let trunk = map.remove(&format!("{name}.trunk"));
+        let zero_shot = zs.into_iter().map(|v| (v[0], v[1])).collect();
+        Some(Extracted { features, labels, zero_shot, trunk, skipped })
+    };
+    Some([take("train")?, take("val")?])
 }
 
 /// Logistic regression on features: returns (weight [1, D], bias [1]).
@@ -236,11 +368,9 @@ fn train_logistic(
         for batch in order.chunks(cfg.batch_size) {
             let idx = Tensor::from_slice(batch, batch.len(), &dev)?;
             let xb = x.index_select(&idx, 0)?;
-            let yb = y.index_select(&idx, 0)?.affine(1.0 - 2.0 * smooth, smooth)?;
+            let yb = y.index_select(&idx, 0)?;
             let logits = xb.matmul(&w.as_tensor().t()?)?.squeeze(1)?.broadcast_add(b.as_tensor())?;
-            // Binary cross-entropy with logits: softplus(z) - y z, computed stably.
-            let softplus = (logits.relu()? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-            let loss = (softplus - (&yb * &logits)?)?.mean_all()?;
+            let loss = catsdogs_model::train::smoothed_bce(&logits, &yb, smooth)?;
             opt.lr = cfg.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
             opt.backward_step(&loss)?;
             step += 1;
@@ -283,7 +413,8 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
     std::fs::create_dir_all(&cfg.out_dir).map_err(io(&cfg.out_dir))?;
     let net = load_backbone(&cfg.pretrained)?;
     let config = net.config.clone();
-    let backbone = net.to_onnx(None, &BTreeMap::new())?;
+    let tune = cfg.tune_epochs > 0;
+    let backbone = net.to_onnx(&OnnxHeads { trunk: tune, ..Default::default() }, &BTreeMap::new())?;
     let fx = FeatureExtractor::from_onnx(&backbone, &config, cfg.threads)?;
     let pre = PreprocessConfig {
         size: config.input_size as u32,
@@ -306,8 +437,24 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let t0 = Instant::now();
-    let tr = extract(&fx, &train, &pre, cfg.flip_views, &bar)?;
-    let va = extract(&fx, &val, &pre, false, &bar)?;
+    let cache = cache_file(cfg, &digest, tune);
+    let cached = cache.as_deref().and_then(load_cache);
+    let features_from_cache = cached.is_some();
+    let [tr, va] = match cached {
+        Some(sets) => {
+            tracing::info!(path = %cache.as_deref().unwrap_or(Path::new("")).display(), "features read from the cache");
+            sets
+        }
+        None => {
+            let train_views = Views { flip: cfg.flip_views, random: cfg.random_views, seed: cfg.seed };
+            let tr = extract(&fx, &train, &pre, train_views, &bar)?;
+            let va = extract(&fx, &val, &pre, Views { flip: false, random: 0, seed: cfg.seed }, &bar)?;
+            if let Some(path) = &cache {
+                save_cache(path, [&tr, &va])?;
+            }
+            [tr, va]
+        }
+    };
     bar.finish_and_clear();
     let extraction_s = t0.elapsed().as_secs_f64();
     let images_done = tr.labels.len() + va.labels.len();
@@ -334,6 +481,41 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
         }
     }
     let Some((_, weight_decay, w, b, z)) = best else { return Err(TransferError::NothingDecoded) };
+    let logistic_only = {
+        let t = fit_temperature(&z, &va.labels) as f32;
+        let p: Vec<f32> = z.iter().map(|&z| sigmoid(z / t)).collect();
+        metrics::compute(&p, &va.labels)
+    };
+    let (tuned, w, b, z) = match (&tr.trunk, &va.trunk) {
+        (Some(xt), Some(xv)) if tune => {
+            let (conv_w, conv_b) = net.head_conv_folded()?;
+            let tune_cfg = TuneConfig {
+                epochs: cfg.tune_epochs,
+                batch_size: 256,
+                learning_rate: cfg.tune_learning_rate,
+                weight_decay,
+                label_smoothing: cfg.label_smoothing,
+                dropout: cfg.tune_dropout,
+                seed: cfg.seed,
+            };
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template("head tuning {bar:40} {pos}/{len} batches eta {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let t = head_tuning::tune(
+                &TrunkSet { x: xt, labels: &tr.labels },
+                &TrunkSet { x: xv, labels: &va.labels },
+                (&conv_w, &conv_b),
+                (&w, &b),
+                &tune_cfg,
+                &bar,
+            )?;
+            bar.finish_and_clear();
+            let (w, b, z) = (t.fc_weight.clone(), t.fc_bias.clone(), t.val_logits.clone());
+            (Some(t), w, b, z)
+        }
+        _ => (None, w, b, z),
+    };
     let head_training_s = t1.elapsed().as_secs_f64();
     let p_raw: Vec<f32> = z.iter().map(|&z| sigmoid(z)).collect();
     let temperature = fit_temperature(&z, &va.labels);
@@ -350,11 +532,15 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
 
     let report = TransferReport {
         feature_extraction_s: extraction_s,
+        features_from_cache,
         feature_images_per_s: images_done as f64 / extraction_s.max(1e-9),
         head_training_s,
         wall_time_s: started.elapsed().as_secs_f64(),
         train_views: tr.labels.len(),
         weight_decay,
+        val_logistic_only: tuned.is_some().then_some(logistic_only),
+        head_tuning: tuned.as_ref().map(|t| t.history.clone()).unwrap_or_default(),
+        head_tuning_best_epoch: tuned.as_ref().map_or(0, |t| t.best_epoch),
         temperature,
         val_uncalibrated: metrics::compute(&p_raw, &va.labels),
         val: metrics::compute(&p_cal, &va.labels),
@@ -366,12 +552,21 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
     let mut meta = BTreeMap::new();
     meta.insert("catsdogs.version".to_string(), cfg.version.clone());
     meta.insert("catsdogs.neither_threshold".to_string(), neither_threshold.to_string());
-    let onnx = net.to_onnx(Some((&w, &b)), &meta)?;
+    let heads = OnnxHeads {
+        catdog: Some((&w, &b)),
+        tuned_head: tuned.as_ref().map(|t| (&t.conv_weight, &t.conv_bias)),
+        trunk: false,
+    };
+    let onnx = net.to_onnx(&heads, &meta)?;
     let onnx_path = cfg.out_dir.join("model.onnx");
     std::fs::write(&onnx_path, onnx).map_err(io(&onnx_path))?;
     let head_path = cfg.out_dir.join("head.safetensors");
-    let head: std::collections::HashMap<String, Tensor> =
+    let mut head: std::collections::HashMap<String, Tensor> =
         [("catdog.weight".to_string(), w.clone()), ("catdog.bias".to_string(), b.clone())].into_iter().collect();
+    if let Some(t) = &tuned {
+        head.insert("tuned_head.weight".into(), t.conv_weight.clone());
+        head.insert("tuned_head.bias".into(), t.conv_bias.clone());
+    }
     candle_core::safetensors::save(&head, &head_path)?;
     catsdogs_model::plots::evaluation_plots(&cfg.out_dir, &p_cal, &va.labels)
         .map_err(|e| TransferError::Plot(e.to_string()))?;
@@ -385,11 +580,18 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
         architecture_config: serde_json::json!({
             "backbone": config,
             "pretrained": cfg.pretrained.file_name().map(|n| n.to_string_lossy().into_owned()),
-            "head": "logistic regression on the 1280-d pooled features, temperature folded in",
+            "head": if tuned.is_some() {
+                "1x1 head convolution tuned for cats and dogs (its own branch; the ImageNet branch is untouched) + logistic regression, temperature folded in"
+            } else {
+                "logistic regression on the 1280-d pooled features, temperature folded in"
+            },
             "transfer": report,
         }),
         classes: data::CLASSES.iter().map(|s| s.to_string()).collect(),
-        parameters: 4_652_008 + d + 1,
+        parameters: 4_652_008
+            + d
+            + 1
+            + tuned.as_ref().map_or(0, |t| t.conv_weight.elem_count() + t.conv_bias.elem_count()),
         preprocessing: Preprocessing::standard(pre),
         threshold: 0.5,
         data: Some(DataSummary {

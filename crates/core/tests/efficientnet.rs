@@ -51,8 +51,12 @@ fn input(path: &Path) -> image::RgbImage {
 fn onnx_graph_matches_candle_reference_and_imagenet() {
     let (Some(pth), Some(dir)) = (checkpoint(), photos()) else { return };
     let net = load_backbone(&pth).expect("load checkpoint");
-    let fx = FeatureExtractor::from_onnx(&net.to_onnx(None, &BTreeMap::new()).expect("export"), &net.config, 2)
-        .expect("ort");
+    let fx = FeatureExtractor::from_onnx(
+        &net.to_onnx(&Default::default(), &BTreeMap::new()).expect("export"),
+        &net.config,
+        2,
+    )
+    .expect("ort");
     let images = [input(&dir.join("cat/1.jpg")), input(&dir.join("dog/0.jpg"))];
     let mut batch = Vec::new();
     for img in &images {
@@ -135,4 +139,62 @@ fn generated_non_animal_image_is_flagged_neither() {
     let seed = LoadedModel::load(&repo().join("models/seed-cnn"), BackendKind::Onnxruntime, 2).expect("seed model");
     let small = image::imageops::resize(&img, 128, 128, image::imageops::FilterType::Triangle);
     assert_eq!(seed.predict_images(&[small]).expect("predict")[0].is_cat_or_dog, None);
+}
+
+/// The whole transfer pipeline on a small subset: views, cached trunk activations, head
+/// tuning, export. The exported graph must reproduce the validation figures that training
+/// computed from its cached activations (so the graph carries the tuned weights), and the
+/// ImageNet branch must stay the pretrained one (the "neither" score does not drift).
+#[test]
+fn transfer_run_exports_the_tuned_head() {
+    let (Some(pth), Some(dir)) = (checkpoint(), photos()) else { return };
+    let out = tempfile::tempdir().expect("tempdir");
+    // A 40 + 40 photo folder (links), so that `evaluate --val-split` finds the same split.
+    let data = out.path().join("data");
+    for class in ["cat", "dog"] {
+        std::fs::create_dir_all(data.join(class)).expect("mkdir");
+        let mut names: Vec<_> = std::fs::read_dir(dir.join(class)).expect("list").flatten().map(|e| e.path()).collect();
+        names.sort();
+        for src in names.iter().filter(|p| p.extension().is_some_and(|e| e == "jpg")).take(40) {
+            std::os::unix::fs::symlink(src, data.join(class).join(src.file_name().expect("name"))).expect("link");
+        }
+    }
+    let mut cfg = catsdogs_core::transfer::TransferConfig::new(data.clone(), pth.clone(), out.path().join("model"));
+    cfg.tune_epochs = 2;
+    cfg.feature_cache = Some(out.path().join("cache"));
+    let (card, report) = catsdogs_core::transfer::train_head(&cfg).expect("train");
+    assert_eq!(report.train_views, 64 * 3, "centre + mirror + 1 random view of 64 training photos");
+    assert_eq!(report.head_tuning.len(), 3, "epoch 0 (logistic head) and 2 tuning epochs");
+    let cached = std::fs::read_dir(out.path().join("cache")).expect("cache dir").count();
+    assert_eq!(cached, 1, "one feature cache file");
+
+    let model = LoadedModel::load(&out.path().join("model"), BackendKind::Onnxruntime, 2).expect("load trained model");
+    let eval = evaluate(&model, &data, true, None, 16).expect("evaluate");
+    let recorded = card.validation.expect("validation metrics");
+    assert_eq!(eval.metrics.count, recorded.count);
+    assert!(
+        (eval.metrics.log_loss - recorded.log_loss).abs() < 1e-3,
+        "graph log loss {} vs training {}",
+        eval.metrics.log_loss,
+        recorded.log_loss
+    );
+
+    // The ImageNet branch of the trained graph equals the pretrained backbone's.
+    let net = load_backbone(&pth).expect("load checkpoint");
+    let bytes = std::fs::read(out.path().join("model/model.onnx")).expect("onnx");
+    let trained = FeatureExtractor::from_onnx(&bytes, &net.config, 2).expect("ort");
+    let plain = FeatureExtractor::from_onnx(
+        &net.to_onnx(&Default::default(), &BTreeMap::new()).expect("export"),
+        &net.config,
+        2,
+    )
+    .expect("ort");
+    let img = [input(&dir.join("cat/1.jpg"))];
+    let (a, b) = (trained.run(&img).expect("run"), plain.run(&img).expect("run"));
+    let diff = a.logits.iter().zip(&b.logits).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-5, "ImageNet logits moved by {diff}");
+
+    // Second run: features come from the cache, same result.
+    let (_, again) = catsdogs_core::transfer::train_head(&cfg).expect("train from cache");
+    assert!((again.val.log_loss - report.val.log_loss).abs() < 1e-9);
 }

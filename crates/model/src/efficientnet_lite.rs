@@ -238,11 +238,19 @@ impl EfficientNetLite {
         Ok((features, logits))
     }
 
+    /// The 1x1 head convolution with BatchNorm folded: weight [1280, 320], bias [1280]
+    /// (the starting point of head tuning).
+    pub fn head_conv_folded(&self) -> Result<(Tensor, Tensor)> {
+        let (w, b) = self.head.folded()?;
+        let (cout, cin, _, _) = w.dims4()?;
+        Ok((w.reshape((cout, cin))?, b))
+    }
+
     /// The graph: `image` (u8 NHWC) -> `features` [N, 1280], `imagenet_logits` [N, 1000],
-    /// and, with a cat/dog head (`weight` [1, 1280], `bias` [1]), `p_dog` [N].
+    /// plus what `heads` asks for.
     pub fn to_onnx(
         &self,
-        head: Option<(&Tensor, &Tensor)>,
+        heads: &OnnxHeads,
         metadata: &BTreeMap<String, String>,
     ) -> std::result::Result<Vec<u8>, ExportError> {
         let s = self.config.input_size;
@@ -275,7 +283,14 @@ impl EfficientNetLite {
                 x = g.node("Add", &[&x, &input], vec![], None);
             }
         }
-        let y = self.head.to_onnx(&mut g, "head", &x, size)?;
+        let trunk = x;
+        let side = size as i64;
+        let channels = self.config.stages.last().map_or(320, |s| s.out_channels) as i64;
+        if heads.trunk {
+            g.node("Identity", &[&trunk], vec![], Some("trunk"));
+            g.output_f32("trunk", &[Dim::Named("N"), Dim::Fixed(channels), Dim::Fixed(side), Dim::Fixed(side)]);
+        }
+        let y = self.head.to_onnx(&mut g, "head", &trunk, size)?;
         let x = relu6(&mut g, &y);
         let x = g.node("GlobalAveragePool", &[&x], vec![], None);
         let features = g.node("Flatten", &[&x], vec![("axis", Attr::Int(1))], Some("features"));
@@ -284,13 +299,38 @@ impl EfficientNetLite {
         g.node("Gemm", &[&features, &w, &b], vec![("transB", Attr::Int(1))], Some("imagenet_logits"));
         g.output_f32("features", &[Dim::Named("N"), Dim::Fixed(self.config.head_channels as i64)]);
         g.output_f32("imagenet_logits", &[Dim::Named("N"), Dim::Fixed(self.config.num_classes as i64)]);
-        if let Some((hw, hb)) = head {
+        if let Some((hw, hb)) = heads.catdog {
+            let catdog_features = match heads.tuned_head {
+                Some((tw, tb)) => {
+                    let (cout, cin) = tw.dims2()?;
+                    let tw = g.weight("tuned_head.weight", &tw.reshape((cout, cin, 1, 1))?)?;
+                    let tb = g.weight("tuned_head.bias", tb)?;
+                    let y = g.node("Conv", &[&trunk, &tw, &tb], vec![("kernel_shape", Attr::Ints(vec![1, 1]))], None);
+                    let y = relu6(&mut g, &y);
+                    let y = g.node("GlobalAveragePool", &[&y], vec![], None);
+                    g.node("Flatten", &[&y], vec![("axis", Attr::Int(1))], None)
+                }
+                None => features,
+            };
             let hw = g.weight("catdog.weight", hw)?;
             let hb = g.weight("catdog.bias", hb)?;
-            g.p_dog_head(&features, &hw, &hb);
+            g.p_dog_head(&catdog_features, &hw, &hb);
         }
         Ok(g.finish(metadata))
     }
+}
+
+/// What an ONNX export adds to the backbone's `features` and `imagenet_logits` outputs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OnnxHeads<'a> {
+    /// The cat/dog logistic head (`weight` [1, 1280], `bias` [1]) -> output `p_dog` [N].
+    pub catdog: Option<(&'a Tensor, &'a Tensor)>,
+    /// A fine-tuned copy of the 1x1 head convolution (`weight` [1280, 320], `bias` [1280],
+    /// BatchNorm folded) whose pooled output feeds `catdog`. The ImageNet branch keeps the
+    /// pretrained one, so the "neither" score does not drift with the tuning.
+    pub tuned_head: Option<(&'a Tensor, &'a Tensor)>,
+    /// Also output `trunk` [N, 320, 7, 7], the last block's activations, for caching.
+    pub trunk: bool,
 }
 
 impl Module for EfficientNetLite {

@@ -161,9 +161,60 @@ pub fn lr_at(base: f64, step: usize, warmup: usize, total: usize) -> f64 {
     base * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()))
 }
 
-fn smoothed_bce(logits: &Tensor, labels: &Tensor, smoothing: f64) -> candle_core::Result<Tensor> {
-    let targets = ((labels * (1.0 - smoothing))? + 0.5 * smoothing)?;
-    candle_nn::loss::binary_cross_entropy_with_logit(logits, &targets)
+/// Mean binary cross-entropy of logits against 0/1 labels smoothed towards 1/2, computed
+/// as softplus(z) - y z (stable for large logits, unlike log(sigmoid)).
+pub fn smoothed_bce(logits: &Tensor, labels: &Tensor, smoothing: f64) -> candle_core::Result<Tensor> {
+    let y = labels.affine(1.0 - smoothing, 0.5 * smoothing)?;
+    let softplus = (logits.relu()? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    (softplus - (y * logits)?)?.mean_all()
+}
+
+/// A fresh seed CNN with its variables and optimiser, as training starts it.
+fn new_model(
+    model: &seed_cnn::Config,
+    seed: u64,
+    lr: f64,
+    weight_decay: f64,
+) -> Result<(SeedCnn, VarMap, AdamW), TrainError> {
+    let varmap = VarMap::new();
+    let poisoned = || TrainError::Empty("poisoned var map".into());
+    {
+        let mut vars = varmap.data().lock().map_err(|_| poisoned())?;
+        for (name, t) in SeedCnn::initial_tensors(model, seed)? {
+            vars.insert(name, candle_core::Var::from_tensor(&t)?);
+        }
+    }
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let net = SeedCnn::load(vb, model)?;
+    let named: Vec<(String, candle_core::Var)> =
+        varmap.data().lock().map_err(|_| poisoned())?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let opt = AdamW::new(named, lr, weight_decay)?;
+    Ok((net, varmap, opt))
+}
+
+/// Training speed of the seed CNN in images/s: full training steps (forward with batch
+/// statistics and dropout, loss, backward, AdamW) on random `u8` batches for about `secs`
+/// after two warm-up steps; what `catsdogs-bench` compares with Keras and PyTorch.
+pub fn training_speed(model: &seed_cnn::Config, batch: usize, secs: f64) -> Result<f64, TrainError> {
+    let (net, _vars, mut opt) = new_model(model, 1, 1e-3, 1e-4)?;
+    let s = model.input_size;
+    let dev = Device::Cpu;
+    let x = Tensor::rand(0f32, 255f32, (batch, s, s, 3), &dev)?.to_dtype(DType::U8)?;
+    let y = Tensor::rand(0f32, 1f32, batch, &dev)?.round()?;
+    let mut step = || -> Result<(), TrainError> {
+        let loss = smoothed_bce(&net.forward_logits(&x, true)?, &y, 0.0)?;
+        opt.backward_step(&loss)?;
+        Ok(())
+    };
+    step()?;
+    step()?;
+    let started = Instant::now();
+    let mut images = 0;
+    while started.elapsed().as_secs_f64() < secs || images == 0 {
+        step()?;
+        images += batch;
+    }
+    Ok(images as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Validation pass: whole image squashed to the input size, as serving does.
@@ -213,23 +264,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
         )));
     }
 
-    let varmap = VarMap::new();
-    {
-        let mut vars = varmap.data().lock().map_err(|_| TrainError::Empty("poisoned var map".into()))?;
-        for (name, t) in SeedCnn::initial_tensors(&cfg.model, cfg.seed)? {
-            vars.insert(name, candle_core::Var::from_tensor(&t)?);
-        }
-    }
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let model = SeedCnn::load(vb, &cfg.model)?;
-    let named: Vec<(String, candle_core::Var)> = varmap
-        .data()
-        .lock()
-        .map_err(|_| TrainError::Empty("poisoned var map".into()))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut opt = AdamW::new(named, cfg.learning_rate, cfg.weight_decay)?;
+    let (model, varmap, mut opt) = new_model(&cfg.model, cfg.seed, cfg.learning_rate, cfg.weight_decay)?;
 
     let state_path = ckpt_dir.join("state.json");
     let mut state = RunState {

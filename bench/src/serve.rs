@@ -1,0 +1,226 @@
+//! End-to-end measurements: a real server process (catsdogs or the Python seed service),
+//! N concurrent clients posting real photos to `POST /api/predict` on loopback.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+pub const TOKEN: &str = "bench-token-0123456789abcdef0123456789abcdef";
+
+/// A photo and its true label.
+pub struct Photo {
+    pub bytes: Vec<u8>,
+    pub label: &'static str,
+}
+
+/// The first `per_class` files of `dir/cat` and `dir/dog`, classes interleaved.
+pub fn load_photos(dir: &Path, per_class: usize) -> Result<Vec<Photo>> {
+    let mut photos = Vec::new();
+    for label in ["cat", "dog"] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(label))
+            .with_context(|| format!("cannot list {}", dir.join(label).display()))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for f in files.into_iter().take(per_class) {
+            photos.push(Photo { bytes: std::fs::read(&f)?, label });
+        }
+    }
+    if photos.is_empty() {
+        bail!("no photos under {}", dir.display());
+    }
+    photos.sort_by_key(|p| p.bytes.len() % 7);
+    Ok(photos)
+}
+
+/// Which response shape the server speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// catsdogs: `{"label": "cat"|"dog", ...}`.
+    Catsdogs,
+    /// The seed: `{"prediction": "Cat"|"Dog", ...}`.
+    Seed,
+}
+
+/// A server process under test, killed on drop.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub api: Api,
+    /// Exec to first successful prediction.
+    pub cold_start: Duration,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Peak resident memory of the server process so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+            .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            .map_or(f64::NAN, |kib| kib / 1024.0)
+    }
+
+    /// `catsdogs serve` on `model` with SQLite in a temporary folder.
+    pub async fn catsdogs(exe: &Path, model: &Path, max_batch: usize, probe: &Photo) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--no-inference-log"])
+            .arg("--model")
+            .arg(model)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--max-batch", &max_batch.to_string()])
+            .env("API_TOKEN", TOKEN)
+            .env("LOG_LEVEL", "warn")
+            .env_remove("DATABASE_URL");
+        Self::spawn(cmd, port, Api::Catsdogs, dir, probe).await
+    }
+
+    /// The Python seed service (`bench/reference/seed_service.py`) on `model` (seed CNN).
+    pub async fn seed_reference(python: &Path, model: &Path, probe: &Photo) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let mut cmd = Command::new(python);
+        cmd.arg("bench/reference/seed_service.py")
+            .args(["--port", &port.to_string()])
+            .arg("--model-dir")
+            .arg(model)
+            .env("CATSDOGS_REF_TOKEN", TOKEN)
+            .env("TMPDIR", dir.path());
+        Self::spawn(cmd, port, Api::Seed, dir, probe).await
+    }
+
+    async fn spawn(mut cmd: Command, port: u16, api: Api, dir: tempfile::TempDir, probe: &Photo) -> Result<Self> {
+        let started = Instant::now();
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+        let mut server =
+            Server { child, base: format!("http://127.0.0.1:{port}"), api, cold_start: Duration::ZERO, _dir: dir };
+        let client = reqwest::Client::new();
+        while started.elapsed() < Duration::from_secs(120) {
+            if predict(&client, &server.base, api, probe).await.is_ok() {
+                server.cold_start = started.elapsed();
+                return Ok(server);
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                bail!("{:?} exited with {status} before answering", cmd.get_program());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        bail!("{:?} did not answer a prediction within 120 s", cmd.get_program())
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One prediction; the label answered, lower case.
+pub async fn predict(c: &reqwest::Client, base: &str, api: Api, photo: &Photo) -> Result<String> {
+    let part = reqwest::multipart::Part::bytes(photo.bytes.clone()).file_name("photo.jpg").mime_str("image/jpeg")?;
+    let r = c
+        .post(format!("{base}/api/predict"))
+        .bearer_auth(TOKEN)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("status {}", r.status());
+    }
+    let v: serde_json::Value = r.json().await?;
+    let field = match api {
+        Api::Catsdogs => "label",
+        Api::Seed => "prediction",
+    };
+    Ok(v[field].as_str().unwrap_or_default().to_ascii_lowercase())
+}
+
+/// One measurement's figures.
+pub struct Cell {
+    pub requests: usize,
+    pub errors: usize,
+    pub correct: usize,
+    pub secs: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Cell {
+    /// Successful requests per second.
+    pub fn rate(&self) -> f64 {
+        (self.requests - self.errors) as f64 / self.secs
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / (self.requests - self.errors).max(1) as f64
+    }
+}
+
+/// `clients` closed-loop clients for 1 s of warm-up, then `secs` measured.
+pub async fn measure(server: &Server, photos: &Arc<Vec<Photo>>, clients: usize, secs: f64) -> Cell {
+    let run = |window: Duration| {
+        let mut tasks = Vec::new();
+        let until = Instant::now() + window;
+        for k in 0..clients {
+            let (photos, base, api) = (photos.clone(), server.base.clone(), server.api);
+            tasks.push(tokio::spawn(async move {
+                let c = reqwest::Client::new();
+                let (mut lat, mut errors, mut correct) = (Vec::new(), 0usize, 0usize);
+                let mut i = k * 7919;
+                while Instant::now() < until {
+                    let photo = &photos[i % photos.len()];
+                    i += 1;
+                    let t = Instant::now();
+                    match predict(&c, &base, api, photo).await {
+                        Ok(label) => {
+                            lat.push(t.elapsed().as_secs_f64() * 1e3);
+                            correct += usize::from(label == photo.label);
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                (lat, errors, correct)
+            }));
+        }
+        tasks
+    };
+    for t in run(Duration::from_secs(1)) {
+        let _ = t.await;
+    }
+    let started = Instant::now();
+    let (mut lat, mut errors, mut correct) = (Vec::new(), 0, 0);
+    for t in run(Duration::from_secs_f64(secs)) {
+        if let Ok((l, e, c)) = t.await {
+            lat.extend(l);
+            errors += e;
+            correct += c;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    let pct = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied();
+    Cell {
+        requests: lat.len() + errors,
+        errors,
+        correct,
+        secs,
+        p50_ms: pct(0.5).unwrap_or(f64::NAN),
+        p99_ms: pct(0.99).unwrap_or(f64::NAN),
+    }
+}
