@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use catsdogs_server::images::ImageStore;
 use catsdogs_server::inference_log::{HEADER, LogFiles};
+use catsdogs_server::retention::Holdings;
 use catsdogs_server::{Retention, retention};
 use catsdogs_store::{Store, StoreOptions};
 use chrono::{NaiveDate, Utc};
@@ -34,14 +36,34 @@ impl From<RetentionArgs> for Retention {
     }
 }
 
+/// Where the server keeps its data.
 #[derive(Args)]
-pub struct DbArgs {
-    /// The server's data directory (SQLite file, inference log under logs/).
+pub struct StorePlace {
+    /// The server's data directory (SQLite file, inference log under logs/, images/).
     #[arg(long, env = "CATSDOGS_STATE_DIR", default_value = "data")]
     pub data_dir: PathBuf,
     /// `sqlite://FILE` or `postgres://...` (default: SQLite in --data-dir).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+}
+
+impl StorePlace {
+    /// Opens the store and runs the migrations.
+    async fn open(&self) -> Result<Store> {
+        let url = self
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("catsdogs.db").display()));
+        let store = Store::open(&url, &StoreOptions::default())?;
+        store.migrate().await.context("cannot reach the database")?;
+        Ok(store)
+    }
+}
+
+#[derive(Args)]
+pub struct DbArgs {
+    #[command(flatten)]
+    pub place: StorePlace,
     /// Inference log directory (default: --data-dir/logs).
     #[arg(long, env = "CATSDOGS_INFERENCE_LOG_DIR")]
     pub inference_log_dir: Option<PathBuf>,
@@ -73,32 +95,32 @@ fn actor() -> String {
     format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("async runtime")
+}
+
 pub fn db(a: DbArgs) -> Result<()> {
-    let url = a
-        .database_url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", a.data_dir.join("catsdogs.db").display()));
-    let log = LogFiles::new(a.inference_log_dir.clone().unwrap_or_else(|| a.data_dir.join("logs")));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("async runtime")?;
-    rt.block_on(async move {
-        let store = Store::open(&url, &StoreOptions::default())?;
-        store.migrate().await.context("cannot reach the database")?;
+    let log = LogFiles::new(a.inference_log_dir.clone().unwrap_or_else(|| a.place.data_dir.join("logs")));
+    runtime()?.block_on(async move {
+        let store = a.place.open().await?;
+        let images = ImageStore::new(&a.place.data_dir);
+        let holdings = Holdings { store: &store, log: Some(&log), images: &images };
         let now = Utc::now();
         match a.command {
             DbCommand::Purge(r) => {
-                let removed = retention::purge(&store, Some(&log), r.into(), now, &actor()).await?;
+                let removed = retention::purge(holdings, r.into(), now, &actor()).await?;
                 println!("{}", serde_json::to_string(&removed)?);
             }
             DbCommand::Erase { id, before } => {
                 anyhow::ensure!(!id.is_empty() || before.is_some(), "give --id ID (repeatable) or --before DATE");
                 for id in &id {
                     let id = uuid::Uuid::parse_str(id).with_context(|| format!("{id} is not a prediction id"))?;
-                    let removed = retention::erase_id(&store, Some(&log), &id.to_string(), now, &actor()).await?;
+                    let removed = retention::erase_id(holdings, &id.to_string(), None, now, &actor()).await?;
                     println!("{}", serde_json::json!({"id": id.to_string(), "removed": removed}));
                 }
                 if let Some(day) = before {
                     let t = day.and_hms_opt(0, 0, 0).context("date")?.and_utc();
-                    let removed = retention::erase_before(&store, Some(&log), t, now, &actor()).await?;
+                    let removed = retention::erase_before(holdings, t, now, &actor()).await?;
                     println!("{}", serde_json::json!({"before": day.to_string(), "removed": removed}));
                 }
             }
@@ -112,6 +134,57 @@ pub fn db(a: DbArgs) -> Result<()> {
                     "inference_log_header": HEADER,
                 });
                 println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+        }
+        store.close().await;
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct DataArgs {
+    #[command(flatten)]
+    pub place: StorePlace,
+    #[command(subcommand)]
+    pub command: DataCommand,
+}
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Write the consented images that have feedback as a labelled folder (OUT/cat,
+    /// OUT/dog), the label being the one the user gave or confirmed: training examples
+    /// for `catsdogs train` / retraining. Audited.
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn data(a: DataArgs) -> Result<()> {
+    runtime()?.block_on(async move {
+        let store = a.place.open().await?;
+        let images = ImageStore::new(&a.place.data_dir);
+        match a.command {
+            DataCommand::Export { out } => {
+                let examples = store.labelled_images().await?;
+                store.audit(Utc::now(), &actor(), "export", &format!("{} labelled images to {}", examples.len(), out.display())).await?;
+                let (mut written, mut missing) = ([0usize; 2], 0usize);
+                for e in &examples {
+                    let Some(src) = images.path(&e.image_ref).filter(|p| p.is_file()) else {
+                        missing += 1;
+                        continue;
+                    };
+                    let dir = out.join(&e.label);
+                    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                    let ext = e.image_ref.rsplit('.').next().unwrap_or("jpg");
+                    let dst = dir.join(format!("{}.{ext}", e.prediction_id));
+                    std::fs::copy(&src, &dst).with_context(|| format!("cannot write {}", dst.display()))?;
+                    written[usize::from(e.label == "dog")] += 1;
+                }
+                println!(
+                    "{}",
+                    serde_json::json!({"out": out.display().to_string(), "cat": written[0], "dog": written[1], "missing_files": missing})
+                );
             }
         }
         store.close().await;

@@ -34,6 +34,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Retention purge, erasure and export of stored data.
     Db(db::DbArgs),
+    /// Training data gathered by the service (consented images with feedback).
+    Data(db::DataArgs),
     /// Exit 0 when the service answers its readiness route with 200 (container health checks).
     Healthcheck(serve::HealthcheckArgs),
 }
@@ -67,6 +69,7 @@ fn main() -> Result<ExitCode> {
         Command::Export(a) => commands::export(a).map(|_| ExitCode::SUCCESS),
         Command::Serve(a) => serve::serve(a).map(|_| ExitCode::SUCCESS),
         Command::Db(a) => db::db(a).map(|_| ExitCode::SUCCESS),
+        Command::Data(a) => db::data(a).map(|_| ExitCode::SUCCESS),
         Command::Healthcheck(a) => {
             serve::healthcheck(a).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

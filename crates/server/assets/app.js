@@ -130,6 +130,7 @@ document.documentElement.classList.add('js');
   async function classify(file, card) {
     const data = new FormData();
     data.append('file', file, file.name || 'pasted-image');
+    if (document.getElementById('consent').checked) data.append('consent', 'true');
     try {
       const resp = await fetch('/api/predict', {
         method: 'POST', body: data, credentials: 'same-origin', headers: { 'X-CSRF-Token': csrf },

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod charts;
 pub mod config;
 pub mod error;
+pub mod images;
 pub mod inference_log;
 pub mod pages;
 pub mod retention;
@@ -319,9 +320,7 @@ pub async fn scheduled_purge(state: &AppState) {
     }
     state.inference_log.flush().await;
     let now = (state.cfg.clock)();
-    if let Err(e) =
-        retention::purge(&state.store, state.inference_log.files(), state.cfg.retention, now, "scheduler").await
-    {
+    if let Err(e) = retention::purge(state.holdings(), state.cfg.retention, now, "scheduler").await {
         metrics::counter!("catsdogs_store_errors_total", "operation" => "purge").increment(1);
         tracing::warn!(error = %e, "retention purge failed; retrying at the next run");
     }

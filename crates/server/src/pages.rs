@@ -152,6 +152,7 @@ async fn home(State(state): State<AppState>, Extension(session): Extension<Sessi
         max_upload_bytes => cfg.max_upload_bytes,
         max_upload_mib => format!("{:.0}", cfg.max_upload_bytes as f64 / 1048576.0),
         max_files => cfg.max_batch_files,
+        retention_days => cfg.retention.predictions_days,
     };
     render(&state, &session, StatusCode::OK, "home.html", "home", ctx)
 }
@@ -181,7 +182,7 @@ async fn classify_form(
     if let Err(e) = state.model() {
         return failed(e);
     }
-    match classify_uploads(&state, form.uploads).await {
+    match classify_uploads(&state, form.uploads, form.consent).await {
         Ok((items, _)) => render(&state, &session, StatusCode::OK, "results.html", "home", context! { items }),
         Err(e) => failed(e),
     }

@@ -15,7 +15,9 @@ use tokio::sync::Semaphore;
 use crate::auth::Tokens;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+use crate::images::ImageStore;
 use crate::inference_log::{InferenceLog, LogRow};
+use crate::retention::Holdings;
 use crate::session::SessionKeys;
 
 /// One image to classify: a file as uploaded, or pixels (inference-protocol tensors).
@@ -51,6 +53,8 @@ pub struct Shared {
     pub sessions: SessionKeys,
     /// One CSV line per prediction.
     pub inference_log: InferenceLog,
+    /// Images kept with the uploader's consent.
+    pub images: ImageStore,
     pub started: Instant,
     /// Predictions answered since start (whether or not they reached the database).
     pub predictions_served: AtomicU64,
@@ -83,9 +87,12 @@ impl Outbox {
             q.pop_front();
         }
     }
-    /// Drops a queued row (erasure of a prediction the database has not seen yet).
-    pub fn remove(&self, id: &str) {
-        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|r| r.id != id);
+    /// Drops a queued row (erasure of a prediction the database has not seen yet) and
+    /// returns it.
+    pub fn remove(&self, id: &str) -> Option<PredictionRecord> {
+        let mut q = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = q.iter().position(|r| r.id == id)?;
+        q.remove(i)
     }
     pub fn len(&self) -> usize {
         self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
@@ -156,6 +163,11 @@ impl Outbox {
 }
 
 impl Shared {
+    /// What a purge or an erasure must clean.
+    pub fn holdings(&self) -> Holdings<'_> {
+        Holdings { store: &self.store, log: self.inference_log.files(), images: &self.images }
+    }
+
     pub fn new(
         cfg: ServerConfig,
         model: Result<LoadedModel, String>,
@@ -172,6 +184,7 @@ impl Shared {
         let slots = cfg.max_concurrent_inferences.max(1);
         let cfg_secure = cfg.secure_cookies;
         let log_dir = cfg.inference_log_dir.clone();
+        let images = ImageStore::new(&cfg.data_dir);
         Self {
             cfg,
             model,
@@ -186,6 +199,7 @@ impl Shared {
             pseudonym_key,
             sessions: SessionKeys::new(session_key, cfg_secure),
             inference_log: InferenceLog::start(log_dir),
+            images,
             started: Instant::now(),
             predictions_served: AtomicU64::new(0),
         }

@@ -311,6 +311,7 @@ async fn metrics(db_url: &str) {
             latency_ms: ms,
             error_code: label.is_none().then(|| "corrupt_image".into()),
             file_ref: None,
+            image_ref: None,
         }
     };
     let rows = [

@@ -159,7 +159,7 @@ async fn erasure_export_pseudonyms_and_the_inference_log() {
     // Erasure: every trace of the id goes; the other predictions stay.
     let r = c.delete(app.url(&format!("/api/predictions/{id}"))).header("Authorization", bearer()).send().await;
     let report: Value = r.expect("erase").json().await.expect("json");
-    assert_eq!(report, json!({"id": id, "predictions": 1, "feedback": 1, "inference_log_lines": 1}));
+    assert_eq!(report, json!({"id": id, "predictions": 1, "feedback": 1, "inference_log_lines": 1, "images": 0}));
     let r = c.get(app.url(&format!("/api/predictions/{id}"))).header("Authorization", bearer()).send().await;
     assert_eq!(r.expect("export").status(), StatusCode::NOT_FOUND);
     let r = c.delete(app.url(&format!("/api/predictions/{id}"))).header("Authorization", bearer()).send().await;
@@ -205,6 +205,7 @@ async fn retention(db_url: &str) {
         latency_ms: 1.0,
         error_code: None,
         file_ref: None,
+        image_ref: None,
     };
     let old = pred(1, 181);
     let young = pred(2, 179);
@@ -305,4 +306,94 @@ async fn retention_purge_postgres() {
     held.release().await;
     let again = b.try_purge_lock().await.expect("lock").expect("free after release");
     again.release().await;
+}
+
+async fn predict_with_consent(app: &TestApp, bytes: Vec<u8>, consent: Option<&str>) -> Value {
+    let mut form = file_form("pet.png", bytes, "image/png");
+    if let Some(c) = consent {
+        form = form.text("consent", c.to_string());
+    }
+    let r = client().post(app.url("/api/predict")).header("Authorization", bearer()).multipart(form).send().await;
+    let r = r.expect("predict");
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.expect("json")
+}
+
+/// Opt-in image retention: nothing is kept without consent; a consented image is one
+/// content-addressed file outside the database, becomes a training example once it has
+/// feedback, and goes with its prediction (erasure, then the retention purge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consented_images_are_kept_exported_and_erased() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let db = format!("sqlite://{}?mode=rwc", data.join("catsdogs.db").display());
+    let app = TestApp::spawn(&db, data.clone(), None).await;
+    let images = &app.state.images;
+    let png = image_bytes(ImageFormat::Png);
+
+    for consent in [None, Some("false"), Some("no")] {
+        let p = predict_with_consent(&app, png.clone(), consent).await;
+        assert_eq!(p["image_kept"], false);
+    }
+    assert_eq!(images.count(), 0, "no consent, no file");
+    assert!(!images.dir().exists() || all_bytes_under(images.dir()).is_empty());
+
+    let first = predict_with_consent(&app, png.clone(), Some("true")).await;
+    assert_eq!(first["image_kept"], true);
+    let second = predict_with_consent(&app, png.clone(), Some("on")).await;
+    assert_eq!(images.count(), 1, "the same photo twice is one file");
+    let (id1, id2) = (first["id"].as_str().expect("id").to_string(), second["id"].as_str().expect("id").to_string());
+    app.state.outbox.flush(&app.state.store).await.expect("flush");
+    let row = app.state.store.get_prediction(&id1).await.expect("get").expect("row");
+    let image_ref = row.image_ref.expect("image_ref stored");
+    let path = images.path(&image_ref).expect("valid ref");
+    assert_eq!(std::fs::read(&path).expect("read"), png, "the file holds the upload, byte for byte");
+    let mid = &png[png.len() / 2..png.len() / 2 + 32];
+    for (name, bytes) in all_bytes_under(&data).iter().filter(|(p, _)| p.contains("catsdogs.db")) {
+        assert!(!bytes.windows(mid.len()).any(|w| w == mid), "image bytes in {name}");
+    }
+
+    // Feedback turns it into a training example with the user's label.
+    let r = client()
+        .post(app.url("/api/feedback"))
+        .header("Authorization", bearer())
+        .json(&json!({"prediction_id": id1, "label": "dog"}))
+        .send()
+        .await
+        .expect("feedback");
+    assert_eq!(r.status(), StatusCode::OK);
+    let examples = app.state.store.labelled_images().await.expect("labelled");
+    assert_eq!(examples.len(), 1);
+    assert_eq!((examples[0].label.as_str(), examples[0].image_ref.as_str()), ("dog", image_ref.as_str()));
+
+    // Erasure: the file stays while the other prediction holds it, then goes.
+    let erase = |id: String| {
+        let url = app.url(&format!("/api/predictions/{id}"));
+        async move {
+            let r = client().delete(url).header("Authorization", bearer()).send().await.expect("erase");
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.expect("json")
+        }
+    };
+    assert_eq!(erase(id1).await["images"], 0);
+    assert!(path.is_file());
+    assert_eq!(erase(id2).await["images"], 1);
+    assert!(!path.exists());
+    assert_eq!(images.count(), 0);
+
+    // The purge removes images whose prediction it deleted (past the grace period).
+    let old = predict_with_consent(&app, image_bytes(ImageFormat::Jpeg), Some("1")).await;
+    app.state.outbox.flush(&app.state.store).await.expect("flush");
+    let old_ref = app.state.store.get_prediction(old["id"].as_str().expect("id")).await.expect("get").expect("row");
+    let old_path = images.path(&old_ref.image_ref.expect("ref")).expect("path");
+    let f = std::fs::File::options().write(true).open(&old_path).expect("open");
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600)).expect("mtime");
+    let holdings = app.state.holdings();
+    let far = Utc::now() + Duration::days(400);
+    let removed = catsdogs_server::retention::purge(holdings, Default::default(), far, "test").await.expect("purge");
+    assert_eq!(removed.images, 1, "{removed:?}");
+    assert!(removed.rows.predictions >= 1);
+    assert!(!old_path.exists());
+    app.stop().await;
 }

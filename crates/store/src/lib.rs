@@ -121,6 +121,19 @@ pub struct PredictionRecord {
     pub latency_ms: f64,
     pub error_code: Option<String>,
     pub file_ref: Option<String>,
+    /// The consented image kept for retraining (`<sha256>.<ext>` in the image folder).
+    #[serde(default)]
+    pub image_ref: Option<String>,
+}
+
+/// A consented image whose label a user gave or confirmed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LabelledImage {
+    pub prediction_id: String,
+    pub created_at: DateTime<Utc>,
+    pub image_ref: String,
+    /// `cat` or `dog`.
+    pub label: String,
 }
 
 /// Rows created before these instants are removed by the retention purge.
@@ -253,6 +266,7 @@ fn prediction_from_row(row: &sqlx::any::AnyRow) -> Result<PredictionRecord, Stor
         latency_ms: row.try_get("latency_ms")?,
         error_code: row.try_get("error_code")?,
         file_ref: row.try_get("file_ref")?,
+        image_ref: row.try_get("image_ref")?,
     })
 }
 
@@ -317,7 +331,8 @@ impl Store {
     pub async fn insert_prediction(&self, r: &PredictionRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO predictions (id, created_at_ms, day, model_version, status, label, p_dog, latency_ms, \
-             error_code, file_ref) VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS DOUBLE PRECISION), $8, $9, $10)",
+             error_code, file_ref, image_ref) VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS DOUBLE PRECISION), $8, $9, \
+             $10, $11)",
         )
         .bind(&r.id)
         .bind(r.created_at.timestamp_millis())
@@ -329,6 +344,7 @@ impl Store {
         .bind(r.latency_ms)
         .bind(r.error_code.clone())
         .bind(r.file_ref.clone())
+        .bind(r.image_ref.clone())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -336,8 +352,8 @@ impl Store {
 
     pub async fn get_prediction(&self, id: &str) -> Result<Option<PredictionRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, created_at_ms, model_version, status, label, p_dog, latency_ms, error_code, file_ref \
-             FROM predictions WHERE id = $1",
+            "SELECT id, created_at_ms, model_version, status, label, p_dog, latency_ms, error_code, file_ref, \
+             image_ref FROM predictions WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -400,7 +416,7 @@ impl Store {
     pub async fn recent_predictions(&self, limit: u32) -> Result<Vec<RecentPrediction>, StoreError> {
         let rows = sqlx::query(
             "SELECT p.id, p.created_at_ms, p.model_version, p.status, p.label, p.p_dog, p.latency_ms, \
-             p.error_code, p.file_ref, \
+             p.error_code, p.file_ref, p.image_ref, \
              CAST(CASE WHEN f.id IS NULL THEN -1 WHEN f.positive THEN 1 ELSE 0 END AS BIGINT) AS verdict \
              FROM predictions p LEFT JOIN feedback f ON f.prediction_id = p.id \
              ORDER BY p.created_at_ms DESC, p.id LIMIT $1",
@@ -498,6 +514,71 @@ impl Store {
             .rows_affected();
         tx.commit().await?;
         Ok(RemovedRows { predictions, feedback, audit: 0 })
+    }
+
+    /// Every image reference still held by a prediction row (what the image folder may keep).
+    pub async fn referenced_images(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT image_ref FROM predictions WHERE image_ref IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>("image_ref")?)).collect()
+    }
+
+    /// Image references of the predictions created before `t` (what a bulk erasure removes).
+    pub async fn image_refs_before(&self, t: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT image_ref FROM predictions WHERE image_ref IS NOT NULL AND created_at_ms < $1",
+        )
+        .bind(t.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>("image_ref")?)).collect()
+    }
+
+    /// Whether any prediction row still references `image_ref` (the same photo uploaded
+    /// twice is stored once).
+    pub async fn image_in_use(&self, image_ref: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM predictions WHERE image_ref = $1")
+            .bind(image_ref)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Consented images with feedback, as training examples, oldest first: the label is
+    /// the one the user named, else the prediction's (confirmed) or its opposite (refuted).
+    pub async fn labelled_images(&self) -> Result<Vec<LabelledImage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.id, p.created_at_ms, p.label, p.image_ref, f.true_label, \
+             CAST(CASE WHEN f.positive THEN 1 ELSE 0 END AS BIGINT) AS positive \
+             FROM predictions p JOIN feedback f ON f.prediction_id = p.id \
+             WHERE p.image_ref IS NOT NULL AND p.status = 'ok' ORDER BY p.created_at_ms, p.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let predicted: Option<String> = row.try_get("label")?;
+            let named: Option<String> = row.try_get("true_label")?;
+            let positive: i64 = row.try_get("positive")?;
+            let label = match (named, predicted.as_deref(), positive == 1) {
+                (Some(l), _, _) => l,
+                (None, Some(p), true) => p.to_string(),
+                (None, Some("cat"), false) => "dog".into(),
+                (None, Some("dog"), false) => "cat".into(),
+                _ => continue,
+            };
+            if label != "cat" && label != "dog" {
+                continue;
+            }
+            out.push(LabelledImage {
+                prediction_id: row.try_get("id")?,
+                created_at: from_ms(row.try_get("created_at_ms")?)?,
+                image_ref: row.try_get("image_ref")?,
+                label,
+            });
+        }
+        Ok(out)
     }
 
     /// The feedback stored about a prediction, if any.

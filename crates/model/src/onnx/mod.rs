@@ -75,6 +75,11 @@ impl GraphBuilder {
         self.graph.input.push(value_info(name, data_type::UINT8, dims));
     }
 
+    /// Declares a float graph input.
+    pub fn input_f32(&mut self, name: &str, dims: &[Dim]) {
+        self.graph.input.push(value_info(name, data_type::FLOAT, dims));
+    }
+
     /// Declares a float graph output.
     pub fn output_f32(&mut self, name: &str, dims: &[Dim]) {
         self.graph.output.push(value_info(name, data_type::FLOAT, dims));

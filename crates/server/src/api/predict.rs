@@ -46,6 +46,8 @@ pub struct PredictResponse {
     /// ImageNet probability mass on cat and dog classes, the score behind `is_cat_or_dog`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cat_or_dog_score: Option<f64>,
+    /// True when the image was kept for retraining (the request's `consent` field).
+    pub image_kept: bool,
 }
 
 /// One file of a batch: a prediction or an error, never both.
@@ -76,6 +78,9 @@ pub struct UploadSchema {
     /// JPEG, PNG, GIF, WebP or BMP; the type is sniffed from the content.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
+    /// `true` to let the service keep the image to improve the model (off by default;
+    /// see docs/privacy.md). Kept images are erased with their prediction.
+    consent: Option<bool>,
 }
 
 /// Multipart form with several images (OpenAPI only).
@@ -85,13 +90,22 @@ pub struct BatchUploadForm {
     /// Repeat the `file` field once per image.
     #[schema(value_type = Vec<String>, format = Binary)]
     file: Vec<Vec<u8>>,
+    /// `true` to let the service keep the images to improve the model (off by default).
+    consent: Option<bool>,
 }
 
 fn pct(p: f64) -> String {
     format!("{:.2}%", p * 100.0)
 }
 
-fn response(id: String, filename: String, p: Prediction, model_version: String, latency_ms: f64) -> PredictResponse {
+fn response(
+    id: String,
+    filename: String,
+    p: Prediction,
+    model_version: String,
+    latency_ms: f64,
+    image_kept: bool,
+) -> PredictResponse {
     let p_dog = f64::from(p.p_dog);
     let p_cat = 1.0 - p_dog;
     let label = p.label();
@@ -108,6 +122,7 @@ fn response(id: String, filename: String, p: Prediction, model_version: String, 
         latency_ms,
         is_cat_or_dog: p.is_cat_or_dog,
         cat_or_dog_score: p.cat_or_dog_score.map(f64::from),
+        image_kept,
     }
 }
 
@@ -145,16 +160,19 @@ pub(crate) struct Upload {
     pub bytes: Result<Vec<u8>, ApiError>,
 }
 
-/// What a multipart form carried: the files, and the page's CSRF token if present.
+/// What a multipart form carried: the files, the page's CSRF token if present, and
+/// whether the uploader consented to the images being kept.
 pub(crate) struct UploadForm {
     pub uploads: Vec<Upload>,
     pub csrf: Option<String>,
+    pub consent: bool,
 }
 
 /// Checks the page form's CSRF token.
 pub(crate) type CsrfCheck<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
 
-/// Reads every `file` (or `files`) field and a `csrf` field; other fields are ignored.
+/// Reads every `file` (or `files`) field, a `csrf` and a `consent` field (`true`, `1`,
+/// `on` or `yes`, anywhere in the form); other fields are ignored.
 /// With `csrf_check`, a valid `csrf` field must come before the first file, so a forged
 /// form is refused before any upload is buffered.
 pub(crate) async fn read_uploads(
@@ -164,7 +182,7 @@ pub(crate) async fn read_uploads(
     csrf_check: Option<CsrfCheck<'_>>,
 ) -> Result<UploadForm, ApiError> {
     let forbidden = || ApiError::new(StatusCode::FORBIDDEN, "csrf_failed", "missing or invalid CSRF token");
-    let mut out = UploadForm { uploads: Vec::new(), csrf: None };
+    let mut out = UploadForm { uploads: Vec::new(), csrf: None, consent: false };
     loop {
         let field = match mp.next_field().await {
             Ok(Some(f)) => f,
@@ -179,6 +197,11 @@ pub(crate) async fn read_uploads(
                     return Err(forbidden());
                 }
                 out.csrf = Some(token);
+                continue;
+            }
+            Some("consent") => {
+                let v = String::from_utf8_lossy(&read_limited(field, 16).await?).trim().to_ascii_lowercase();
+                out.consent = matches!(v.as_str(), "true" | "1" | "on" | "yes");
                 continue;
             }
             _ => continue,
@@ -208,12 +231,29 @@ pub(crate) async fn read_uploads(
     Ok(out)
 }
 
+/// Keeps a consented image; a failure is logged, never fails the prediction.
+pub(crate) async fn keep_image(state: &AppState, bytes: Vec<u8>) -> Option<String> {
+    let images = state.images.clone();
+    match tokio::task::spawn_blocking(move || images.save(&bytes)).await {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot keep the consented image");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "image writer crashed");
+            None
+        }
+    }
+}
+
 pub(crate) async fn record(
     state: &AppState,
     id: &str,
     filename: &str,
     outcome: Result<Prediction, &ApiError>,
     latency_ms: f64,
+    image_ref: Option<String>,
 ) {
     let (status, label, p_dog, error_code) = match outcome {
         Ok(p) => (PredictionStatus::Ok, Some(p.label().to_string()), Some(f64::from(p.p_dog)), None),
@@ -229,6 +269,7 @@ pub(crate) async fn record(
         latency_ms,
         error_code,
         file_ref: state.pseudonymise((!filename.is_empty()).then_some(filename)),
+        image_ref,
     };
     state.record_prediction(rec).await;
 }
@@ -262,17 +303,23 @@ pub async fn predict(
     let bytes = match upload.bytes {
         Ok(b) => b,
         Err(e) => {
-            record(&state, &id, &upload.filename, Err(&e), 0.0).await;
+            record(&state, &id, &upload.filename, Err(&e), 0.0, None).await;
             return Err(e);
         }
     };
+    let kept = form.consent.then(|| bytes.clone());
     match state.classify(bytes).await {
         Ok((p, ms)) => {
-            record(&state, &id, &upload.filename, Ok(p), ms).await;
-            Ok(Json(response(id, upload.filename, p, state.model_version(), ms)))
+            let image_ref = match kept {
+                Some(b) => keep_image(&state, b).await,
+                None => None,
+            };
+            let image_kept = image_ref.is_some();
+            record(&state, &id, &upload.filename, Ok(p), ms, image_ref).await;
+            Ok(Json(response(id, upload.filename, p, state.model_version(), ms, image_kept)))
         }
         Err((e, ms)) => {
-            record(&state, &id, &upload.filename, Err(&e), ms).await;
+            record(&state, &id, &upload.filename, Err(&e), ms, None).await;
             Err(e)
         }
     }
@@ -303,23 +350,30 @@ pub async fn predict_batch(
     if form.uploads.is_empty() {
         return Err(ApiError::bad_request("missing_file", "the form has no `file` field"));
     }
-    let (items, ms) = classify_uploads(&state, form.uploads).await?;
+    let (items, ms) = classify_uploads(&state, form.uploads, form.consent).await?;
     let failed = items.iter().filter(|i| i.error.is_some()).count();
     Ok(Json(BatchResponse { succeeded: items.len() - failed, results: items, failed, latency_ms: ms }))
 }
 
 /// Classifies the readable files together and records one prediction row per file, each
-/// keeping its upload slot; used by the batch route and the page's plain form.
+/// keeping its upload slot (and, with `consent`, its image); used by the batch route and
+/// the page's plain form.
 pub(crate) async fn classify_uploads(
     state: &AppState,
     uploads: Vec<Upload>,
+    consent: bool,
 ) -> Result<(Vec<BatchItem>, f64), ApiError> {
     let mut files = Vec::new();
+    let mut kept: Vec<Option<Vec<u8>>> = Vec::with_capacity(uploads.len());
     let mut slots = Vec::new();
     let mut results: Vec<Option<Result<Prediction, ApiError>>> = Vec::with_capacity(uploads.len());
     let mut names = Vec::with_capacity(uploads.len());
     for (i, u) in uploads.into_iter().enumerate() {
         names.push(u.filename);
+        kept.push(match &u.bytes {
+            Ok(b) if consent => Some(b.clone()),
+            _ => None,
+        });
         match u.bytes {
             Ok(b) => {
                 files.push(b);
@@ -334,17 +388,22 @@ pub(crate) async fn classify_uploads(
         results[slot] = Some(r);
     }
     let mut items = Vec::with_capacity(results.len());
-    for (name, r) in names.into_iter().zip(results) {
+    for ((name, r), bytes) in names.into_iter().zip(results).zip(kept) {
         let id = uuid::Uuid::new_v4().to_string();
         let r = r.unwrap_or_else(|| Err(ApiError::internal("file was not classified")));
         match r {
             Ok(p) => {
-                record(state, &id, &name, Ok(p), ms).await;
-                let res = response(id, name.clone(), p, state.model_version(), ms);
+                let image_ref = match bytes {
+                    Some(b) => keep_image(state, b).await,
+                    None => None,
+                };
+                let image_kept = image_ref.is_some();
+                record(state, &id, &name, Ok(p), ms, image_ref).await;
+                let res = response(id, name.clone(), p, state.model_version(), ms, image_kept);
                 items.push(BatchItem { filename: name, result: Some(res), error: None, status: 200 });
             }
             Err(e) => {
-                record(state, &id, &name, Err(&e), ms).await;
+                record(state, &id, &name, Err(&e), ms, None).await;
                 items.push(BatchItem {
                     filename: name,
                     result: None,

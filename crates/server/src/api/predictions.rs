@@ -31,6 +31,8 @@ pub struct ErasureReport {
     pub predictions: u64,
     pub feedback: u64,
     pub inference_log_lines: u64,
+    /// Consented image files deleted (0 or 1).
+    pub images: u64,
 }
 
 fn parse_id(id: &str) -> Result<String, ApiError> {
@@ -106,17 +108,18 @@ pub async fn erase(
     Path(id): Path<String>,
 ) -> Result<Json<ErasureReport>, ApiError> {
     let id = parse_id(&id)?;
-    state.outbox.remove(&id);
+    let queued_image = state.outbox.remove(&id).and_then(|r| r.image_ref);
     state.inference_log.flush().await;
     let now = (state.cfg.clock)();
-    let removed = retention::erase_id(&state.store, state.inference_log.files(), &id, now, &caller.fingerprint)
-        .await
-        .map_err(|e| match e {
-        RetentionError::Store(e) => ApiError::from(e),
-        RetentionError::Log(e) => ApiError::internal(format!("cannot rewrite the inference log: {e}")),
-    })?;
-    let (removed, lines) = (removed.rows, removed.inference_log_lines);
-    if removed.predictions == 0 && lines == 0 {
+    let removed = retention::erase_id(state.holdings(), &id, queued_image, now, &caller.fingerprint).await.map_err(
+        |e| match e {
+            RetentionError::Store(e) => ApiError::from(e),
+            RetentionError::Log(e) => ApiError::internal(format!("cannot rewrite the inference log: {e}")),
+        },
+    )?;
+    let (images, lines) = (removed.images, removed.inference_log_lines);
+    let removed = removed.rows;
+    if removed.predictions == 0 && lines == 0 && images == 0 {
         return Err(ApiError::not_found("unknown_prediction", "no prediction has this id"));
     }
     tracing::info!(actor = %caller.fingerprint, prediction = %id, "prediction erased");
@@ -125,5 +128,6 @@ pub async fn erase(
         predictions: removed.predictions,
         feedback: removed.feedback,
         inference_log_lines: lines,
+        images,
     }))
 }

@@ -473,11 +473,11 @@ pub async fn infer(
         let id = uuid::Uuid::new_v4().to_string();
         match r {
             Ok(p) => {
-                record(&state, &id, "", Ok(p), ms).await;
+                record(&state, &id, "", Ok(p), ms, None).await;
                 preds.push(p);
             }
             Err(e) => {
-                record(&state, &id, "", Err(&e), ms).await;
+                record(&state, &id, "", Err(&e), ms, None).await;
                 first_error.get_or_insert(e);
             }
         }
