@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 mod commands;
 mod db;
+mod models;
 mod serve;
 
 #[derive(Parser)]
@@ -36,6 +37,8 @@ enum Command {
     Db(db::DbArgs),
     /// Training data gathered by the service (consented images with feedback).
     Data(db::DataArgs),
+    /// The model registry: list, add, promote, roll back.
+    Models(models::ModelsArgs),
     /// Exit 0 when the service answers its readiness route with 200 (container health checks).
     Healthcheck(serve::HealthcheckArgs),
 }
@@ -70,6 +73,7 @@ fn main() -> Result<ExitCode> {
         Command::Serve(a) => serve::serve(a).map(|_| ExitCode::SUCCESS),
         Command::Db(a) => db::db(a).map(|_| ExitCode::SUCCESS),
         Command::Data(a) => db::data(a).map(|_| ExitCode::SUCCESS),
+        Command::Models(a) => models::models(a).map(|_| ExitCode::SUCCESS),
         Command::Healthcheck(a) => {
             serve::healthcheck(a).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

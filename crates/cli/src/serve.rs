@@ -159,6 +159,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
                 path.display()
             ),
         }
+        catsdogs_server::reload_on_sighup(app.state.clone());
         let addr = listener.local_addr().unwrap_or(cfg.addr);
         eprintln!("catsdogs listening on http://{addr}  (page: /  API docs: /docs/)");
         catsdogs_server::run(app, listener, catsdogs_server::shutdown_signal()).await.context("server failed")

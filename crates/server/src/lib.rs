@@ -26,7 +26,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
-use catsdogs_core::LoadedModel;
 use catsdogs_store::{Store, StoreOptions, redact_url};
 use sha2::Digest;
 use tokio::net::TcpListener;
@@ -82,17 +81,7 @@ pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> 
     let (key, _, _) = auth::load_or_create_secret(&secrets, "session-key")?;
     let session_key: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
 
-    let (model_dir, backend, threads, tta_flip) =
-        (cfg.model_dir.clone(), cfg.backend, cfg.inference_threads, cfg.tta_flip);
-    let model = tokio::task::spawn_blocking(move || {
-        LoadedModel::load(&model_dir, backend, threads).map(|mut m| {
-            m.tta_flip = tta_flip;
-            m
-        })
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r.map_err(|e| e.to_string()));
+    let model = state::load_model(&cfg).await;
     let _ = telemetry::prometheus();
     match &model {
         Ok(m) => {
@@ -139,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/metrics/7d", get(api::metrics::last_7_days))
         .route("/api/info", get(api::health::info))
         .route("/api/predictions/{id}", get(api::predictions::export).delete(api::predictions::erase))
+        .route("/api/admin/model/reload", post(api::admin::reload_model))
         .route("/metrics", get(telemetry::metrics_endpoint))
         .route_layer(from_fn_with_state(state.clone(), auth::require_token));
     // The inference protocol's routes answer errors in its own shape (`{"error": "..."}`).
@@ -341,6 +331,20 @@ async fn audit_token_changes(state: &AppState) {
         // Checked again at the next start.
         Err(e) => tracing::warn!(error = %e, "token set not audited: database unavailable"),
     }
+}
+
+/// Reloads the model on every SIGHUP (`kill -HUP`, e.g. after `catsdogs models promote`).
+pub fn reload_on_sighup(state: AppState) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload through POST /api/admin/model/reload");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            // Failures are logged by the reload; the current model stays.
+            let _ = state.reload_model("signal:SIGHUP").await;
+        }
+    });
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

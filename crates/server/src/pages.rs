@@ -148,7 +148,7 @@ fn csrf_failure(state: &AppState, session: &Session) -> Response {
 async fn home(State(state): State<AppState>, Extension(session): Extension<Session>) -> Response {
     let cfg = &state.cfg;
     let ctx = context! {
-        model_loaded => state.model.is_some(),
+        model_loaded => state.loaded_model().is_some(),
         max_upload_bytes => cfg.max_upload_bytes,
         max_upload_mib => format!("{:.0}", cfg.max_upload_bytes as f64 / 1048576.0),
         max_files => cfg.max_batch_files,
@@ -480,11 +480,11 @@ fn with_cookie(mut resp: Response, cookie: &str) -> Response {
 }
 
 async fn info(State(state): State<AppState>, Extension(session): Extension<Session>) -> Response {
-    let card = state.model.as_ref().map(|m| Value::from_serialize(&m.card));
+    let card = state.loaded_model().map(|m| Value::from_serialize(&m.card));
     // The load error may name server paths: operators see it, visitors a generic message.
     let model_error = match session.operator() {
-        Some(_) => state.model_error.clone(),
-        None => state.model_error.as_ref().map(|_| "the model could not be loaded".to_string()),
+        Some(_) => state.model_error(),
+        None => state.model_error().map(|_| "the model could not be loaded".to_string()),
     };
     let ctx = context! { card, model_error };
     render(&state, &session, StatusCode::OK, "info.html", "info", ctx)

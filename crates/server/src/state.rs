@@ -32,12 +32,45 @@ pub type AppState = Arc<Shared>;
 /// Most prediction rows kept in memory while the database is down.
 pub const OUTBOX_CAPACITY: usize = 100_000;
 
+/// The model being served and the batcher that runs it, swapped together by a reload: a
+/// request holds its `Arc<Serving>` from decode to answer, so it finishes on the model it
+/// started with, and the old batcher drains its queue when the last such request is done.
+pub struct Serving {
+    pub model: Arc<LoadedModel>,
+    batcher: Batcher<image::RgbImage, Prediction>,
+}
+
+impl Serving {
+    fn new(model: LoadedModel, cfg: &ServerConfig) -> Arc<Self> {
+        let model = Arc::new(model);
+        Arc::new(Self { batcher: Batcher::new(cfg.batching, forward_pass(model.clone())), model })
+    }
+}
+
+/// Loads the model directory the configuration names (with its backend, threads and
+/// test-time flip), on the blocking pool.
+pub async fn load_model(cfg: &ServerConfig) -> Result<LoadedModel, String> {
+    let (model_dir, backend, threads, tta_flip) =
+        (cfg.model_dir.clone(), cfg.backend, cfg.inference_threads, cfg.tta_flip);
+    tokio::task::spawn_blocking(move || {
+        LoadedModel::load(&model_dir, backend, threads).map(|mut m| {
+            m.tta_flip = tta_flip;
+            m
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()))
+}
+
 /// Everything handlers share.
 pub struct Shared {
     pub cfg: ServerConfig,
-    pub model: Option<Arc<LoadedModel>>,
+    serving: std::sync::RwLock<Option<Arc<Serving>>>,
     /// Why the model is not loaded, for readiness and 503 messages.
-    pub model_error: Option<String>,
+    model_error: Mutex<Option<String>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
     pub store: Store,
     pub tokens: Tokens,
     pub outbox: Outbox,
@@ -46,8 +79,6 @@ pub struct Shared {
     pub store_error: Mutex<Option<String>>,
     /// Bounds how many requests decode and resize at once (the CPU work outside the model).
     pub inference_slots: Arc<Semaphore>,
-    /// Groups preprocessed images from concurrent requests into forward passes.
-    pub batcher: Option<Batcher<image::RgbImage, Prediction>>,
     pseudonym_key: [u8; 32],
     /// Signs the web page's session cookies and CSRF tokens.
     pub sessions: SessionKeys,
@@ -176,26 +207,25 @@ impl Shared {
         pseudonym_key: [u8; 32],
         session_key: [u8; 32],
     ) -> Self {
-        let (model, model_error) = match model {
-            Ok(m) => (Some(Arc::new(m)), None),
+        let (serving, model_error) = match model {
+            Ok(m) => (Some(Serving::new(m, &cfg)), None),
             Err(e) => (None, Some(e)),
         };
-        let batcher = model.clone().map(|m| Batcher::new(cfg.batching, forward_pass(m)));
         let slots = cfg.max_concurrent_inferences.max(1);
         let cfg_secure = cfg.secure_cookies;
         let log_dir = cfg.inference_log_dir.clone();
         let images = ImageStore::new(&cfg.data_dir);
         Self {
             cfg,
-            model,
-            model_error,
+            serving: std::sync::RwLock::new(serving),
+            model_error: Mutex::new(model_error),
+            reloading: tokio::sync::Mutex::new(()),
             store,
             tokens,
             outbox: Outbox::default(),
             migrated: AtomicBool::new(false),
             store_error: Mutex::new(None),
             inference_slots: Arc::new(Semaphore::new(slots)),
-            batcher,
             pseudonym_key,
             sessions: SessionKeys::new(session_key, cfg_secure),
             inference_log: InferenceLog::start(log_dir),
@@ -210,18 +240,56 @@ impl Shared {
         self.cfg.data_dir.join("pending-predictions.jsonl")
     }
 
-    /// The loaded model, or 503 saying why there is none.
-    pub fn model(&self) -> Result<Arc<LoadedModel>, ApiError> {
-        self.model.clone().ok_or_else(|| {
+    fn serving(&self) -> Result<Arc<Serving>, ApiError> {
+        self.serving.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone().ok_or_else(|| {
             ApiError::unavailable(
                 "model_unavailable",
-                format!("no model loaded: {}", self.model_error.as_deref().unwrap_or("unknown reason")),
+                format!("no model loaded: {}", self.model_error().as_deref().unwrap_or("unknown reason")),
             )
         })
     }
 
+    /// The model served now, or 503 saying why there is none.
+    pub fn model(&self) -> Result<Arc<LoadedModel>, ApiError> {
+        self.serving().map(|s| s.model.clone())
+    }
+
+    /// The model served now, if any.
+    pub fn loaded_model(&self) -> Option<Arc<LoadedModel>> {
+        self.serving().ok().map(|s| s.model.clone())
+    }
+
+    /// Why no model is loaded (or why the last reload failed).
+    pub fn model_error(&self) -> Option<String> {
+        self.model_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     pub fn model_version(&self) -> String {
-        self.model.as_ref().map(|m| m.card.version.clone()).unwrap_or_else(|| "none".into())
+        self.loaded_model().map(|m| m.card.version.clone()).unwrap_or_else(|| "none".into())
+    }
+
+    /// Loads the configured model directory again (after `catsdogs models promote` or a
+    /// rollback moved it) and swaps it in without dropping requests: requests already
+    /// decoding or queued finish on the old model. On failure the old model stays.
+    /// Returns the (previous, new) versions; audited under `actor`.
+    pub async fn reload_model(&self, actor: &str) -> Result<(String, String), ApiError> {
+        let _one = self.reloading.lock().await;
+        let previous = self.model_version();
+        let model = load_model(&self.cfg).await.map_err(|e| {
+            tracing::error!(error = %e, dir = %self.cfg.model_dir.display(), "model reload failed; the current model stays");
+            ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "model_reload_failed", e)
+        })?;
+        let version = model.card.version.clone();
+        crate::telemetry::record_model_info(&version, &model.card.architecture);
+        let fresh = Serving::new(model, &self.cfg);
+        *self.serving.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fresh);
+        *self.model_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        let detail = format!("{previous} -> {version} from {}", self.cfg.model_dir.display());
+        if let Err(e) = self.store.audit((self.cfg.clock)(), actor, "model_reload", &detail).await {
+            tracing::warn!(error = %e, "model reload not audited: database unavailable");
+        }
+        tracing::info!(actor, %detail, "model reloaded");
+        Ok((previous, version))
     }
 
     /// A stable pseudonym for an uploaded file name: HMAC-SHA256 under the secret
@@ -269,8 +337,8 @@ impl Shared {
         &self,
         files: Vec<ImageInput>,
     ) -> Result<(Vec<Result<Prediction, ApiError>>, f64), ApiError> {
-        let model = self.model()?;
-        let batcher = self.batcher.as_ref().ok_or_else(|| ApiError::internal("no inference workers"))?;
+        let serving = self.serving()?;
+        let (model, batcher) = (serving.model.clone(), &serving.batcher);
         let queued = Instant::now();
         // Workers wait briefly for these images while they are decoded, to batch them
         // with others; the announcement ends once they are submitted.

@@ -51,10 +51,15 @@ impl Server {
 /// prints its address. `db_url` is `DATABASE_URL` (the default SQLite file in `data`
 /// when `None`).
 pub fn start(db_url: Option<&str>, data: &Path, secrets: &Path) -> Server {
+    start_model(db_url, data, secrets, &repo().join("models/seed-cnn"))
+}
+
+/// As `start`, serving the model directory `model`.
+pub fn start_model(db_url: Option<&str>, data: &Path, secrets: &Path, model: &Path) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_catsdogs"));
     cmd.current_dir(repo())
         .args(["serve", "--addr", "127.0.0.1:0", "--threads", "1", "--model"])
-        .arg(repo().join("models/seed-cnn"))
+        .arg(model)
         .arg("--data-dir")
         .arg(data)
         .arg("--secrets-dir")

@@ -80,11 +80,12 @@ pub async fn api_health(State(state): State<AppState>) -> (StatusCode, Json<Heal
         state.maintain_store().await;
     }
     let migrated = state.migrated.load(Ordering::Acquire);
+    let loaded = state.loaded_model();
     let model = ModelHealth {
-        loaded: state.model.is_some(),
-        version: state.model.as_ref().map(|m| m.card.version.clone()),
-        backend: state.model.as_ref().map(|m| m.backend_kind().to_string()),
-        error: state.model_error.clone(),
+        loaded: loaded.is_some(),
+        version: loaded.as_ref().map(|m| m.card.version.clone()),
+        backend: loaded.as_ref().map(|m| m.backend_kind().to_string()),
+        error: state.model_error(),
     };
     let store = StoreHealth {
         kind: format!("{:?}", state.store.kind()).to_lowercase(),
@@ -111,7 +112,7 @@ pub async fn api_health(State(state): State<AppState>) -> (StatusCode, Json<Heal
 #[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, body = SeedHealth)))]
 pub async fn seed_health(State(state): State<AppState>) -> Json<SeedHealth> {
     let (reachable, _) = store_reachable(&state).await;
-    let loaded = state.model.is_some();
+    let loaded = state.loaded_model().is_some();
     Json(SeedHealth {
         status: if loaded && reachable { "healthy" } else { "degraded" }.into(),
         model_loaded: loaded,
@@ -148,7 +149,8 @@ pub struct InfoResponse {
     security(("bearer" = []))
 )]
 pub async fn info(State(state): State<AppState>) -> Result<Json<InfoResponse>, ApiError> {
-    let m = state.model.as_ref();
+    let loaded = state.loaded_model();
+    let m = loaded.as_ref();
     let dir_name = state.cfg.model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(Json(InfoResponse {
         model_loaded: m.is_some(),

@@ -1,4 +1,5 @@
 //! JSON routes and their OpenAPI description.
+pub mod admin;
 pub mod feedback;
 pub mod health;
 pub mod metrics;
@@ -28,6 +29,7 @@ use utoipa::{Modify, OpenApi};
         health::info,
         predictions::export,
         predictions::erase,
+        admin::reload_model,
         v2::live,
         v2::ready,
         v2::server_metadata,
@@ -49,6 +51,7 @@ use utoipa::{Modify, OpenApi};
         (name = "health", description = "Liveness, readiness, model information"),
         (name = "inference protocol", description = "Open Inference Protocol (KServe v2) REST: model `catsdogs`"),
         (name = "privacy", description = "Export and erasure of what is held about a prediction (operators)"),
+        (name = "admin", description = "Operator actions on the running service"),
     )
 )]
 pub struct ApiDoc;

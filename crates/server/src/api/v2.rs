@@ -176,7 +176,7 @@ pub async fn live() -> Json<HealthStatus> {
     responses((status = 200, description = "Ready", body = HealthStatus),
               (status = 503, description = "No model loaded", body = HealthStatus)))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthStatus>) {
-    let ok = state.model.is_some();
+    let ok = state.loaded_model().is_some();
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(HealthStatus { live: None, ready: Some(ok), name: None }))
 }
@@ -233,7 +233,7 @@ pub async fn model_ready(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<HealthStatus>), ApiError> {
     check_model(&name)?;
-    let ok = state.model.is_some();
+    let ok = state.loaded_model().is_some();
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Ok((status, Json(HealthStatus { live: None, ready: Some(ok), name: Some(MODEL_NAME.into()) })))
 }

@@ -1,0 +1,120 @@
+//! Hot reload: the model directory changes under a running server (a promotion moves the
+//! `current` link) and `POST /api/admin/model/reload` swaps it in under load with no
+//! failed request; requests that start after the reload answer with the new version; a
+//! directory without a loadable model is refused and the old model keeps serving.
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use image::ImageFormat;
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::{TOKEN, TestApp, client, file_form, image_bytes, model_dir};
+
+/// A copy of the seed CNN whose card says `version`.
+fn model_copy(dir: &Path, version: &str) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    for f in ["model.json", "model.onnx", "model.safetensors"] {
+        std::fs::copy(model_dir().join(f), dir.join(f)).expect("copy");
+    }
+    let card = dir.join("model.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&card).expect("card")).expect("json");
+    v["version"] = Value::from(version);
+    std::fs::write(&card, serde_json::to_string_pretty(&v).expect("json")).expect("write card");
+}
+
+/// Points the `current` link at `target` atomically (new link, then rename over).
+fn point(current: &Path, target: &Path) {
+    let tmp = current.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).expect("symlink");
+    std::fs::rename(&tmp, current).expect("rename");
+}
+
+async fn predict(c: &reqwest::Client, base: &str) -> Result<String, String> {
+    let r = c
+        .post(format!("{base}/api/predict"))
+        .bearer_auth(TOKEN)
+        .multipart(file_form("x.png", image_bytes(ImageFormat::Png), "image/png"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status() != StatusCode::OK {
+        return Err(format!("status {}", r.status()));
+    }
+    let v: Value = r.json().await.map_err(|e| e.to_string())?;
+    Ok(v["model_version"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_the_model_under_load_without_failures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (v1, v2, broken) = (dir.path().join("v1"), dir.path().join("v2"), dir.path().join("broken"));
+    model_copy(&v1, "reload-test-1");
+    model_copy(&v2, "reload-test-2");
+    std::fs::create_dir_all(&broken).expect("mkdir");
+    let current = dir.path().join("current");
+    point(&current, &v1);
+    let data = dir.path().join("data");
+    let db = format!("sqlite://{}?mode=rwc", data.join("catsdogs.db").display());
+    let cur = current.clone();
+    let app = TestApp::spawn_with(&db, data, None, move |cfg| cfg.model_dir = cur).await;
+    let c = client();
+    assert_eq!(predict(&c, &app.base).await.as_deref(), Ok("reload-test-1"));
+
+    // Load: 4 clients predicting in a loop, recording (start order, version or error).
+    let stop = Arc::new(AtomicBool::new(false));
+    let reloaded = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (c, base, stop, reloaded) = (c.clone(), app.base.clone(), stop.clone(), reloaded.clone());
+        workers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let after_reload = reloaded.load(Ordering::SeqCst);
+                seen.push((after_reload, predict(&c, &base).await));
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    point(&current, &v2);
+    let r = c.post(app.url("/api/admin/model/reload")).bearer_auth(TOKEN).send().await.expect("reload");
+    assert_eq!(r.status(), StatusCode::OK);
+    let report: Value = r.json().await.expect("json");
+    reloaded.store(true, Ordering::SeqCst);
+    assert_eq!(
+        (report["previous_version"].as_str(), report["model_version"].as_str()),
+        (Some("reload-test-1"), Some("reload-test-2"))
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.expect("worker"));
+    }
+    let failures: Vec<_> = all.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(failures.is_empty(), "failed requests during the reload: {failures:?}");
+    let after: Vec<_> = all.iter().filter(|(a, _)| *a).collect();
+    assert!(!after.is_empty(), "no request after the reload");
+    assert!(after.iter().all(|(_, r)| r.as_deref() == Ok("reload-test-2")), "old version after the reload");
+    assert!(all.iter().any(|(a, r)| !a && r.as_deref() == Ok("reload-test-1")), "no request before the reload");
+
+    // A directory without a model is refused; the current model keeps serving.
+    point(&current, &broken);
+    let r = c.post(app.url("/api/admin/model/reload")).bearer_auth(TOKEN).send().await.expect("reload");
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(predict(&c, &app.base).await.as_deref(), Ok("reload-test-2"));
+    let audit = app.state.store.audit_entries(50).await.expect("audit");
+    assert!(
+        audit.iter().any(|a| a.action == "model_reload"
+            && a.detail.as_deref().is_some_and(|d| d.starts_with("reload-test-1 -> reload-test-2"))),
+        "{audit:?}"
+    );
+    // Without a token: refused.
+    let r = c.post(app.url("/api/admin/model/reload")).send().await.expect("reload");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}
