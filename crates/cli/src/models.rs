@@ -11,6 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use catsdogs_core::{BackendKind, LoadedModel};
 use catsdogs_model::card::ModelCard;
 use chrono::Utc;
 use clap::{Args, Subcommand};
@@ -34,8 +35,23 @@ pub enum ModelsCommand {
         /// Model directory (holding model.json).
         from: PathBuf,
     },
-    /// Serve VERSION from now on (then reload the server).
-    Promote { version: String },
+    /// Serve VERSION from now on (then reload the server). With --gate-data, only if it
+    /// passes the evaluation gate against the version served now.
+    Promote {
+        version: String,
+        /// Evaluation gate: labelled folder (cat/, dog/) of the fixed evaluation set.
+        #[arg(long)]
+        gate_data: Option<PathBuf>,
+        /// Gate on the current model's validation split of --gate-data (from its card).
+        #[arg(long)]
+        val_split: bool,
+        /// Gate: feedback examples (`catsdogs data export`) the candidate must do better on.
+        #[arg(long)]
+        feedback_data: Option<PathBuf>,
+        /// Gate: largest accuracy drop on the fixed set still accepted (0.005 = half a point).
+        #[arg(long, default_value_t = 0.005)]
+        tolerance: f64,
+    },
     /// Serve the version that was served before the last promotion.
     Rollback,
 }
@@ -48,6 +64,9 @@ struct Promotion {
     previous: Option<String>,
     actor: String,
     rollback: bool,
+    /// Whether an evaluation gate ran and passed (absent: no gate was asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gate_passed: Option<bool>,
 }
 
 fn actor() -> String {
@@ -101,10 +120,14 @@ fn promotions(registry: &Path) -> Result<Vec<Promotion>> {
         .collect()
 }
 
+/// Copies a model directory, leaving out training checkpoints (optimiser state).
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from)? {
         let e = e?;
+        if e.file_name() == "checkpoint" {
+            continue;
+        }
         let dst = to.join(e.file_name());
         if e.file_type()?.is_dir() {
             copy_dir(&e.path(), &dst)?;
@@ -113,6 +136,34 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs the evaluation gate of `version` against `now`, writes `REGISTRY/<version>/gate.json`
+/// and fails when the candidate does not pass.
+fn gate(
+    reg: &Path,
+    version: &str,
+    now: &str,
+    data: &Path,
+    val_split: bool,
+    feedback: Option<&Path>,
+    tolerance: f64,
+) -> Result<bool> {
+    let load = |v: &str| {
+        LoadedModel::load(&reg.join(v), BackendKind::Onnxruntime, 2).with_context(|| format!("cannot load {v}"))
+    };
+    let (candidate, current) = (load(version)?, load(now)?);
+    let report = catsdogs_core::gate::run(&candidate, &current, data, val_split, feedback, tolerance)?;
+    let path = reg.join(version).join("gate.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    for r in &report.reasons {
+        eprintln!("gate: {r}");
+    }
+    if !report.passed {
+        bail!("{version} did not pass the evaluation gate against {now} (report: {})", path.display());
+    }
+    Ok(true)
 }
 
 pub fn models(a: ModelsArgs) -> Result<()> {
@@ -147,13 +198,36 @@ pub fn models(a: ModelsArgs) -> Result<()> {
                 bail!("version {} is already in the registry; give the new model another version", card.version);
             }
             copy_dir(&from, &dst)?;
+            if card.onnx.is_none() {
+                // Served by ONNX Runtime: a model fresh from `catsdogs train` gets its graph now.
+                let graph = catsdogs_core::export_onnx(&dst, None)
+                    .with_context(|| format!("cannot write the ONNX graph of {}", card.version))?;
+                eprintln!("wrote {}", graph.display());
+            }
             println!("added {} as {}", from.display(), dst.display());
         }
-        ModelsCommand::Promote { version } => {
+        ModelsCommand::Promote { version, gate_data, val_split, feedback_data, tolerance } => {
             check_version(&version)?;
             let previous = current(reg);
+            let gate_passed = match (&gate_data, &previous) {
+                (Some(data), Some(now)) => {
+                    Some(gate(reg, &version, now, data, val_split, feedback_data.as_deref(), tolerance)?)
+                }
+                (Some(_), None) => {
+                    eprintln!("nothing is served yet: no gate to pass");
+                    None
+                }
+                (None, _) => None,
+            };
             point_current(reg, &version)?;
-            let p = Promotion { at: Utc::now().to_rfc3339(), version, previous, actor: actor(), rollback: false };
+            let p = Promotion {
+                at: Utc::now().to_rfc3339(),
+                version,
+                previous,
+                actor: actor(),
+                rollback: false,
+                gate_passed,
+            };
             record(reg, &p)?;
             println!("{}", serde_json::to_string(&p)?);
             eprintln!("now reload the server: kill -HUP <pid> or POST /api/admin/model/reload");
@@ -168,6 +242,7 @@ pub fn models(a: ModelsArgs) -> Result<()> {
                 previous: Some(last.version),
                 actor: actor(),
                 rollback: true,
+                gate_passed: None,
             };
             record(reg, &p)?;
             println!("{}", serde_json::to_string(&p)?);

@@ -85,3 +85,63 @@ async fn promote_reload_and_roll_back() {
     let log = std::fs::read_to_string(registry.join("promotions.jsonl")).expect("promotions");
     assert_eq!(log.lines().count(), 3, "two promotions and a rollback: {log}");
 }
+
+/// The evaluation gate on real photos: a model trained for a moment on a handful of photos
+/// is refused against the shipped seed CNN; a copy of the shipped model passes (not worse).
+#[test]
+fn the_gate_refuses_a_worse_candidate() {
+    let photos = std::env::var_os("CATSDOGS_DATA_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/data/train"));
+    if !photos.join("cat").is_dir() {
+        eprintln!("SKIPPED: the gate test needs photos at {}", photos.display());
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = dir.path().join("registry");
+    let add = |from: &Path| catsdogs(&registry, &["add", from.to_str().expect("utf-8")]);
+    assert!(add(&version_dir(dir.path(), "seed-shipped")).status.success());
+    assert!(add(&version_dir(dir.path(), "seed-same")).status.success());
+    assert!(catsdogs(&registry, &["promote", "seed-shipped"]).status.success());
+    // A barely trained candidate: one short epoch on 24 photos of each class.
+    let weak = dir.path().join("weak");
+    let out = Command::new(env!("CARGO_BIN_EXE_catsdogs"))
+        .args(["train", "--data"])
+        .arg(&photos)
+        .arg("--out")
+        .arg(&weak)
+        .args(["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--max-per-class", "24"])
+        .args(["--version", "seed-weak", "--quiet"])
+        .output()
+        .expect("train");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(add(&weak).status.success());
+
+    // The fixed set: 80 photos of each class (a folder of links).
+    let fixed = dir.path().join("fixed");
+    for class in ["cat", "dog"] {
+        std::fs::create_dir_all(fixed.join(class)).expect("mkdir");
+        let mut names: Vec<_> =
+            std::fs::read_dir(photos.join(class)).expect("list").flatten().map(|e| e.path()).collect();
+        names.sort();
+        for src in names.iter().rev().take(80) {
+            std::os::unix::fs::symlink(src, fixed.join(class).join(src.file_name().expect("name"))).expect("link");
+        }
+    }
+    let gate = |v: &str| catsdogs(&registry, &["promote", v, "--gate-data", fixed.to_str().expect("utf-8")]);
+    let refused = gate("seed-weak");
+    assert!(!refused.status.success(), "the weak model passed the gate");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("did not pass the evaluation gate"));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(registry.join("seed-weak/gate.json")).expect("gate report"))
+            .expect("json");
+    assert_eq!(report["passed"], false);
+    assert_eq!(report["fixed"]["candidate"]["count"], 160);
+    assert_eq!(
+        std::fs::read_link(registry.join("current")).expect("link").to_str(),
+        Some("seed-shipped"),
+        "nothing changed"
+    );
+    let same = gate("seed-same");
+    assert!(same.status.success(), "{}", String::from_utf8_lossy(&same.stderr));
+}

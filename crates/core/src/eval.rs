@@ -92,6 +92,11 @@ pub fn evaluate(
     batch: usize,
 ) -> Result<EvalReport, EvalError> {
     let samples = select_samples(model, data_dir, val_split, max_per_class)?;
+    evaluate_samples(model, samples, batch)
+}
+
+/// Classifies and scores given samples (several models on the very same set).
+pub fn evaluate_samples(model: &LoadedModel, samples: Vec<Sample>, batch: usize) -> Result<EvalReport, EvalError> {
     let prepared: Vec<(Sample, Result<RgbImage, String>)> = samples
         .into_par_iter()
         .map(|s| {

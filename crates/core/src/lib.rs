@@ -7,13 +7,14 @@ mod backend_ort;
 pub mod batcher;
 mod eval;
 mod export;
+pub mod gate;
 pub mod head_tuning;
 mod model;
 pub mod transfer;
 
 pub use backend_candle::CandleBackend;
 pub use backend_ort::{OrtBackend, find_onnxruntime_library, ort_session};
-pub use eval::{EvalError, EvalReport, evaluate, select_samples};
+pub use eval::{EvalError, EvalReport, evaluate, evaluate_samples, select_samples};
 pub use export::{ExportError, export_onnx};
 pub use model::{LoadedModel, Prediction};
 
