@@ -57,6 +57,9 @@ struct Args {
     /// The EfficientNet-Lite0 checkpoint the PyTorch reference loads.
     #[arg(long, default_value = ".cache/efficientnet/efficientnet-lite0-57934424.pth")]
     pth: PathBuf,
+    /// `--max-batch` of the servers with batching on.
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
     /// Skip the Python references (no venv needed).
     #[arg(long)]
     no_reference: bool,
@@ -202,7 +205,7 @@ async fn e2e_section(args: &Args, python: Option<&PathBuf>, report: &mut String)
     for model in &args.models {
         let name = model.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_string();
         let mut off_rates = Vec::new();
-        for (mode, max_batch) in [("off", 1), ("on", 16)] {
+        for (mode, max_batch) in [("off", 1), ("on", args.max_batch)] {
             let server = Server::catsdogs(&args.catsdogs, model, max_batch, &photos[0]).await?;
             for (i, &clients) in args.clients.iter().enumerate() {
                 let cell = serve::measure(&server, &photos, clients, args.secs).await;

@@ -67,7 +67,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub retention: crate::db::RetentionArgs,
     /// Largest number of images in one forward pass (dynamic batching across requests).
-    #[arg(long, env = "CATSDOGS_MAX_BATCH", default_value_t = 16)]
+    #[arg(long, env = "CATSDOGS_MAX_BATCH", default_value_t = 8)]
     pub max_batch: usize,
     /// Longest an image waits for others to share its forward pass, in milliseconds.
     #[arg(long, env = "CATSDOGS_BATCH_WAIT_MS", default_value_t = 2)]

@@ -32,7 +32,7 @@ pub struct BatcherConfig {
 
 impl Default for BatcherConfig {
     fn default() -> Self {
-        Self { max_batch: 16, max_wait: Duration::from_millis(2), queue_capacity: 256, workers: 1 }
+        Self { max_batch: 8, max_wait: Duration::from_millis(2), queue_capacity: 256, workers: 1 }
     }
 }
 

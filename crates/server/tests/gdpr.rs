@@ -190,6 +190,7 @@ fn at(days_ago: i64, now: DateTime<Utc>) -> DateTime<Utc> {
 
 /// Rows older than the retention go, younger stay; feedback outlives its prediction.
 async fn retention(db_url: &str) {
+    captured_logs();
     let dir = tempfile::tempdir().expect("tempdir");
     let now = Utc.with_ymd_and_hms(2031, 3, 10, 12, 0, 0).single().expect("now");
     // The rows exist before the server starts (its first purge runs at start).
@@ -324,6 +325,9 @@ async fn predict_with_consent(app: &TestApp, bytes: Vec<u8>, consent: Option<&st
 /// feedback, and goes with its prediction (erasure, then the retention purge).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consented_images_are_kept_exported_and_erased() {
+    // Whichever test of this binary starts first installs the capturing subscriber that
+    // the erasure test reads (a later `try_init` is a no-op).
+    captured_logs();
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).expect("data dir");
