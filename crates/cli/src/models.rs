@@ -173,11 +173,13 @@ pub fn models(a: ModelsArgs) -> Result<()> {
             let served = current(reg);
             let mut rows = Vec::new();
             for e in std::fs::read_dir(reg).with_context(|| format!("cannot list {}", reg.display()))?.flatten() {
-                let Ok(card) = ModelCard::load(&e.path().join("model.json")) else { continue };
+                // `current` is a link to one of the versions, listed under its own name.
                 if e.file_name() == "current" {
                     continue;
                 }
-                rows.push(card);
+                if let Ok(card) = ModelCard::load(&e.path().join("model.json")) {
+                    rows.push(card);
+                }
             }
             rows.sort_by(|x, y| x.created_at.cmp(&y.created_at));
             println!("  {:<28} {:<20} {:>9} {:>9}  created", "version", "architecture", "accuracy", "log loss");

@@ -196,7 +196,7 @@ struct Extracted {
     features: Vec<f32>,
     labels: Vec<u8>,
     zero_shot: Vec<(f32, f32)>,
-    /// Trunk activations [views, 49, 320] in f16 (empty unless the graph exports them).
+    /// Trunk activations [views, cells (7x7), 320] in f16 (absent unless the graph exports them).
     trunk: Option<Tensor>,
     skipped: usize,
 }
@@ -270,9 +270,11 @@ fn extract(
         out.zero_shot.extend(f.logits.chunks(fx.classes).map(efficientnet_lite::zero_shot));
         if let Some(t) = f.trunk {
             let n = images.len();
-            let channels = t.len() / n / 49;
+            // The trunk's grid: the input side over the backbone's total stride of 32.
+            let cells = (cfg.size as usize / 32).pow(2);
+            let channels = t.len() / n / cells;
             // NCHW -> [N, cells, channels]: the head convolution becomes one matrix product.
-            let t = Tensor::from_vec(t, (n, channels, 49), &Device::Cpu)?.transpose(1, 2)?;
+            let t = Tensor::from_vec(t, (n, channels, cells), &Device::Cpu)?.transpose(1, 2)?;
             trunk_chunks.push(t.to_dtype(DType::F16)?);
         }
         out.labels.extend(labels);
