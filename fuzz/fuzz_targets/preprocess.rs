@@ -5,6 +5,11 @@ use catsdogs_model::preprocess::{PreprocessConfig, preprocess};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    // libfuzzer-sys's panic hook aborts even on panics that `preprocess` catches itself (a
+    // decoder bug turned into a typed error); restore the default hook. A panic that escapes
+    // still fails the run: libfuzzer-sys aborts when the target unwinds.
+    static DEFAULT_HOOK: std::sync::Once = std::sync::Once::new();
+    DEFAULT_HOOK.call_once(|| drop(std::panic::take_hook()));
     // A small pixel budget keeps each run fast; the limit check itself is what is tested.
     for config in [
         PreprocessConfig { size: 32, max_pixels: 1 << 20, center_crop_from: 0 },

@@ -117,7 +117,18 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PreprocessE
         return Err(PreprocessError::TooManyPixels { width, height, limit: max_pixels });
     }
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    // A decoder bug must not take the caller down: the fuzzer found a progressive JPEG that
+    // makes the JPEG decoder panic (fuzz/regressions/preprocess/jpeg-decoder-panic).
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| DynamicImage::from_decoder(decoder)));
+    let mut img = match decoded {
+        Ok(r) => r.map_err(corrupt)?,
+        Err(_) => {
+            return Err(PreprocessError::Corrupt {
+                format: format_name(format),
+                reason: "the decoder failed on this file".into(),
+            });
+        }
+    };
     img.apply_orientation(orientation);
     Ok(to_rgb_over_white(img))
 }
