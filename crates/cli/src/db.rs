@@ -91,7 +91,7 @@ pub enum DbCommand {
     },
 }
 
-fn actor() -> String {
+pub(crate) fn actor() -> String {
     format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
 }
 
@@ -169,6 +169,8 @@ pub fn data(a: DataArgs) -> Result<()> {
                 let examples = store.labelled_images().await?;
                 store.audit(Utc::now(), &actor(), "export", &format!("{} labelled images to {}", examples.len(), out.display())).await?;
                 let (mut written, mut missing) = ([0usize; 2], 0usize);
+                // When each example was made, so `catsdogs retrain` can hold out the newest.
+                let mut manifest = String::from(crate::retrain::MANIFEST_HEADER);
                 for e in &examples {
                     let Some(src) = images.path(&e.image_ref).filter(|p| p.is_file()) else {
                         missing += 1;
@@ -180,7 +182,18 @@ pub fn data(a: DataArgs) -> Result<()> {
                     let dst = dir.join(format!("{}.{ext}", e.prediction_id));
                     std::fs::copy(&src, &dst).with_context(|| format!("cannot write {}", dst.display()))?;
                     written[usize::from(e.label == "dog")] += 1;
+                    manifest.push_str(&format!(
+                        "{}/{}.{ext},{},{},{}\n",
+                        e.label,
+                        e.prediction_id,
+                        e.label,
+                        e.created_at.to_rfc3339(),
+                        e.prediction_id
+                    ));
                 }
+                std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+                let path = out.join(crate::retrain::MANIFEST);
+                std::fs::write(&path, manifest).with_context(|| format!("cannot write {}", path.display()))?;
                 println!(
                     "{}",
                     serde_json::json!({"out": out.display().to_string(), "cat": written[0], "dog": written[1], "missing_files": missing})

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 mod commands;
 mod db;
 mod models;
+mod retrain;
 mod serve;
 
 #[derive(Parser)]
@@ -39,6 +40,9 @@ enum Command {
     Data(db::DataArgs),
     /// The model registry: list, add, promote, roll back.
     Models(models::ModelsArgs),
+    /// Fine-tune the served model on its training data plus user feedback; the candidate
+    /// goes into the registry with a report comparing it with its parent.
+    Retrain(retrain::RetrainArgs),
     /// Exit 0 when the service answers its readiness route with 200 (container health checks).
     Healthcheck(serve::HealthcheckArgs),
 }
@@ -73,6 +77,7 @@ fn main() -> Result<ExitCode> {
         Command::Serve(a) => serve::serve(a).map(|_| ExitCode::SUCCESS),
         Command::Db(a) => db::db(a).map(|_| ExitCode::SUCCESS),
         Command::Data(a) => db::data(a).map(|_| ExitCode::SUCCESS),
+        Command::Retrain(a) => retrain::retrain(a).map(|_| ExitCode::SUCCESS),
         Command::Models(a) => models::models(a).map(|_| ExitCode::SUCCESS),
         Command::Healthcheck(a) => {
             serve::healthcheck(a).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })

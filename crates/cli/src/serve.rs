@@ -9,10 +9,14 @@ use clap::Args;
 
 use crate::commands::DEFAULT_MODEL_DIR;
 
+/// Where `catsdogs serve` listens unless told otherwise (and where `catsdogs healthcheck`
+/// looks for it).
+const DEFAULT_ADDR: &str = "127.0.0.1:8000";
+
 #[derive(Args)]
 pub struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, env = "CATSDOGS_ADDR", default_value = "127.0.0.1:8000")]
+    #[arg(long, env = "CATSDOGS_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: SocketAddr,
     /// Directory for the SQLite database, the generated token and the pseudonymisation key.
     #[arg(long, env = "CATSDOGS_STATE_DIR", default_value = "data")]
@@ -24,6 +28,10 @@ pub struct ServeArgs {
     /// Model directory (model.json + model.onnx).
     #[arg(long, env = "CATSDOGS_MODEL", default_value = DEFAULT_MODEL_DIR)]
     pub model: PathBuf,
+    /// Model registry listed by GET /api/admin/models and the dashboard (default: the
+    /// folder holding --model when that is a registry's `current` link).
+    #[arg(long, env = "CATSDOGS_REGISTRY")]
+    pub registry: Option<PathBuf>,
     #[arg(long, env = "CATSDOGS_BACKEND", default_value = "onnxruntime")]
     pub backend: BackendKind,
     /// Accepted bearer tokens, comma-separated (several during a rotation). Without one, a
@@ -80,17 +88,31 @@ pub struct ServeArgs {
 /// `catsdogs healthcheck`: for container health checks where no curl is installed.
 #[derive(Args)]
 pub struct HealthcheckArgs {
-    /// Readiness URL to query (plain HTTP).
-    #[arg(long, default_value = "http://127.0.0.1:8000/api/health")]
-    pub url: String,
+    /// Readiness URL to query (plain HTTP). Default: `/api/health` on the address given by
+    /// --addr, with 127.0.0.1 in place of a wildcard address (0.0.0.0 or [::]).
+    #[arg(long, env = "CATSDOGS_HEALTHCHECK_URL")]
+    pub url: Option<String>,
+    /// The address `catsdogs serve` listens on (the same CATSDOGS_ADDR), used when no URL
+    /// is given.
+    #[arg(long, env = "CATSDOGS_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: SocketAddr,
     #[arg(long, default_value_t = 3)]
     pub timeout_s: u64,
 }
 
-/// GETs the URL; success when the status is 200.
+/// The readiness URL for a server listening on `addr`: `/api/health` there, probed on
+/// 127.0.0.1 (same port) when `addr` is a wildcard (0.0.0.0 or [::]) that cannot be dialled.
+pub fn health_url_for(addr: SocketAddr) -> String {
+    let target = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
+    format!("http://{target}/api/health")
+}
+
+/// GETs the URL (--url / CATSDOGS_HEALTHCHECK_URL, else derived from --addr / CATSDOGS_ADDR);
+/// success when the status is 200.
 pub fn healthcheck(a: HealthcheckArgs) -> Result<bool> {
     use std::io::{Read, Write};
-    let rest = a.url.strip_prefix("http://").context("only http:// URLs")?;
+    let url = a.url.filter(|u| !u.trim().is_empty()).unwrap_or_else(|| health_url_for(a.addr));
+    let rest = url.trim().strip_prefix("http://").context("only http:// URLs")?;
     let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
     let timeout = std::time::Duration::from_secs(a.timeout_s.max(1));
     let addr = std::net::ToSocketAddrs::to_socket_addrs(host)?.next().context("cannot resolve the host")?;
@@ -101,7 +123,7 @@ pub fn healthcheck(a: HealthcheckArgs) -> Result<bool> {
     let n = stream.read(&mut head)?;
     let line = String::from_utf8_lossy(&head[..n]);
     let ok = line.starts_with("HTTP/1.1 200") || line.starts_with("HTTP/1.0 200");
-    eprintln!("{} {}", a.url, line.lines().next().unwrap_or("no answer"));
+    eprintln!("{url} {}", line.lines().next().unwrap_or("no answer"));
     Ok(ok)
 }
 
@@ -117,6 +139,7 @@ fn seed_database_url() -> Option<String> {
 
 pub fn serve(a: ServeArgs) -> Result<()> {
     let mut cfg = ServerConfig::new(a.model, a.data_dir);
+    cfg.registry_dir = a.registry;
     cfg.addr = a.addr;
     cfg.database_url = a.database_url.or_else(seed_database_url);
     cfg.backend = a.backend;
@@ -164,4 +187,24 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         eprintln!("catsdogs listening on http://{addr}  (page: /  API docs: /docs/)");
         catsdogs_server::run(app, listener, catsdogs_server::shutdown_signal()).await.context("server failed")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("socket address")
+    }
+
+    #[test]
+    fn health_url_follows_the_serve_address() {
+        assert_eq!(health_url_for(addr(DEFAULT_ADDR)), "http://127.0.0.1:8000/api/health");
+        // Wildcards (the container's CATSDOGS_ADDR=0.0.0.0:8000) are probed on loopback.
+        assert_eq!(health_url_for(addr("0.0.0.0:8000")), "http://127.0.0.1:8000/api/health");
+        assert_eq!(health_url_for(addr("[::]:9000")), "http://127.0.0.1:9000/api/health");
+        // A specific address is dialled as it is; IPv6 keeps its brackets.
+        assert_eq!(health_url_for(addr("10.1.2.3:8080")), "http://10.1.2.3:8080/api/health");
+        assert_eq!(health_url_for(addr("[::1]:8000")), "http://[::1]:8000/api/health");
+    }
 }

@@ -7,7 +7,7 @@ use catsdogs_model::data;
 use catsdogs_model::metrics::Metrics;
 use serde::Serialize;
 
-use crate::{EvalError, LoadedModel, evaluate_samples, select_samples};
+use crate::{EvalError, EvalReport, LoadedModel, evaluate_samples, select_samples};
 
 /// Both models' metrics on one set.
 #[derive(Debug, Clone, Serialize)]
@@ -67,6 +67,33 @@ pub fn decide(fixed: &Comparison, feedback: Option<&Comparison>, tolerance: f64)
     (fixed_ok && feedback_ok, reasons)
 }
 
+/// Both models' predictions on one set of photos, kept for plots.
+pub struct Scores {
+    pub candidate: EvalReport,
+    pub current: EvalReport,
+}
+
+impl Scores {
+    pub fn comparison(&self) -> Comparison {
+        Comparison { candidate: self.candidate.metrics.clone(), current: self.current.metrics.clone() }
+    }
+}
+
+/// Scores both models on the very same photos.
+pub fn score(candidate: &LoadedModel, current: &LoadedModel, samples: Vec<data::Sample>) -> Result<Scores, EvalError> {
+    Ok(Scores {
+        candidate: evaluate_samples(candidate, samples.clone(), 32)?,
+        current: evaluate_samples(current, samples, 32)?,
+    })
+}
+
+/// A gate decision with the predictions behind it.
+pub struct GateRun {
+    pub report: GateReport,
+    pub fixed: Scores,
+    pub feedback: Option<Scores>,
+}
+
 /// Scores both models on the fixed set (the current model's validation split of
 /// `fixed_dir`, or all of it) and on the feedback folder, and decides.
 pub fn run(
@@ -76,28 +103,24 @@ pub fn run(
     val_split: bool,
     feedback_dir: Option<&Path>,
     tolerance: f64,
-) -> Result<GateReport, EvalError> {
-    let compare = |samples: Vec<data::Sample>| -> Result<Comparison, EvalError> {
-        Ok(Comparison {
-            candidate: evaluate_samples(candidate, samples.clone(), 32)?.metrics,
-            current: evaluate_samples(current, samples, 32)?.metrics,
-        })
-    };
-    let fixed = compare(select_samples(current, fixed_dir, val_split, None)?)?;
+) -> Result<GateRun, EvalError> {
+    let fixed = score(candidate, current, select_samples(current, fixed_dir, val_split, None)?)?;
     let feedback = match feedback_dir {
-        Some(dir) => Some(compare(data::scan(dir)?)?),
+        Some(dir) => Some(score(candidate, current, data::scan(dir)?)?),
         None => None,
     };
-    let (passed, reasons) = decide(&fixed, feedback.as_ref(), tolerance);
-    Ok(GateReport {
+    let (fixed_cmp, feedback_cmp) = (fixed.comparison(), feedback.as_ref().map(Scores::comparison));
+    let (passed, reasons) = decide(&fixed_cmp, feedback_cmp.as_ref(), tolerance);
+    let report = GateReport {
         candidate_version: candidate.card.version.clone(),
         current_version: current.card.version.clone(),
         tolerance,
-        fixed,
-        feedback,
+        fixed: fixed_cmp,
+        feedback: feedback_cmp,
         passed,
         reasons,
-    })
+    };
+    Ok(GateRun { report, fixed, feedback })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod export;
 pub mod gate;
 pub mod head_tuning;
 mod model;
+pub mod registry;
 pub mod transfer;
 
 pub use backend_candle::CandleBackend;

@@ -132,6 +132,12 @@ pub struct TransferConfig {
     pub version: String,
     /// Preprocessing geometry (see `PreprocessConfig::center_crop_from`; 0 = squash).
     pub center_crop_from: u32,
+    /// More training examples (a `cat/` `dog/` folder, e.g. user feedback), added to the
+    /// training split only, each repeated `extra_weight` times.
+    #[serde(default)]
+    pub extra_data: Option<PathBuf>,
+    #[serde(default)]
+    pub extra_weight: usize,
 }
 
 impl TransferConfig {
@@ -157,6 +163,8 @@ impl TransferConfig {
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             version: "effnet-lite0-tuned-1".into(),
             center_crop_from: 256,
+            extra_data: None,
+            extra_weight: 1,
         }
     }
 }
@@ -433,13 +441,24 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
         }
         samples = kept;
     }
-    let (train, val) = data::split(&samples, cfg.val_fraction, cfg.seed);
+    let (mut train, val) = data::split(&samples, cfg.val_fraction, cfg.seed);
+    // The cache key covers the extra examples too.
+    let class_count = |v: &[Sample], l: u8| v.iter().filter(|s| s.label == l).count();
+    let (train_cat, train_dog) = (class_count(&train, CAT), class_count(&train, DOG));
+    let mut cache_key = digest.clone();
+    if let Some(dir) = &cfg.extra_data {
+        let extra = data::scan(dir)?;
+        cache_key = format!("{digest}+{}x{}", data::digest(&extra), cfg.extra_weight.max(1));
+        for _ in 0..cfg.extra_weight.max(1) {
+            train.extend(extra.iter().cloned());
+        }
+    }
     let bar = indicatif::ProgressBar::new((train.len() + val.len()) as u64).with_style(
         indicatif::ProgressStyle::with_template("features {bar:40} {pos}/{len} {per_sec} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let t0 = Instant::now();
-    let cache = cache_file(cfg, &digest, tune);
+    let cache = cache_file(cfg, &cache_key, tune);
     let cached = cache.as_deref().and_then(load_cache);
     let features_from_cache = cached.is_some();
     let [tr, va] = match cached {
@@ -573,7 +592,6 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
     catsdogs_model::plots::evaluation_plots(&cfg.out_dir, &p_cal, &va.labels)
         .map_err(|e| TransferError::Plot(e.to_string()))?;
 
-    let count = |s: &[Sample], l: u8| s.iter().filter(|x| x.label == l).count();
     let card = ModelCard {
         format: catsdogs_model::card::CARD_FORMAT,
         name: "catsdogs".into(),
@@ -598,10 +616,10 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
         threshold: 0.5,
         data: Some(DataSummary {
             source: cfg.data_dir.display().to_string(),
-            train_cat: count(&train, CAT),
-            train_dog: count(&train, DOG),
-            val_cat: count(&val, CAT),
-            val_dog: count(&val, DOG),
+            train_cat,
+            train_dog,
+            val_cat: class_count(&val, CAT),
+            val_dog: class_count(&val, DOG),
             skipped: tr.skipped + va.skipped,
             split_seed: cfg.seed,
             val_fraction: cfg.val_fraction,
@@ -612,6 +630,7 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
         created_at: chrono::Utc::now().to_rfc3339(),
         weights: "head.safetensors".into(),
         onnx: Some("model.onnx".into()),
+        lineage: None,
     };
     card.save(&cfg.out_dir.join("model.json"))?;
     Ok((card, report))

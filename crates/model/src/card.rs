@@ -92,6 +92,25 @@ pub struct ModelCard {
     pub weights: String,
     /// ONNX graph, relative to the card, once exported.
     pub onnx: Option<String>,
+    /// Where a retrained model comes from (absent for a model trained from scratch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<Lineage>,
+}
+
+/// The ancestry of a retrained model, so a registry can tell what it was made from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// Version of the model it was fine-tuned from.
+    pub parent: String,
+    /// Digest of the training folder (the same as `data.digest`).
+    pub data_digest: String,
+    /// Digest of the feedback examples trained on (file names and labels).
+    pub feedback_digest: String,
+    /// Feedback examples trained on, and how many times each was drawn per pass.
+    pub feedback_train: usize,
+    pub feedback_weight: usize,
+    /// Newest feedback examples held out for evaluation.
+    pub feedback_holdout: usize,
 }
 
 /// Errors reading or writing a card.

@@ -174,3 +174,36 @@ fn draw_reliability<DB: DrawingBackend>(
         .map_err(e)?;
     Ok(())
 }
+
+/// One model's predictions on a set, for a side-by-side plot.
+pub struct Curve<'a> {
+    pub name: &'a str,
+    pub p_dog: &'a [f32],
+    pub labels: &'a [u8],
+}
+
+/// ROC curves of several models on the same photos, in one figure: `<stem>.{png,svg}`.
+pub fn roc_comparison(dir: &Path, stem: &str, title: &str, curves: &[Curve]) -> PlotResult {
+    png_and_svg!(dir, stem, (520, 480), |root: &DrawingArea<_, Shift>| draw_roc_comparison(root, title, curves))
+}
+
+fn draw_roc_comparison<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, curves: &[Curve]) -> PlotResult {
+    let mut chart = unit_axes(root, title.to_string(), 0.0, "false positive rate", "true positive rate")?;
+    for (i, c) in curves.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let m = metrics::compute(c.p_dog, c.labels);
+        let roc = metrics::roc_curve(c.p_dog, c.labels);
+        chart
+            .draw_series(LineSeries::new(roc, color.stroke_width(2)))
+            .map_err(e)?
+            .label(format!("{} (AUC {:.4}, acc {:.2} %)", c.name, m.roc_auc, m.accuracy * 100.0))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(e)
+}

@@ -71,6 +71,20 @@ pub struct TrainConfig {
     pub version: String,
     pub resume: bool,
     pub progress: bool,
+    /// Start from these weights (a trained model's `model.safetensors`, same architecture)
+    /// instead of a random initialisation: fine-tuning.
+    #[serde(default)]
+    pub init_weights: Option<PathBuf>,
+    /// More training examples (a `cat/` `dog/` folder, e.g. user feedback), added to the
+    /// training split only, each drawn `extra_weight` times per pass.
+    #[serde(default)]
+    pub extra_data: Option<PathBuf>,
+    #[serde(default = "one")]
+    pub extra_weight: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TrainConfig {
@@ -96,6 +110,9 @@ impl TrainConfig {
             version: "seed-cnn-1".into(),
             resume: false,
             progress: true,
+            init_weights: None,
+            extra_data: None,
+            extra_weight: 1,
         }
     }
 }
@@ -251,10 +268,25 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
     }
     tracing::info!(train = train_s.len(), val = val_s.len(), "decoding images");
     let bound = cfg.preprocess.size * 2;
-    let train_set = data::decode_all(&train_s, cfg.preprocess.max_pixels, bound);
+    let mut train_set = data::decode_all(&train_s, cfg.preprocess.max_pixels, bound);
     let val_set = data::decode_all(&val_s, cfg.preprocess.max_pixels, bound);
+    let count = |set: &data::DecodedSet, l: u8| set.labels.iter().filter(|&&x| x == l).count();
+    let (train_cat, train_dog) = (count(&train_set, CAT), count(&train_set, DOG));
+    let mut skipped = train_set.skipped.len() + val_set.skipped.len();
     for (path, why) in train_set.skipped.iter().chain(&val_set.skipped) {
         tracing::warn!(path = %path.display(), reason = %why, "skipped unreadable image");
+    }
+    if let Some(dir) = &cfg.extra_data {
+        let extra = data::decode_all(&data::scan(dir)?, cfg.preprocess.max_pixels, bound);
+        for (path, why) in &extra.skipped {
+            tracing::warn!(path = %path.display(), reason = %why, "skipped unreadable extra image");
+        }
+        skipped += extra.skipped.len();
+        tracing::info!(extra = extra.images.len(), weight = cfg.extra_weight, "extra training examples");
+        for _ in 0..cfg.extra_weight.max(1) {
+            train_set.images.extend(extra.images.iter().cloned());
+            train_set.labels.extend(&extra.labels);
+        }
     }
     if train_set.images.is_empty() || val_set.images.is_empty() {
         return Err(TrainError::Empty(format!(
@@ -282,6 +314,9 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
         varmap.load(ckpt_dir.join("model.safetensors"))?;
         opt.load(&ckpt_dir.join("optimizer.safetensors"))?;
         tracing::info!(epoch = state.next_epoch, "resumed from checkpoint");
+    } else if let Some(init) = &cfg.init_weights {
+        varmap.load(init)?;
+        tracing::info!(from = %init.display(), "fine-tuning from trained weights");
     }
 
     let n_train = train_set.images.len();
@@ -406,7 +441,6 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
     // Final: best weights, full validation metrics, card and plots.
     varmap.load(ckpt_dir.join("best.safetensors"))?;
     let (p_val, val) = evaluate(&model, &val_set, cfg)?;
-    let count = |set: &data::DecodedSet, l: u8| set.labels.iter().filter(|&&x| x == l).count();
     let inference_tensors = model.inference_tensors()?;
     let parameters = inference_tensors.values().map(|t| t.elem_count()).sum();
     // The shipped network has batch norm folded in: its card describes it without.
@@ -423,11 +457,11 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
         threshold: 0.5,
         data: Some(DataSummary {
             source: cfg.data_dir.display().to_string(),
-            train_cat: count(&train_set, CAT),
-            train_dog: count(&train_set, DOG),
+            train_cat,
+            train_dog,
             val_cat: count(&val_set, CAT),
             val_dog: count(&val_set, DOG),
-            skipped: train_set.skipped.len() + val_set.skipped.len(),
+            skipped,
             split_seed: cfg.seed,
             val_fraction: cfg.val_fraction,
             digest,
@@ -449,6 +483,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
         created_at: chrono::Utc::now().to_rfc3339(),
         weights: "model.safetensors".into(),
         onnx: None,
+        lineage: None,
     };
     card.save(&cfg.out_dir.join("model.json"))?;
     plots::training_curves(&cfg.out_dir, &state.history).map_err(TrainError::Plot)?;

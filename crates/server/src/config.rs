@@ -23,6 +23,9 @@ pub struct ServerConfig {
     /// `sqlite://...` or `postgres://...`; `None` = SQLite file in `data_dir`.
     pub database_url: Option<String>,
     pub model_dir: PathBuf,
+    /// The model registry listed by the admin API and the dashboard; `None` = the folder
+    /// holding `model_dir` when that is a registry's `current` link.
+    pub registry_dir: Option<PathBuf>,
     pub backend: BackendKind,
     /// Accepted bearer tokens (several during a rotation). Empty = generate one in `data_dir`.
     pub tokens: Vec<String>,
@@ -98,6 +101,7 @@ impl ServerConfig {
             data_dir,
             database_url: None,
             model_dir,
+            registry_dir: None,
             backend: BackendKind::Onnxruntime,
             tokens: Vec::new(),
             max_upload_bytes: 10 * 1024 * 1024,
@@ -116,6 +120,21 @@ impl ServerConfig {
             retry_interval: std::time::Duration::from_secs(2),
             clock: system_clock(),
         }
+    }
+
+    /// The registry the served model belongs to, if any.
+    pub fn registry(&self) -> Option<catsdogs_core::registry::Registry> {
+        let dir = match &self.registry_dir {
+            Some(d) => d.clone(),
+            None => {
+                let is_link = std::fs::symlink_metadata(&self.model_dir).is_ok_and(|m| m.file_type().is_symlink());
+                if !is_link || self.model_dir.file_name().is_none_or(|n| n != "current") {
+                    return None;
+                }
+                self.model_dir.parent()?.to_path_buf()
+            }
+        };
+        Some(catsdogs_core::registry::Registry::new(dir))
     }
 
     /// The database URL actually used.

@@ -129,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/info", get(api::health::info))
         .route("/api/predictions/{id}", get(api::predictions::export).delete(api::predictions::erase))
         .route("/api/admin/model/reload", post(api::admin::reload_model))
+        .route("/api/admin/models", get(api::admin::list_models))
         .route("/metrics", get(telemetry::metrics_endpoint))
         .route_layer(from_fn_with_state(state.clone(), auth::require_token));
     // The inference protocol's routes answer errors in its own shape (`{"error": "..."}`).

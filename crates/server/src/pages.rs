@@ -67,6 +67,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     env.add_function("pct0", |v: Option<f64>| {
         v.map_or_else(|| "—".to_string(), |v| format!("{:.0}\u{a0}%", v * 100.0))
     });
+    env.add_function("fixed4", |v: Option<f64>| v.map_or_else(|| "—".to_string(), |v| format!("{v:.4}")));
     env.add_function("ms", |v: Option<f64>| v.map_or_else(|| "—".to_string(), |v| format!("{v:.1} ms")));
     env
 });
@@ -383,7 +384,12 @@ async fn dashboard(
             }
         })
         .collect();
-    let ctx = context! { days, window, daily, charts, recent };
+    // The registry section is informative: a registry that cannot be read says so there.
+    let (models, models_error) = match crate::api::admin::models_report(&state).await {
+        Ok(m) => (Some(m), None),
+        Err(e) => (None, Some(e.message)),
+    };
+    let ctx = context! { days, window, daily, charts, recent, models, models_error };
     render(&state, &session, StatusCode::OK, "dashboard.html", "dashboard", ctx)
 }
 

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -30,6 +31,8 @@ pub fn shared_secrets(dir: &Path) -> PathBuf {
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// Everything the process has written to stderr so far (its log), line by line.
+    log: Arc<Mutex<String>>,
 }
 
 impl Drop for Server {
@@ -40,6 +43,12 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// What the process has written to stderr so far: every line up to its
+    /// `listening on` line once `start` has returned, later lines as they come.
+    pub fn stderr(&self) -> String {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// `kill -9`: no shutdown hook runs.
     pub fn kill_9(mut self) {
         let _ = self.child.kill();
@@ -75,15 +84,31 @@ pub fn start_model(db_url: Option<&str>, data: &Path, secrets: &Path, model: &Pa
     let mut child = cmd.spawn().expect("start catsdogs serve");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // Kept before the address is sent: the log holds every line up to it.
+            {
+                let mut log = sink.lock().unwrap_or_else(PoisonError::into_inner);
+                log.push_str(&line);
+                log.push('\n');
+            }
             if let Some(rest) = line.split("listening on ").nth(1) {
                 let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
             }
         }
     });
-    let base = rx.recv_timeout(Duration::from_secs(60)).expect("server did not start");
-    Server { child, base }
+    let base = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(base) => base,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = log.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            panic!("server did not start ({e}); its stderr:\n{log}")
+        }
+    };
+    Server { child, base, log }
 }
 
 pub fn client() -> reqwest::Client {
@@ -152,4 +177,36 @@ pub async fn wait_ready(c: &reqwest::Client, base: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{base} never became ready");
+}
+
+/// `POST /api/predict` with the consent flag; the answer's JSON (must be 200).
+pub async fn predict_consenting(c: &reqwest::Client, base: &str, image: Vec<u8>, consent: bool) -> Value {
+    let part = reqwest::multipart::Part::bytes(image).file_name("pet.png");
+    let form = reqwest::multipart::Form::new().part("file", part).text("consent", consent.to_string());
+    let r = c.post(format!("{base}/api/predict")).bearer_auth(TOKEN).multipart(form).send().await.expect("predict");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    r.json().await.expect("json")
+}
+
+/// `POST /api/feedback` for prediction `id` with `body` (must be 200).
+pub async fn judge(c: &reqwest::Client, base: &str, id: &str, body: Value) {
+    let mut body = body;
+    body["prediction_id"] = json!(id);
+    let r = c.post(format!("{base}/api/feedback")).bearer_auth(TOKEN).json(&body).send().await.expect("feedback");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+}
+
+/// `catsdogs GROUP --data-dir DATA ARGS...` (SQLite in DATA), its last stdout line as JSON.
+pub fn catsdogs_json(group: &str, args: &[&str], data: &std::path::Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_catsdogs"))
+        .arg(group)
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run catsdogs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().expect("a JSON line")).expect("JSON")
 }

@@ -30,6 +30,7 @@ use utoipa::{Modify, OpenApi};
         predictions::export,
         predictions::erase,
         admin::reload_model,
+        admin::list_models,
         v2::live,
         v2::ready,
         v2::server_metadata,
