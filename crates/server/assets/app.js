@@ -88,6 +88,10 @@ document.documentElement.classList.add('js');
     const bars = el('div', 'bars');
     bars.append(bar('Cat', 'cat', r.p_cat, r.probabilities.cat), bar('Dog', 'dog', r.p_dog, r.probabilities.dog));
     card.body.append(bars, el('p', 'meta', 'model ' + r.model_version + ' · ' + r.latency_ms.toFixed(1) + ' ms'));
+    // The id a user quotes to ask for a copy or the erasure of this record (docs/privacy.md).
+    const pid = el('p', 'meta pid', 'Prediction id ');
+    pid.append(el('code', null, String(r.id)), ': quote it to ask for a copy or the erasure of this record.');
+    card.body.append(pid);
     const other = r.label === 'dog' ? 'cat' : 'dog';
     const group = el('div', 'fb');
     group.setAttribute('role', 'group');

@@ -6,8 +6,14 @@
 //!   no session table is needed and replicas sharing the key accept each other's cookies.
 //! - Requests that change state carry a CSRF token derived from the session id
 //!   (HMAC again): in the `X-CSRF-Token` header for `fetch`, in a hidden `csrf` field for
-//!   plain forms. A cross-site page can neither read the token nor send the cookie
-//!   (SameSite=Strict), so both checks must be defeated at once.
+//!   plain forms. A cross-site page cannot read the token, and browsers leave a
+//!   `SameSite=Lax` cookie out of cross-site POSTs and cross-site `fetch`/subresource
+//!   requests, so both checks must be defeated at once. Lax rather than Strict: a Strict
+//!   cookie is also left out of top-level navigations from another site, so an operator
+//!   following a link to `/dashboard` from elsewhere (a chat, an alert e-mail, a wiki)
+//!   would land signed out. Lax only adds those top-level GETs, which cannot do harm: no
+//!   page answers a GET by changing anything (what does is a POST with the CSRF field), and
+//!   the API wants the `X-CSRF-Token` header on every request a session makes, GETs too.
 //! - A visitor session may classify and send feedback (what the page is for). The
 //!   dashboard and the metrics need an operator session, obtained by typing an API token
 //!   into `/login`; the cookie then records the token's fingerprint (never the token) and

@@ -275,11 +275,16 @@ impl Shared {
     pub async fn reload_model(&self, actor: &str) -> Result<(String, String), ApiError> {
         let _one = self.reloading.lock().await;
         let previous = self.model_version();
+        let previous_info = self.loaded_model().map(|m| (m.card.version.clone(), m.card.architecture.clone()));
         let model = load_model(&self.cfg).await.map_err(|e| {
             tracing::error!(error = %e, dir = %self.cfg.model_dir.display(), "model reload failed; the current model stays");
             ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "model_reload_failed", e)
         })?;
         let version = model.card.version.clone();
+        // The old series first: reloading the same version leaves it at 1.
+        if let Some((old_version, old_architecture)) = &previous_info {
+            crate::telemetry::retire_model_info(old_version, old_architecture);
+        }
         crate::telemetry::record_model_info(&version, &model.card.architecture);
         let fresh = Serving::new(model, &self.cfg);
         *self.serving.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fresh);

@@ -6,7 +6,8 @@
 //!   slot), `decode` (decode + resize), `model` (forward pass) and `total`;
 //! - `batch_size` (images per forward pass), `predictions_total{label}`,
 //!   `prediction_errors_total{code}`, `feedback_total{verdict}`;
-//! - `model_info{version,architecture}` (always 1), `store_errors_total{operation}`,
+//! - `model_info{version,architecture}` (1 for the model served, 0 for one a hot reload
+//!   replaced), `store_errors_total{operation}`,
 //!   `outbox_rows` (prediction rows waiting for the database), `inference_log_errors_total`.
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -89,6 +90,13 @@ pub async fn metrics_endpoint(State(state): State<AppState>) -> Response {
 pub fn record_model_info(version: &str, architecture: &str) {
     metrics::gauge!("catsdogs_model_info", "version" => version.to_string(), "architecture" => architecture.to_string())
         .set(1.0);
+}
+
+/// Sets the series of a model that a hot reload replaced to 0, so that only the served
+/// model's series reads 1 (a query on `catsdogs_model_info == 1` finds one version).
+pub fn retire_model_info(version: &str, architecture: &str) {
+    metrics::gauge!("catsdogs_model_info", "version" => version.to_string(), "architecture" => architecture.to_string())
+        .set(0.0);
 }
 
 /// Removes a caller's `x-request-id` unless it is 1-64 characters of `[A-Za-z0-9._-]`, so

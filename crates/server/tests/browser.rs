@@ -1,7 +1,8 @@
 //! End-to-end tests of the web page in real headless Chromium (through chromedriver):
-//! upload real photos through the file input, drop a non-image, send feedback, sign in
-//! and see the feedback on the dashboard, check escaping and the phone layout, and save
-//! screenshots under `target/screenshots/`.
+//! upload a real cat and a real dog photo (copied to `cat.jpg` and `dog.jpg`) through the
+//! file input and check each card's label, drop a non-image, say "right" on one card and
+//! "wrong" on the other, sign in and see one right and one wrong verdict on the dashboard,
+//! check escaping and the phone layout, and save screenshots under `target/screenshots/`.
 //!
 //! Skipped (with the reason) when Chromium, chromedriver or the photos are missing, unless
 //! `CATSDOGS_REQUIRE_BROWSER=1` (set by `.ci/run`) makes that a failure.
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use support::{TOKEN, TestApp, default_model_dir, photos_dir};
@@ -44,8 +46,17 @@ fn prerequisites() -> Result<(PathBuf, PathBuf, PathBuf), String> {
     let photos = photos_dir().ok_or("no photos (set CATSDOGS_DATA_DIR)")?;
     // chromedriver only accepts canonical paths for uploads.
     let photos = photos.canonicalize().map_err(|e| format!("photos at {}: {e}", photos.display()))?;
+    if let Some(missing) = PHOTOS.iter().map(|p| photos.join(p)).find(|p| !p.is_file()) {
+        return Err(format!("no photo at {}", missing.display()));
+    }
     Ok((chromium, driver, photos))
 }
+
+/// The photos the test uploads, relative to the photo folder.
+const CAT_PHOTO: &str = "cat/1.jpg";
+const DOG_PHOTO: &str = "dog/1.jpg";
+const HOSTILE_PHOTO: &str = "cat/2.jpg";
+const PHOTOS: [&str; 3] = [CAT_PHOTO, DOG_PHOTO, HOSTILE_PHOTO];
 
 fn skip_or_fail(reason: &str) {
     assert!(std::env::var("CATSDOGS_REQUIRE_BROWSER").as_deref() != Ok("1"), "browser test required: {reason}");
@@ -100,19 +111,27 @@ async fn browser(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
         .expect("start a Chromium session")
 }
 
-/// Where screenshots go: `$CARGO_TARGET_DIR/screenshots`, else `target/screenshots`.
+/// Where screenshots go: `$CARGO_TARGET_DIR/screenshots` (a relative one taken from the
+/// workspace root), else `target/screenshots` in the workspace.
 fn screenshot_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        Some(t) if t.is_absolute() => t,
+        Some(t) => workspace.join(t),
+        None => workspace.join("target"),
+    };
     let dir = target.join("screenshots");
     std::fs::create_dir_all(&dir).expect("screenshot dir");
     dir
 }
 
+/// Saves a PNG of the current view as `target/screenshots/{name}`.
 async fn screenshot(c: &Client, name: &str) {
     let png = c.screenshot().await.expect("screenshot");
-    std::fs::write(screenshot_dir().join(name), png).expect("write screenshot");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{name}: the screenshot is not a PNG");
+    let path = screenshot_dir().join(name);
+    std::fs::write(&path, png).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    eprintln!("screenshot saved: {}", path.display());
 }
 
 /// What the result cards show, read in one script call.
@@ -120,7 +139,7 @@ async fn cards(c: &Client) -> Vec<Value> {
     let v = c
         .execute(
             "return Array.from(document.querySelectorAll('#results .card')).map(li => ({
-                name: (li.querySelector('.name') || {}).textContent || null,
+                name: ((li.querySelector('.name') || {}).textContent || '').trim() || null,
                 label: (li.querySelector('.verdict [class^=label-]') || {}).textContent || null,
                 error: (li.querySelector('.err') || {}).textContent || null,
                 pending: li.classList.contains('pending'),
@@ -151,6 +170,26 @@ fn card<'a>(cards: &'a [Value], name: &str) -> Option<&'a Value> {
     cards.iter().find(|c| c["name"] == name)
 }
 
+/// The text of field `field` on the card showing file `name`, if any.
+fn card_field<'a>(cards: &'a [Value], name: &str, field: &str) -> Option<&'a str> {
+    card(cards, name).and_then(|x| x[field].as_str())
+}
+
+/// Whether the feedback sent from the card of `name` has been answered (saved or not).
+fn feedback_settled(cards: &[Value], name: &str) -> bool {
+    card_field(cards, name, "feedback").is_some_and(|f| !f.starts_with("Sending"))
+}
+
+/// The feedback button (`data-feedback` = `correct` or `wrong`) of the result card whose
+/// displayed file name is exactly `name` (no quote in it).
+async fn feedback_button(c: &Client, name: &str, verdict: &str) -> Element {
+    let xpath = format!(
+        "//*[@id='results']/li[.//*[contains(concat(' ', normalize-space(@class), ' '), ' name ') \
+         and normalize-space(.)='{name}']]//button[@data-feedback='{verdict}']"
+    );
+    c.find(Locator::XPath(&xpath)).await.unwrap_or_else(|e| panic!("the {verdict:?} button of {name}: {e}"))
+}
+
 async fn js(c: &Client, script: &str) -> Value {
     c.execute(script, vec![]).await.expect("script")
 }
@@ -179,35 +218,49 @@ async fn web_page_in_chromium() {
     assert!(!source.contains(TOKEN), "the page must not expose the API token");
     assert_eq!(js(&c, "return document.documentElement.classList.contains('js')").await, json!(true));
 
-    // Upload a real cat and a real dog photo through the file input.
-    let cat = photos.join("cat/1.jpg");
-    let dog = photos.join("dog/1.jpg");
+    // Upload a real cat and a real dog photo through the file input, under names that say
+    // which is which (both originals are called `1.jpg`).
+    let cat = root.join("cat.jpg");
+    let dog = root.join("dog.jpg");
+    std::fs::copy(photos.join(CAT_PHOTO), &cat).expect("copy the cat photo");
+    std::fs::copy(photos.join(DOG_PHOTO), &dog).expect("copy the dog photo");
     let input = c.find(Locator::Css("#file")).await.expect("file input");
     input.send_keys(&format!("{}\n{}", cat.display(), dog.display())).await.expect("choose files");
     let now = wait_cards(&c, "two predictions", |cs| {
         cs.len() == 2 && cs.iter().all(|x| !x["pending"].as_bool().unwrap_or(true))
     })
     .await;
-    assert_eq!(card(&now, "1.jpg").map(|_| ()), Some(()), "{now:#?}");
-    let labels: Vec<&str> = now.iter().filter_map(|x| x["label"].as_str()).collect();
-    assert!(labels.contains(&"Cat") && labels.contains(&"Dog"), "one cat and one dog expected: {now:#?}");
+    // Each card shows the label of its own file.
+    assert_eq!(card_field(&now, "cat.jpg", "label"), Some("Cat"), "the cat.jpg card: {now:#?}");
+    assert_eq!(card_field(&now, "dog.jpg", "label"), Some("Dog"), "the dog.jpg card: {now:#?}");
     assert!(now.iter().all(|x| x["error"].is_null()), "{now:#?}");
+    let (cat_id, dog_id) = (card_field(&now, "cat.jpg", "id"), card_field(&now, "dog.jpg", "id"));
+    assert!(cat_id.is_some() && dog_id.is_some() && cat_id != dog_id, "two distinct prediction ids: {now:#?}");
     let img_alt =
         js(&c, "return Array.from(document.querySelectorAll('#results img')).every(i => i.alt.length > 0)").await;
     assert_eq!(img_alt, json!(true), "every preview has an alt text");
 
-    // Feedback: confirm the cat card.
-    let cat_id = now.iter().find(|x| x["label"] == "Cat").and_then(|x| x["id"].as_str()).expect("cat id").to_string();
-    let button = c
-        .find(Locator::Css(&format!("li[data-prediction-id='{cat_id}'] button[data-feedback='correct']")))
-        .await
-        .expect("thumbs-up button");
-    button.click().await.expect("click thumbs up");
-    wait_cards(&c, "feedback confirmation", |cs| {
-        cs.iter().any(|x| x["id"] == cat_id.as_str() && x["feedback"].as_str().is_some_and(|f| f.starts_with("Thanks")))
-    })
-    .await;
-    assert_eq!(button.attr("aria-pressed").await.expect("attr").as_deref(), Some("true"));
+    // Feedback: "right" on the cat card, "wrong, it's a cat" on the dog card. Each waits for
+    // the confirmation the page shows once the server has saved it.
+    let cat_right = feedback_button(&c, "cat.jpg", "correct").await;
+    let label = cat_right.text().await.expect("button text");
+    assert!(label.contains("Right"), "thumbs-up button: {label:?}");
+    cat_right.click().await.expect("click right on cat.jpg");
+    let now = wait_cards(&c, "the confirmation on cat.jpg", |cs| feedback_settled(cs, "cat.jpg")).await;
+    assert_eq!(card_field(&now, "cat.jpg", "feedback"), Some("Thanks! Feedback saved."), "{now:#?}");
+    assert_eq!(cat_right.attr("aria-pressed").await.expect("attr").as_deref(), Some("true"));
+
+    let dog_wrong = feedback_button(&c, "dog.jpg", "wrong").await;
+    let label = dog_wrong.text().await.expect("button text");
+    assert!(label.contains("Wrong") && label.ends_with("it's a cat"), "wrong button of the dog card: {label:?}");
+    dog_wrong.click().await.expect("click wrong on dog.jpg");
+    let now = wait_cards(&c, "the confirmation on dog.jpg", |cs| feedback_settled(cs, "dog.jpg")).await;
+    assert_eq!(card_field(&now, "dog.jpg", "feedback"), Some("Thanks! Noted: it is a cat."), "{now:#?}");
+    assert_eq!(dog_wrong.attr("aria-pressed").await.expect("attr").as_deref(), Some("true"));
+    let dog_right = feedback_button(&c, "dog.jpg", "correct").await;
+    assert_eq!(dog_right.attr("aria-pressed").await.expect("attr").as_deref(), Some("false"));
+    // The other card's verdict is untouched.
+    assert_eq!(card_field(&now, "cat.jpg", "feedback"), Some("Thanks! Feedback saved."), "{now:#?}");
 
     // Drop a text file on the drop zone: an error next to that file only.
     js(
@@ -228,7 +281,7 @@ async fn web_page_in_chromium() {
     // A hostile file name is shown as text, never parsed as HTML.
     let hostile = "<img src=x onerror=alert(1)>.jpg";
     let hostile_path = root.join(hostile);
-    std::fs::copy(photos.join("cat/2.jpg"), &hostile_path).expect("copy photo");
+    std::fs::copy(photos.join(HOSTILE_PHOTO), &hostile_path).expect("copy photo");
     let input = c.find(Locator::Css("#file")).await.expect("file input");
     input.send_keys(&hostile_path.display().to_string()).await.expect("choose hostile file");
     let now = wait_cards(&c, "the hostile file's result", |cs| {
@@ -268,27 +321,39 @@ async fn web_page_in_chromium() {
         async move { c.find(Locator::Id(id)).await.expect("tile").text().await.expect("tile text") }
     };
     assert_eq!(tile("tile-predictions").await, "4", "cat + dog + text file + hostile name");
-    assert!(tile("tile-feedback").await.starts_with("1 right"), "feedback counted: {}", tile("tile-feedback").await);
-    assert_eq!(tile("tile-satisfaction").await.replace('\u{a0}', " "), "100.0 %");
+    // One right (cat.jpg) and one wrong (dog.jpg) verdict, exactly as the tile words it.
+    assert_eq!(tile("tile-feedback").await.replace('\u{a0}', " "), "1 right · 1 wrong", "feedback counted");
+    assert_eq!(tile("tile-satisfaction").await.replace('\u{a0}', " "), "50.0 %", "1 right of 2 verdicts");
     let charts = js(&c, "return document.querySelectorAll('svg.chart').length").await;
     assert_eq!(charts, json!(5));
     let dash = c.source().await.expect("dashboard source");
     assert!(!dash.contains(hostile) && !dash.contains("onerror"), "the dashboard shows pseudonyms only");
-    let names = js(
+    assert!(!dash.contains("cat.jpg") && !dash.contains("dog.jpg"), "the dashboard shows pseudonyms only");
+    // The latest predictions, cell texts per row: time, file, result, P(dog), latency, feedback.
+    let rows = js(
         &c,
-        "return Array.from(document.querySelectorAll('#recent tbody td:nth-child(2)')).map(td => td.textContent)",
+        "return Array.from(document.querySelectorAll('#recent tbody tr'))
+            .map(tr => Array.from(tr.cells).map(td => td.textContent.trim()));",
     )
     .await;
-    let names: Vec<&str> = names.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-    assert_eq!(names.len(), 4, "{names:?}");
+    let rows: Vec<Vec<String>> = serde_json::from_value(rows).expect("rows of the latest predictions");
+    assert_eq!(rows.len(), 4, "{rows:#?}");
+    assert!(rows.iter().all(|r| r.len() == 6), "six cells a row: {rows:#?}");
     assert!(
-        names.iter().all(|n| n.starts_with("upload-") && n.len() <= "upload-0123456789abcdef.jpeg".len()),
-        "pseudonymised names only: {names:?}"
+        rows.iter().all(|r| r[1].starts_with("upload-") && r[1].len() <= "upload-0123456789abcdef.jpeg".len()),
+        "pseudonymised names only: {rows:#?}"
     );
+    // The cat got the "right", the (only) dog the "wrong"; the other two rows have none.
+    let mut verdicts: Vec<(&str, &str)> =
+        rows.iter().filter(|r| r[5] != "—").map(|r| (r[2].as_str(), r[5].as_str())).collect();
+    verdicts.sort_unstable();
+    assert_eq!(verdicts, [("cat", "✓ right"), ("dog", "✗ wrong")], "verdicts on the dashboard: {rows:#?}");
+    assert_eq!(rows.iter().filter(|r| r[5] == "—").count(), 2, "{rows:#?}");
     screenshot(&c, "dashboard-desktop.png").await;
     c.set_window_size(375, 812).await.expect("resize");
     let (inner, scroll) =
         (js(&c, "return window.innerWidth").await, js(&c, "return document.documentElement.scrollWidth").await);
+    assert!(inner.as_u64().is_some_and(|w| w <= 400), "viewport not narrowed: {inner}");
     assert!(scroll.as_u64() <= inner.as_u64(), "dashboard scrolls sideways at phone width: {scroll} > {inner}");
     screenshot(&c, "dashboard-phone.png").await;
 

@@ -52,6 +52,10 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
+fn occurrences(haystack: &[u8], needle: &str) -> usize {
+    haystack.windows(needle.len()).filter(|w| *w == needle.as_bytes()).count()
+}
+
 /// Every byte the service wrote under `dir` (database files, inference log, secrets).
 fn all_bytes_under(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -156,6 +160,17 @@ async fn erasure_export_pseudonyms_and_the_inference_log() {
     assert!(!logged.is_empty(), "logs were captured");
     assert!(!contains(&logged, "Jane-Doe"), "raw file name found in the logs");
 
+    // The raw bytes of the data directory hold the id before the erasure (so the scan
+    // after it can see one): the rows in the database files, the line in the log.
+    let audit_target = format!("prediction {id}");
+    let held: Vec<String> = all_bytes_under(&data)
+        .into_iter()
+        .filter(|(_, bytes)| occurrences(bytes, &id) > occurrences(bytes, &audit_target))
+        .map(|(path, _)| path)
+        .collect();
+    assert!(held.iter().any(|p| p.contains("catsdogs.db")), "the id is not in the database files: {held:?}");
+    assert!(held.iter().any(|p| p.ends_with(".csv")), "the id is not in the inference log: {held:?}");
+
     // Erasure: every trace of the id goes; the other predictions stay.
     let r = c.delete(app.url(&format!("/api/predictions/{id}"))).header("Authorization", bearer()).send().await;
     let report: Value = r.expect("erase").json().await.expect("json");
@@ -169,8 +184,13 @@ async fn erasure_export_pseudonyms_and_the_inference_log() {
     assert_eq!(app.state.store.count_rows("predictions").await.expect("count"), 16);
     let lines = log_lines(&app);
     assert_eq!(lines.len(), 16);
-    for (path, bytes) in all_bytes_under(&data.join("logs")) {
-        assert!(!contains(&bytes, &id), "erased id still in {path}");
+    // Nor in the raw bytes of any file under the data directory (database and its -wal
+    // and -shm files, inference log, secrets): SQLite zeroes what it deletes
+    // (secure_delete) and the erasure empties its write-ahead log. The id stays only as the
+    // target of the audit rows recording the export and the erasure themselves.
+    for (path, bytes) in all_bytes_under(&data) {
+        let audited = if path.contains("catsdogs.db") { occurrences(&bytes, &audit_target) } else { 0 };
+        assert_eq!(occurrences(&bytes, &id), audited, "erased id still in {path}");
     }
 
     // Audit: the first start's token set, the export and the erasure, with the caller's

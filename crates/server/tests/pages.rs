@@ -116,6 +116,8 @@ async fn sessions_csrf_and_roles() {
     assert_eq!(html.matches("class=\"card failed\"").count(), 1, "only the text file fails");
     assert!(html.contains("notes.txt"));
     let pid = attr_after(&html, r#"name="prediction_id" value=""#);
+    // Shown, so that a user can quote it to ask for access or erasure (docs/privacy.md §6).
+    assert!(html.contains(&format!("Prediction id <code>{pid}</code>")), "prediction id not shown");
     let r = c
         .post(app.url("/feedback"))
         .form(&[("csrf", csrf.as_str()), ("prediction_id", &pid), ("verdict", "dog")])

@@ -48,6 +48,17 @@ async fn predict(c: &reqwest::Client, base: &str) -> Result<String, String> {
     Ok(v["model_version"].as_str().unwrap_or_default().to_string())
 }
 
+/// The value of the `catsdogs_model_info` series labelled with `version` on `/metrics`.
+async fn model_info(c: &reqwest::Client, app: &TestApp, version: &str) -> Option<f64> {
+    let r = c.get(app.url("/metrics")).bearer_auth(TOKEN).send().await.expect("scrape");
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.expect("text");
+    let label = format!("version=\"{version}\"");
+    text.lines()
+        .filter(|l| l.starts_with("catsdogs_model_info{") && l.contains(&label))
+        .find_map(|l| l.rsplit(' ').next().and_then(|v| v.trim().parse().ok()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_the_model_under_load_without_failures() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -63,6 +74,7 @@ async fn reload_swaps_the_model_under_load_without_failures() {
     let app = TestApp::spawn_with(&db, data, None, move |cfg| cfg.model_dir = cur).await;
     let c = client();
     assert_eq!(predict(&c, &app.base).await.as_deref(), Ok("reload-test-1"));
+    assert_eq!(model_info(&c, &app, "reload-test-1").await, Some(1.0));
 
     // Load: 4 clients predicting in a loop, recording (start order, version or error).
     let stop = Arc::new(AtomicBool::new(false));
@@ -101,12 +113,16 @@ async fn reload_swaps_the_model_under_load_without_failures() {
     assert!(!after.is_empty(), "no request after the reload");
     assert!(after.iter().all(|(_, r)| r.as_deref() == Ok("reload-test-2")), "old version after the reload");
     assert!(all.iter().any(|(a, r)| !a && r.as_deref() == Ok("reload-test-1")), "no request before the reload");
+    // Prometheus: the replaced model's info series drops to 0, the served one reads 1.
+    assert_eq!(model_info(&c, &app, "reload-test-1").await, Some(0.0));
+    assert_eq!(model_info(&c, &app, "reload-test-2").await, Some(1.0));
 
     // A directory without a model is refused; the current model keeps serving.
     point(&current, &broken);
     let r = c.post(app.url("/api/admin/model/reload")).bearer_auth(TOKEN).send().await.expect("reload");
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(predict(&c, &app.base).await.as_deref(), Ok("reload-test-2"));
+    assert_eq!(model_info(&c, &app, "reload-test-2").await, Some(1.0), "a refused reload changes nothing");
     let audit = app.state.store.audit_entries(50).await.expect("audit");
     assert!(
         audit.iter().any(|a| a.action == "model_reload"
@@ -115,6 +131,21 @@ async fn reload_swaps_the_model_under_load_without_failures() {
     );
     // Without a token: refused.
     let r = c.post(app.url("/api/admin/model/reload")).send().await.expect("reload");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // The registry listing (the `current` link's folder) is audited as `model_list`.
+    let registry = dir.path().display().to_string();
+    let r = c.get(app.url("/api/admin/models")).bearer_auth(TOKEN).send().await.expect("models");
+    assert_eq!(r.status(), StatusCode::OK);
+    let models: Value = r.json().await.expect("json");
+    assert_eq!(models["registry"].as_str(), Some(registry.as_str()), "{models}");
+    assert_eq!(models["loaded_version"], "reload-test-2", "{models}");
+    let audit = app.state.store.audit_entries(50).await.expect("audit");
+    assert!(
+        audit.iter().any(|a| a.action == "model_list" && a.detail.as_deref() == Some(registry.as_str())),
+        "listing not audited: {audit:?}"
+    );
+    let r = c.get(app.url("/api/admin/models")).send().await.expect("models");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     app.stop().await;
 }

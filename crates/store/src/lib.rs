@@ -281,8 +281,11 @@ impl Store {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if kind == DbKind::Sqlite {
+                        // secure_delete: deleted rows are overwritten with zeros instead of
+                        // lingering in free space of the file (erasure must really erase).
                         conn.execute(
-                            "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL;",
+                            "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
+                             PRAGMA secure_delete = ON;",
                         )
                         .await?;
                     }
@@ -481,6 +484,30 @@ impl Store {
         }
     }
 
+    /// After an erasure on SQLite: copies the write-ahead log into the database file and
+    /// empties it (`wal_checkpoint(TRUNCATE)`), so no earlier version of an erased row's
+    /// pages stays in the `-wal` file; the pages in the database file were zeroed where the
+    /// rows were (`secure_delete`). The rows are already gone when this runs: a checkpoint
+    /// that cannot finish (a reader still on the log past the busy timeout) or fails is
+    /// logged, and the log is emptied by a later erasure's checkpoint.
+    async fn checkpoint_after_erasure(&self) {
+        if self.kind != DbKind::Sqlite {
+            return;
+        }
+        let busy = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get::<i64, _>(0));
+        match busy {
+            Ok(0) => {}
+            Ok(_) => tracing::warn!(
+                "erased rows: the SQLite write-ahead log could not be emptied (a reader held it); \
+                 old page versions stay in the -wal file until the next checkpoint"
+            ),
+            Err(e) => tracing::warn!(error = %e, "erased rows: checkpoint of the SQLite write-ahead log failed"),
+        }
+    }
+
     /// Erasure of one prediction: the row and its feedback. Returns what was removed.
     pub async fn erase_prediction(&self, id: &str) -> Result<RemovedRows, StoreError> {
         let mut tx = self.begin_write().await?;
@@ -492,6 +519,7 @@ impl Store {
         let predictions =
             sqlx::query("DELETE FROM predictions WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
         tx.commit().await?;
+        self.checkpoint_after_erasure().await;
         Ok(RemovedRows { predictions, feedback, audit: 0 })
     }
 
@@ -513,6 +541,7 @@ impl Store {
             .await?
             .rows_affected();
         tx.commit().await?;
+        self.checkpoint_after_erasure().await;
         Ok(RemovedRows { predictions, feedback, audit: 0 })
     }
 
@@ -724,5 +753,58 @@ mod tests {
     #[test]
     fn rejects_unknown_scheme() {
         assert!(matches!(DbKind::from_url("mysql://x"), Err(StoreError::UnsupportedUrl(_))));
+    }
+
+    fn row(id: &str, file_ref: &str, created_at: DateTime<Utc>) -> PredictionRecord {
+        PredictionRecord {
+            id: id.into(),
+            created_at,
+            model_version: "test".into(),
+            status: PredictionStatus::Ok,
+            label: Some("dog".into()),
+            p_dog: Some(0.9),
+            latency_ms: 1.0,
+            error_code: None,
+            file_ref: Some(file_ref.into()),
+            image_ref: None,
+        }
+    }
+
+    /// How many files in `dir` (the database, its `-wal` and `-shm`) hold `needle`.
+    fn files_holding(dir: &std::path::Path, needle: &str) -> usize {
+        std::fs::read_dir(dir)
+            .expect("list")
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            .count()
+    }
+
+    /// Erasure on SQLite leaves no byte of the erased rows in the database files:
+    /// `secure_delete` zeroes them and the checkpoint empties the write-ahead log.
+    #[tokio::test]
+    async fn sqlite_erasure_leaves_no_bytes_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("erase.db").display());
+        let store = Store::open(&url, &StoreOptions::default()).expect("open");
+        store.migrate().await.expect("migrate");
+        let now = Utc::now();
+        let (by_id, by_date, kept) = ("erased-by-id-7f3a9c21d4", "erased-by-date-0b6e58f2a1", "kept-row-c94d17e3b5");
+        store.insert_prediction(&row(by_id, "upload-by-id-5e1f.png", now)).await.expect("insert");
+        let ten_days_ago = now - chrono::Duration::days(10);
+        store.insert_prediction(&row(by_date, "upload-by-date-9a2c.png", ten_days_ago)).await.expect("insert");
+        store.insert_prediction(&row(kept, "upload-kept-3d7b.png", now)).await.expect("insert");
+        for needle in [by_id, by_date, kept] {
+            assert!(files_holding(dir.path(), needle) > 0, "{needle} is written before the erasure");
+        }
+
+        assert_eq!(store.erase_prediction(by_id).await.expect("erase").predictions, 1);
+        assert_eq!(store.erase_before(now - chrono::Duration::days(1)).await.expect("erase").predictions, 1);
+        for needle in [by_id, "upload-by-id-5e1f", by_date, "upload-by-date-9a2c"] {
+            assert_eq!(files_holding(dir.path(), needle), 0, "{needle} is still in the database files");
+        }
+        assert!(files_holding(dir.path(), kept) > 0, "the other row stays");
+        assert!(store.get_prediction(kept).await.expect("get").is_some());
+        store.close().await;
     }
 }
