@@ -122,7 +122,10 @@ fn read_manifest(dir: &Path) -> Result<Vec<Example>> {
 fn split_by_time(examples: &[Example], holdout: f64) -> (Vec<Example>, Vec<Example>) {
     let n = examples.len();
     let mut held = (n as f64 * holdout.clamp(0.0, 1.0)).round() as usize;
-    if holdout > 0.0 && n >= 2 {
+    if n < 2 {
+        // A single example is trained on: holding it out would leave nothing to learn.
+        held = 0;
+    } else if holdout > 0.0 {
         held = held.clamp(1, n - 1);
     }
     let cut = n - held.min(n);
