@@ -172,3 +172,89 @@ fn retraining_without_an_exported_feedback_set_says_how_to_make_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("catsdogs data export"), "{err}");
 }
+
+/// Real photos for the EfficientNet case (`CATSDOGS_DATA_DIR`, else `../shared/data/train`)
+/// and the pretrained checkpoint; skipped without them unless CI requires them.
+fn photos_and_checkpoint() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let photos = std::env::var_os("CATSDOGS_DATA_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| support::repo().join("../shared/data/train"));
+    let pth = std::env::var_os("CATSDOGS_EFFNET_PTH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| support::repo().join(".cache/efficientnet/efficientnet-lite0-57934424.pth"));
+    let required = std::env::var("CATSDOGS_REQUIRE_EFFNET").is_ok_and(|v| v == "1");
+    if !photos.join("cat").is_dir() || !pth.is_file() {
+        assert!(!required, "photos at {} or checkpoint {} missing", photos.display(), pth.display());
+        eprintln!("SKIPPED: needs photos at {} and the checkpoint {}", photos.display(), pth.display());
+        return None;
+    }
+    Some((photos, pth))
+}
+
+#[test]
+fn an_efficientnet_base_refits_its_head_on_real_feedback() {
+    let Some((photos, pth)) = photos_and_checkpoint() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_string();
+    // A small training folder (links to 16 photos per class) and an export-shaped feedback
+    // folder of 6 other photos per class, judged over six days.
+    let mut manifest = String::from("file,label,created_at,prediction_id\n");
+    for class in ["cat", "dog"] {
+        for (sub, range) in [("train", 1..17), ("feedback", 200..206)] {
+            std::fs::create_dir_all(dir.path().join(sub).join(class)).expect("mkdir");
+            for i in range {
+                let (src, dst) = (
+                    photos.join(class).join(format!("{i}.jpg")),
+                    dir.path().join(sub).join(class).join(format!("{i}.jpg")),
+                );
+                std::os::unix::fs::symlink(&src, &dst).expect("link");
+                if sub == "feedback" {
+                    let hour = if class == "cat" { 10 } else { 11 };
+                    manifest.push_str(&format!(
+                        "{class}/{i}.jpg,{class},2026-11-{:02}T{hour}:00:00Z,{class}{i}\n",
+                        i - 190
+                    ));
+                }
+            }
+        }
+    }
+    std::fs::write(dir.path().join("feedback/manifest.csv"), manifest).expect("manifest");
+    let registry = p("registry");
+    let shipped = support::repo().join("models/effnet-lite0");
+    ok(catsdogs(&["models", "--registry", &registry, "add", shipped.to_str().expect("utf-8")]));
+    let parent = json_file(&shipped.join("model.json"))["version"].as_str().expect("version").to_string();
+    ok(catsdogs(&["models", "--registry", &registry, "promote", &parent]));
+    ok(catsdogs(&[
+        "retrain",
+        "--registry",
+        &registry,
+        "--data",
+        &p("train"),
+        "--feedback",
+        &p("feedback"),
+        "--pretrained",
+        pth.to_str().expect("utf-8"),
+        "--version",
+        "eff-r1",
+        "--work",
+        &p("work"),
+        "--quiet",
+    ]));
+
+    let cand = Path::new(&registry).join("eff-r1");
+    let card = json_file(&cand.join("model.json"));
+    assert_eq!(card["architecture"], "efficientnet-lite0");
+    assert_eq!(card["lineage"]["parent"], parent.as_str());
+    assert_eq!(
+        (card["lineage"]["feedback_train"].clone(), card["lineage"]["feedback_holdout"].clone()),
+        (json!(8), json!(4))
+    );
+    let report = json_file(&cand.join("retrain-report.json"));
+    // The four newest examples: the last two days, a cat and a dog each.
+    assert_eq!(report["holdout_files"], json!(["dog/205.jpg", "cat/205.jpg", "dog/204.jpg", "cat/204.jpg"]));
+    for model in ["candidate", "current"] {
+        let acc = report["gate"]["feedback"][model]["accuracy"].as_f64().expect("accuracy");
+        assert!(acc >= 0.75, "{model} on held-out real photos: {acc}");
+    }
+    assert!(cand.join("model.onnx").is_file() && cand.join("roc_feedback.svg").is_file());
+}
