@@ -160,8 +160,8 @@ struct Report<'a> {
     data_digest: &'a str,
     fixed_set: String,
     lineage: &'a Lineage,
-    /// Held-out feedback examples (newest first), relative to the feedback folder.
-    holdout_files: Vec<String>,
+    /// The held-out files stay in the working folder (`feedback-holdout/`): their names are
+    /// prediction ids, which the registry (outside retention and erasure) must not keep.
     training_wall_time_s: f64,
     gate: &'a gate::GateReport,
 }
@@ -182,7 +182,7 @@ fn metrics_rows(name: &str, s: &Scores, out: &mut String) {
     }
 }
 
-fn markdown(report: &Report, run: &GateRun) -> String {
+fn markdown(report: &Report, run: &GateRun, plotted: &[&str]) -> String {
     let mut s = format!(
         "# Retraining report: {} from {}\n\n{}\n\nTraining folder `{}` (digest {}); fixed evaluation set: {}.\n\
          Feedback: {} examples trained on (each drawn {}x per pass), {} newest held out (digest {}).\n\n\
@@ -211,27 +211,34 @@ fn markdown(report: &Report, run: &GateRun) -> String {
     for r in &run.report.reasons {
         s.push_str(&format!("- {r}\n"));
     }
-    s.push_str("\n![ROC, fixed set](roc_fixed.svg)\n");
-    if run.feedback.is_some() {
-        s.push_str("![ROC, held-out feedback](roc_feedback.svg)\n");
+    s.push('\n');
+    for stem in plotted {
+        s.push_str(&format!("![{stem}]({stem}.svg)\n"));
     }
     s
 }
 
-fn roc_plots(dir: &Path, run: &GateRun, parent: &str, candidate: &str) -> Result<()> {
+/// Draws the ROC comparisons; a set with one class only has no ROC curve and is skipped.
+/// Returns the stems drawn.
+fn roc_plots(dir: &Path, run: &GateRun, parent: &str, candidate: &str) -> Result<Vec<&'static str>> {
+    let mut drawn = Vec::new();
     let sets = [
         ("roc_fixed", "fixed evaluation set", Some(&run.fixed)),
         ("roc_feedback", "held-out feedback", run.feedback.as_ref()),
     ];
     for (stem, title, scores) in sets {
         let Some(s) = scores else { continue };
+        if !(s.current.labels.contains(&0) && s.current.labels.contains(&1)) {
+            continue;
+        }
         let curves = [
             Curve { name: candidate, p_dog: &s.candidate.p_dog, labels: &s.candidate.labels },
             Curve { name: parent, p_dog: &s.current.p_dog, labels: &s.current.labels },
         ];
         plots::roc_comparison(dir, stem, &format!("ROC, {title}"), &curves).map_err(anyhow::Error::msg)?;
+        drawn.push(stem);
     }
-    Ok(())
+    Ok(drawn)
 }
 
 /// Trains the candidate into `out`; returns the training wall time.
@@ -294,7 +301,10 @@ fn fine_tune(
 pub fn retrain(a: RetrainArgs) -> Result<()> {
     let reg = Registry::new(&a.registry);
     let parent = match &a.base {
-        Some(v) => v.clone(),
+        Some(v) => {
+            Registry::check_version(v)?;
+            v.clone()
+        }
         None => reg.current().context("nothing is served from this registry yet: name the model with --base")?,
     };
     let parent_dir = reg.path(&parent);
@@ -304,6 +314,11 @@ pub fn retrain(a: RetrainArgs) -> Result<()> {
     Registry::check_version(&version)?;
     if reg.path(&version).exists() {
         bail!("version {version} is already in the registry");
+    }
+    if a.max_per_class.is_some() && base.architecture != "seed-cnn" {
+        // The head's recipe caps the photos before splitting, which would move photos of the
+        // parent's validation split (the fixed evaluation set) into training.
+        bail!("--max-per-class is for seed-cnn bases only: with {} it would train on the fixed set", base.architecture);
     }
     let work = a.work.clone().unwrap_or_else(|| PathBuf::from("runs/retrain").join(&version));
 
@@ -334,7 +349,7 @@ pub fn retrain(a: RetrainArgs) -> Result<()> {
     let lineage = Lineage {
         parent: parent.clone(),
         data_digest: data_digest.clone(),
-        feedback_digest: data::digest(&data::scan(&train_dir)?),
+        feedback_digest: data::digest(&data::scan_labelled(&train_dir)?),
         feedback_train: trained.len(),
         feedback_weight: a.feedback_weight.max(1),
         feedback_holdout: held.len(),
@@ -343,43 +358,51 @@ pub fn retrain(a: RetrainArgs) -> Result<()> {
     card.save(&out.join("model.json"))?;
     reg.add(&out)?;
     let dir = reg.path(&version);
-
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let load = |p: &Path| LoadedModel::load(p, BackendKind::Onnxruntime, threads);
-    let (candidate, current) = (load(&dir)?, load(&parent_dir)?);
-    let (fixed_dir, val_split) = match &a.eval_data {
-        Some(d) => (d.clone(), false),
-        None => (a.data.clone(), true),
+    // A candidate without its report must not stay in the registry (it could be promoted
+    // unexamined, and its version would be taken).
+    let evaluated = (|| -> Result<(String, PathBuf, bool)> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let load = |p: &Path| LoadedModel::load(p, BackendKind::Onnxruntime, threads);
+        let (candidate, current) = (load(&dir)?, load(&parent_dir)?);
+        let (fixed_dir, val_split) = match &a.eval_data {
+            Some(d) => (d.clone(), false),
+            None => (a.data.clone(), true),
+        };
+        let feedback_eval = (!held.is_empty()).then_some(holdout_dir.as_path());
+        let run = gate::run(&candidate, &current, &fixed_dir, val_split, feedback_eval, a.tolerance)?;
+        let report = Report {
+            created_at: Utc::now().to_rfc3339(),
+            parent: &parent,
+            candidate: &version,
+            architecture: &card.architecture,
+            training_data: a.data.display().to_string(),
+            data_digest: &data_digest,
+            fixed_set: if val_split {
+                format!("validation split of {} (seed and fraction from {parent}'s card)", fixed_dir.display())
+            } else {
+                fixed_dir.display().to_string()
+            },
+            lineage: &lineage,
+            training_wall_time_s: wall,
+            gate: &run.report,
+        };
+        let json = dir.join("retrain-report.json");
+        std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", json.display()))?;
+        let plotted = roc_plots(&dir, &run, &parent, &version)?;
+        let md = markdown(&report, &run, &plotted);
+        std::fs::write(dir.join("retrain-report.md"), &md).context("cannot write the report")?;
+        Ok((md, fixed_dir, val_split))
+    })();
+    let (md, fixed_dir, val_split) = match evaluated {
+        Ok(done) => done,
+        Err(e) => {
+            if let Err(rm) = std::fs::remove_dir_all(&dir) {
+                eprintln!("warning: cannot remove {}: {rm}", dir.display());
+            }
+            return Err(e.context(format!("evaluating {version} failed; it was taken out of the registry")));
+        }
     };
-    let feedback_eval = (!held.is_empty()).then_some(holdout_dir.as_path());
-    let run = gate::run(&candidate, &current, &fixed_dir, val_split, feedback_eval, a.tolerance)?;
-    let report = Report {
-        created_at: Utc::now().to_rfc3339(),
-        parent: &parent,
-        candidate: &version,
-        architecture: &card.architecture,
-        training_data: a.data.display().to_string(),
-        data_digest: &data_digest,
-        fixed_set: if val_split {
-            format!("validation split of {} (seed and fraction from {parent}'s card)", fixed_dir.display())
-        } else {
-            fixed_dir.display().to_string()
-        },
-        lineage: &lineage,
-        holdout_files: held
-            .iter()
-            .rev()
-            .map(|e| e.path.strip_prefix(&a.feedback).unwrap_or(&e.path).display().to_string())
-            .collect(),
-        training_wall_time_s: wall,
-        gate: &run.report,
-    };
-    let json = dir.join("retrain-report.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("cannot write {}", json.display()))?;
-    let md = markdown(&report, &run);
-    std::fs::write(dir.join("retrain-report.md"), &md).context("cannot write the report")?;
-    roc_plots(&dir, &run, &parent, &version)?;
     println!("{md}");
     eprintln!(
         "candidate {version} is in the registry; report: {}\nto promote it through the gate:\n  catsdogs models --registry {} promote {version} --gate-data {}{} --feedback-data {}",

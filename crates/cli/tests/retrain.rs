@@ -40,6 +40,17 @@ fn ok(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The held-out feedback `retrain` linked in its working folder, as `class/file`.
+fn held_out(work: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for class in ["cat", "dog"] {
+        for e in std::fs::read_dir(work.join("feedback-holdout").join(class)).expect("holdout folder").flatten() {
+            out.insert(format!("{class}/{}", e.file_name().to_string_lossy()));
+        }
+    }
+    out
+}
+
 fn json_file(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
         .expect("json")
@@ -124,7 +135,10 @@ async fn feedback_flows_into_a_retrained_candidate_with_a_report() {
     assert_eq!(report["gate"]["feedback"]["candidate"]["count"], 2);
     let newest: Vec<String> =
         ids[6..].iter().rev().map(|(id, dog)| format!("{}/{id}.png", if *dog { "dog" } else { "cat" })).collect();
-    assert_eq!(report["holdout_files"], json!(newest), "the newest feedback is held out");
+    assert_eq!(held_out(Path::new(&p("work"))), newest.into_iter().collect(), "the newest feedback is held out");
+    // Prediction ids stay out of the registry (it is outside retention and erasure).
+    let report_text = std::fs::read_to_string(cand.join("retrain-report.json")).expect("report");
+    assert!(ids.iter().all(|(id, _)| !report_text.contains(id.as_str())), "{report_text}");
     assert!(report["gate"]["passed"].is_boolean());
     for plot in ["roc_fixed.png", "roc_fixed.svg", "roc_feedback.png", "retrain-report.md"] {
         assert!(cand.join(plot).is_file(), "{plot} missing");
@@ -140,6 +154,28 @@ async fn feedback_flows_into_a_retrained_candidate_with_a_report() {
     assert_eq!(listed["versions"][1]["parent"], "base-1");
     assert_eq!(listed["versions"][1]["current"], false);
     assert_eq!(listed["promotions"].as_array().map(Vec::len), Some(1));
+    drop(server);
+
+    // One example held out, so one class only: scored, but no ROC curve to draw.
+    let one = [
+        "retrain",
+        "--registry",
+        &registry,
+        "--data",
+        &train,
+        "--feedback",
+        &feedback,
+        "--holdout",
+        "0.125",
+        "--version",
+        "cand-2",
+        "--work",
+        &p("work2"),
+    ];
+    ok(catsdogs(&[&one[..], &quick[..]].concat()));
+    let cand2 = Path::new(&registry).join("cand-2");
+    assert_eq!(json_file(&cand2.join("retrain-report.json"))["gate"]["feedback"]["candidate"]["count"], 1);
+    assert!(cand2.join("roc_fixed.svg").is_file() && !cand2.join("roc_feedback.svg").exists());
 }
 
 #[test]
@@ -251,7 +287,8 @@ fn an_efficientnet_base_refits_its_head_on_real_feedback() {
     );
     let report = json_file(&cand.join("retrain-report.json"));
     // The four newest examples: the last two days, a cat and a dog each.
-    assert_eq!(report["holdout_files"], json!(["dog/205.jpg", "cat/205.jpg", "dog/204.jpg", "cat/204.jpg"]));
+    let expected = ["dog/205.jpg", "cat/205.jpg", "dog/204.jpg", "cat/204.jpg"].map(String::from);
+    assert_eq!(held_out(&dir.path().join("work")), expected.into_iter().collect());
     for model in ["candidate", "current"] {
         let acc = report["gate"]["feedback"][model]["accuracy"].as_f64().expect("accuracy");
         assert!(acc >= 0.75, "{model} on held-out real photos: {acc}");

@@ -106,7 +106,14 @@ pub fn run(
 ) -> Result<GateRun, EvalError> {
     let fixed = score(candidate, current, select_samples(current, fixed_dir, val_split, None)?)?;
     let feedback = match feedback_dir {
-        Some(dir) => Some(score(candidate, current, data::scan(dir)?)?),
+        Some(dir) => {
+            // Feedback may hold one class only; it must hold something.
+            let samples = data::scan_labelled(dir)?;
+            if samples.is_empty() {
+                return Err(data::DataError::NoClasses(dir.to_path_buf()).into());
+            }
+            Some(score(candidate, current, samples)?)
+        }
         None => None,
     };
     let (fixed_cmp, feedback_cmp) = (fixed.comparison(), feedback.as_ref().map(Scores::comparison));

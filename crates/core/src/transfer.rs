@@ -447,7 +447,7 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
     let (train_cat, train_dog) = (class_count(&train, CAT), class_count(&train, DOG));
     let mut cache_key = digest.clone();
     if let Some(dir) = &cfg.extra_data {
-        let extra = data::scan(dir)?;
+        let extra = data::scan_labelled(dir)?;
         cache_key = format!("{digest}+{}x{}", data::digest(&extra), cfg.extra_weight.max(1));
         for _ in 0..cfg.extra_weight.max(1) {
             train.extend(extra.iter().cloned());

@@ -41,6 +41,16 @@ fn is_image_name(p: &Path) -> bool {
 
 /// Lists `DIR/{cat,dog}/*` (also `DIR/{Cat,Dog}`, the Kaggle PetImages layout), sorted.
 pub fn scan(dir: &Path) -> Result<Vec<Sample>, DataError> {
+    let samples = scan_labelled(dir)?;
+    if !samples.iter().any(|s| s.label == CAT) || !samples.iter().any(|s| s.label == DOG) {
+        return Err(DataError::NoClasses(dir.to_path_buf()));
+    }
+    Ok(samples)
+}
+
+/// Like [`scan`], but one class (or none) is fine: feedback sets are often one-sided
+/// (only "it's a cat" corrections), and a few examples split by time may be too.
+pub fn scan_labelled(dir: &Path) -> Result<Vec<Sample>, DataError> {
     let mut samples = Vec::new();
     for (label, names) in [(CAT, ["cat", "Cat", "cats"]), (DOG, ["dog", "Dog", "dogs"])] {
         let Some(class_dir) = names.iter().map(|n| dir.join(n)).find(|p| p.is_dir()) else {
@@ -52,9 +62,6 @@ pub fn scan(dir: &Path) -> Result<Vec<Sample>, DataError> {
             entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_image_name(p)).collect();
         files.sort();
         samples.extend(files.into_iter().map(|path| Sample { path, label }));
-    }
-    if !samples.iter().any(|s| s.label == CAT) || !samples.iter().any(|s| s.label == DOG) {
-        return Err(DataError::NoClasses(dir.to_path_buf()));
     }
     Ok(samples)
 }

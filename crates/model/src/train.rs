@@ -277,7 +277,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
         tracing::warn!(path = %path.display(), reason = %why, "skipped unreadable image");
     }
     if let Some(dir) = &cfg.extra_data {
-        let extra = data::decode_all(&data::scan(dir)?, cfg.preprocess.max_pixels, bound);
+        let extra = data::decode_all(&data::scan_labelled(dir)?, cfg.preprocess.max_pixels, bound);
         for (path, why) in &extra.skipped {
             tracing::warn!(path = %path.display(), reason = %why, "skipped unreadable extra image");
         }

@@ -468,6 +468,9 @@ impl Store {
         removed.predictions =
             self.delete_batched("predictions", "created_at_ms", c.predictions.timestamp_millis(), batch).await?;
         removed.audit = self.delete_batched("audit_log", "at_ms", c.audit.timestamp_millis(), batch).await?;
+        if removed.feedback + removed.predictions + removed.audit > 0 {
+            self.checkpoint_after_erasure().await;
+        }
         Ok(removed)
     }
 
