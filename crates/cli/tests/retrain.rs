@@ -97,22 +97,14 @@ async fn feedback_flows_into_a_retrained_candidate_with_a_report() {
     let exported = catsdogs_json("data", &["export", "--out", &feedback], &data);
     assert_eq!((exported["cat"].clone(), exported["dog"].clone()), (json!(4), json!(4)), "{exported}");
 
-    let retrain = [
-        "retrain",
-        "--registry",
-        &registry,
-        "--data",
-        &train,
-        "--feedback",
-        &feedback,
-        "--holdout",
-        "0.25",
-        "--version",
-        "cand-1",
-        "--work",
-        &p("work"),
-    ];
-    let report_md = ok(catsdogs(&[&retrain[..], &quick[..]].concat()));
+    // Both retrains differ only in the held-out share, the version and the working folder.
+    let retrain_with = |holdout: &str, version: &str, work: &str| {
+        let args =
+            ["retrain", "--registry", &registry, "--data", &train, "--feedback", &feedback, "--holdout", holdout];
+        let named = ["--version", version, "--work", &p(work)];
+        catsdogs(&[&args[..], &named[..], &quick[..]].concat())
+    };
+    let report_md = ok(retrain_with("0.25", "cand-1", "work"));
     assert!(report_md.contains("| fixed | candidate |") && report_md.contains("| feedback (held out) | parent |"));
 
     // The candidate is in the registry with its lineage; nothing was promoted.
@@ -157,22 +149,7 @@ async fn feedback_flows_into_a_retrained_candidate_with_a_report() {
     drop(server);
 
     // One example held out, so one class only: scored, but no ROC curve to draw.
-    let one = [
-        "retrain",
-        "--registry",
-        &registry,
-        "--data",
-        &train,
-        "--feedback",
-        &feedback,
-        "--holdout",
-        "0.125",
-        "--version",
-        "cand-2",
-        "--work",
-        &p("work2"),
-    ];
-    ok(catsdogs(&[&one[..], &quick[..]].concat()));
+    ok(retrain_with("0.125", "cand-2", "work2"));
     let cand2 = Path::new(&registry).join("cand-2");
     assert_eq!(json_file(&cand2.join("retrain-report.json"))["gate"]["feedback"]["candidate"]["count"], 1);
     assert!(cand2.join("roc_fixed.svg").is_file() && !cand2.join("roc_feedback.svg").exists());
