@@ -25,11 +25,13 @@ pub const THROUGHPUT_BATCH: usize = 32;
 pub fn gflop_per_image(model: &LoadedModel) -> f64 {
     match model.card.architecture.as_str() {
         "efficientnet-lite0" => {
-            // 0.770 GFLOP for the backbone at 224x224 (measured-facts.md); a tuned head adds
-            // its own 1x1 convolution 320 -> 1280 on the 7x7 grid.
+            // 0.770 GFLOP for the backbone at 224x224 (measured-facts.md); a tuned tail adds
+            // its own copy of the last block (192 -> 1152 -> depthwise 3x3 -> 320) and of the
+            // 1x1 head convolution (320 -> 1280) on the 7x7 grid.
             let tuned =
-                model.card.architecture_config["transfer"]["head_tuning"].as_array().is_some_and(|h| !h.is_empty());
-            0.770 + if tuned { 49.0 * 320.0 * 1280.0 * 2.0 / 1e9 } else { 0.0 }
+                model.card.architecture_config["transfer"]["tail_tuning"].as_array().is_some_and(|h| !h.is_empty());
+            let tail = 49.0 * 2.0 * (192.0 * 1152.0 + 1152.0 * 9.0 + 1152.0 * 320.0 + 320.0 * 1280.0);
+            0.770 + if tuned { tail / 1e9 } else { 0.0 }
         }
         _ => {
             // 3 x (3x3 convolution at full resolution, then 2x2 max-pool).

@@ -85,18 +85,19 @@ pub struct TrainArgs {
     /// view and its mirror image.
     #[arg(long, default_value_t = 1)]
     pub random_views: usize,
-    /// efficientnet-lite0: epochs of tuning the 1x1 head convolution with the classifier
-    /// (0 = logistic head on frozen features only).
+    /// efficientnet-lite0: epochs of tuning the last block and the 1x1 head convolution
+    /// with the classifier, one view per training photo each (0 = logistic head on frozen
+    /// features only).
     #[arg(long, default_value_t = 4)]
     pub tune_epochs: usize,
-    /// efficientnet-lite0: peak learning rate of the head tuning.
+    /// efficientnet-lite0: peak learning rate of the tail tuning.
     #[arg(long, default_value_t = 3e-4)]
     pub tune_lr: f64,
-    /// efficientnet-lite0: dropout on the pooled features during head tuning.
+    /// efficientnet-lite0: dropout on the pooled features during tail tuning.
     #[arg(long, default_value_t = 0.0)]
     pub tune_dropout: f32,
     /// efficientnet-lite0: keep the extracted features in DIR and reuse them when the
-    /// data and views are the same (several GiB with head tuning).
+    /// data and views are the same (several GiB with tail tuning).
     #[arg(long)]
     pub feature_cache: Option<PathBuf>,
 }
@@ -129,10 +130,10 @@ fn train_transfer(a: &TrainArgs) -> Result<()> {
     );
     if let Some(before) = &r.val_logistic_only {
         println!(
-            "logistic head alone: accuracy {:.2} %, log loss {:.4}; head tuning kept epoch {}",
+            "logistic head alone: accuracy {:.2} %, log loss {:.4}; tail tuning kept epoch {}",
             before.accuracy * 100.0,
             before.log_loss,
-            r.head_tuning_best_epoch
+            r.tail_tuning_best_epoch
         );
     }
     println!(

@@ -8,9 +8,9 @@ pub mod batcher;
 mod eval;
 mod export;
 pub mod gate;
-pub mod head_tuning;
 mod model;
 pub mod registry;
+pub mod tail_tuning;
 pub mod transfer;
 
 pub use backend_candle::CandleBackend;

@@ -1,10 +1,11 @@
 //! Transfer learning from the pretrained EfficientNet-Lite0: the frozen backbone runs in
 //! ONNX Runtime over several views of every training photo (centre, mirror image, random
-//! crops), its pooled features and last 7x7 activations are kept (optionally cached on
-//! disk), a logistic cat/dog head is trained on the features, then the 1x1 head
-//! convolution is tuned together with it ([`crate::head_tuning`]). The shipped model is
-//! one ONNX graph: backbone + tuned head + calibrated classifier (`p_dog`), plus the
-//! untouched ImageNet branch used to flag images that show neither a cat nor a dog.
+//! crops), its pooled features and the last block's 7x7 input are kept (optionally cached
+//! on disk), a logistic cat/dog head is trained on the features, then the last block and
+//! the 1x1 head convolution are tuned together with it ([`crate::tail_tuning`]). The
+//! shipped model is one ONNX graph: backbone + tuned tail + calibrated classifier
+//! (`p_dog`), plus the untouched ImageNet branch used to flag images that show neither a
+//! cat nor a dog.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -25,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::InferenceError;
 use crate::backend_ort::{ort_err, session_builder};
-use crate::head_tuning::{self, TrunkSet, TuneConfig, TuneEpoch};
+use crate::tail_tuning::{self, TrunkSet, TuneConfig, TuneEpoch};
 
 /// Errors of importing the checkpoint or training the head.
 #[derive(Debug, thiserror::Error)]
@@ -181,14 +182,16 @@ pub struct TransferReport {
     pub wall_time_s: f64,
     pub train_views: usize,
     pub weight_decay: f64,
-    /// Validation metrics of the logistic head alone, before head tuning (calibrated).
+    /// Validation metrics of the logistic head alone, before tail tuning (calibrated).
     #[serde(default)]
     pub val_logistic_only: Option<Metrics>,
     /// Head tuning per epoch (epoch 0 = the logistic head) and the epoch kept.
     #[serde(default)]
-    pub head_tuning: Vec<TuneEpoch>,
+    #[serde(alias = "head_tuning")]
+    pub tail_tuning: Vec<TuneEpoch>,
     #[serde(default)]
-    pub head_tuning_best_epoch: usize,
+    #[serde(alias = "head_tuning_best_epoch")]
+    pub tail_tuning_best_epoch: usize,
     pub temperature: f64,
     pub val_uncalibrated: Metrics,
     pub val: Metrics,
@@ -281,7 +284,7 @@ fn extract(
             // The trunk's grid: the input side over the backbone's total stride of 32.
             let cells = (cfg.size as usize / 32).pow(2);
             let channels = t.len() / n / cells;
-            // NCHW -> [N, cells, channels]: the head convolution becomes one matrix product.
+            // NCHW -> [N, cells, channels]: each pointwise convolution becomes one matrix product.
             let t = Tensor::from_vec(t, (n, channels, cells), &Device::Cpu)?.transpose(1, 2)?;
             trunk_chunks.push(t.to_dtype(DType::F16)?);
         }
@@ -509,9 +512,11 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
     };
     let (tuned, w, b, z) = match (&tr.trunk, &va.trunk) {
         (Some(xt), Some(xv)) if tune => {
-            let (conv_w, conv_b) = net.head_conv_folded()?;
+            let tail = net.tail_folded()?;
             let tune_cfg = TuneConfig {
                 epochs: cfg.tune_epochs,
+                // An epoch draws one view's worth per training photo.
+                samples_per_epoch: train.len(),
                 batch_size: 256,
                 learning_rate: cfg.tune_learning_rate,
                 weight_decay,
@@ -520,13 +525,13 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
                 seed: cfg.seed,
             };
             let bar = indicatif::ProgressBar::new(0).with_style(
-                indicatif::ProgressStyle::with_template("head tuning {bar:40} {pos}/{len} batches eta {eta}")
+                indicatif::ProgressStyle::with_template("tail tuning {bar:40} {pos}/{len} batches eta {eta}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            let t = head_tuning::tune(
+            let t = tail_tuning::tune(
                 &TrunkSet { x: xt, labels: &tr.labels },
                 &TrunkSet { x: xv, labels: &va.labels },
-                (&conv_w, &conv_b),
+                &tail,
                 (&w, &b),
                 &tune_cfg,
                 &bar,
@@ -560,8 +565,8 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
         train_views: tr.labels.len(),
         weight_decay,
         val_logistic_only: tuned.is_some().then_some(logistic_only),
-        head_tuning: tuned.as_ref().map(|t| t.history.clone()).unwrap_or_default(),
-        head_tuning_best_epoch: tuned.as_ref().map_or(0, |t| t.best_epoch),
+        tail_tuning: tuned.as_ref().map(|t| t.history.clone()).unwrap_or_default(),
+        tail_tuning_best_epoch: tuned.as_ref().map_or(0, |t| t.best_epoch),
         temperature,
         val_uncalibrated: metrics::compute(&p_raw, &va.labels),
         val: metrics::compute(&p_cal, &va.labels),
@@ -573,11 +578,7 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
     let mut meta = BTreeMap::new();
     meta.insert("catsdogs.version".to_string(), cfg.version.clone());
     meta.insert("catsdogs.neither_threshold".to_string(), neither_threshold.to_string());
-    let heads = OnnxHeads {
-        catdog: Some((&w, &b)),
-        tuned_head: tuned.as_ref().map(|t| (&t.conv_weight, &t.conv_bias)),
-        trunk: false,
-    };
+    let heads = OnnxHeads { catdog: Some((&w, &b)), tuned_tail: tuned.as_ref().map(|t| &t.tail), trunk: false };
     let onnx = net.to_onnx(&heads, &meta)?;
     let onnx_path = cfg.out_dir.join("model.onnx");
     std::fs::write(&onnx_path, onnx).map_err(io(&onnx_path))?;
@@ -585,8 +586,7 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
     let mut head: std::collections::HashMap<String, Tensor> =
         [("catdog.weight".to_string(), w.clone()), ("catdog.bias".to_string(), b.clone())].into_iter().collect();
     if let Some(t) = &tuned {
-        head.insert("tuned_head.weight".into(), t.conv_weight.clone());
-        head.insert("tuned_head.bias".into(), t.conv_bias.clone());
+        head.extend(t.tail.named("tuned_tail"));
     }
     candle_core::safetensors::save(&head, &head_path)?;
     catsdogs_model::plots::evaluation_plots(&cfg.out_dir, &p_cal, &va.labels)
@@ -601,17 +601,14 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
             "backbone": config,
             "pretrained": cfg.pretrained.file_name().map(|n| n.to_string_lossy().into_owned()),
             "head": if tuned.is_some() {
-                "1x1 head convolution tuned for cats and dogs (its own branch; the ImageNet branch is untouched) + logistic regression, temperature folded in"
+                "last MBConv block and 1x1 head convolution tuned for cats and dogs (their own branch; the ImageNet branch is untouched) + logistic regression, temperature folded in"
             } else {
                 "logistic regression on the 1280-d pooled features, temperature folded in"
             },
             "transfer": report,
         }),
         classes: data::CLASSES.iter().map(|s| s.to_string()).collect(),
-        parameters: 4_652_008
-            + d
-            + 1
-            + tuned.as_ref().map_or(0, |t| t.conv_weight.elem_count() + t.conv_bias.elem_count()),
+        parameters: 4_652_008 + d + 1 + tuned.as_ref().map_or(0, |t| t.tail.parameters()),
         preprocessing: Preprocessing::standard(pre),
         threshold: 0.5,
         data: Some(DataSummary {

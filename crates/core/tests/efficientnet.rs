@@ -164,7 +164,7 @@ fn transfer_run_exports_the_tuned_head() {
     cfg.feature_cache = Some(out.path().join("cache"));
     let (card, report) = catsdogs_core::transfer::train_head(&cfg).expect("train");
     assert_eq!(report.train_views, 64 * 3, "centre + mirror + 1 random view of 64 training photos");
-    assert_eq!(report.head_tuning.len(), 3, "epoch 0 (logistic head) and 2 tuning epochs");
+    assert_eq!(report.tail_tuning.len(), 3, "epoch 0 (logistic head) and 2 tuning epochs");
     let cached = std::fs::read_dir(out.path().join("cache")).expect("cache dir").count();
     assert_eq!(cached, 1, "one feature cache file");
 
@@ -197,4 +197,26 @@ fn transfer_run_exports_the_tuned_head() {
     // Second run: features come from the cache, same result.
     let (_, again) = catsdogs_core::transfer::train_head(&cfg).expect("train from cache");
     assert!((again.val.log_loss - report.val.log_loss).abs() < 1e-9);
+}
+
+/// The tail that tuning starts from (last block + head convolution, BatchNorm folded, in
+/// candle with the custom depthwise kernel), applied to the graph's `trunk` output,
+/// reproduces the graph's own pooled features: training and the export see one network.
+#[test]
+fn pretrained_tail_on_the_trunk_reproduces_the_features() {
+    let (Some(pth), Some(dir)) = (checkpoint(), photos()) else { return };
+    let net = load_backbone(&pth).expect("load checkpoint");
+    let heads = catsdogs_model::efficientnet_lite::OnnxHeads { trunk: true, ..Default::default() };
+    let fx = FeatureExtractor::from_onnx(&net.to_onnx(&heads, &BTreeMap::new()).expect("export"), &net.config, 2)
+        .expect("ort");
+    let images = [input(&dir.join("cat/1.jpg")), input(&dir.join("dog/0.jpg"))];
+    let out = fx.run(&images).expect("run");
+    let trunk = out.trunk.expect("trunk output");
+    let c = net.trunk_channels();
+    assert_eq!(c, 192, "the last block's input");
+    let x = Tensor::from_vec(trunk, (2, c, 49), &Device::Cpu).expect("tensor").transpose(1, 2).expect("transpose");
+    let pooled = net.tail_folded().expect("tail").pooled(&x).expect("pooled");
+    let pooled = pooled.flatten_all().expect("flat").to_vec1::<f32>().expect("vec");
+    let diff = pooled.iter().zip(&out.features).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-4, "tail features differ from the graph's by {diff}");
 }

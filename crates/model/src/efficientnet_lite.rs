@@ -238,12 +238,34 @@ impl EfficientNetLite {
         Ok((features, logits))
     }
 
-    /// The 1x1 head convolution with BatchNorm folded: weight [1280, 320], bias [1280]
-    /// (the starting point of head tuning).
-    pub fn head_conv_folded(&self) -> Result<(Tensor, Tensor)> {
-        let (w, b) = self.head.folded()?;
-        let (cout, cin, _, _) = w.dims4()?;
-        Ok((w.reshape((cout, cin))?, b))
+    /// The last MBConv block and the 1x1 head convolution, BatchNorm folded (the starting
+    /// point of tail tuning). The last block must be a non-residual 3x3 block with an
+    /// expansion, as in Lite0.
+    pub fn tail_folded(&self) -> Result<Tail> {
+        let Some(last) = self.blocks.last() else { candle_core::bail!("the network has no blocks") };
+        let Some(expand) = &last.expand else { candle_core::bail!("the last block has no expansion") };
+        if last.residual || last.depthwise.kernel != 3 || last.depthwise.stride != 1 {
+            candle_core::bail!("the last block must be a 3x3, stride-1, non-residual block");
+        }
+        // Conv [cout, cin, 1, 1] -> matrix [cin, cout] (x @ W).
+        let pointwise = |c: &ConvBn| -> Result<(Tensor, Tensor)> {
+            let (w, b) = c.folded()?;
+            let (cout, cin, _, _) = w.dims4()?;
+            Ok((w.reshape((cout, cin))?.t()?.contiguous()?, b))
+        };
+        let (dw, db) = last.depthwise.folded()?;
+        let mid = dw.dim(0)?;
+        Ok(Tail {
+            expand: pointwise(expand)?,
+            depthwise: (dw.reshape((mid, 9))?.t()?.contiguous()?, db),
+            project: pointwise(&last.project)?,
+            head: pointwise(&self.head)?,
+        })
+    }
+
+    /// Channels of the trunk: the input of the last block.
+    pub fn trunk_channels(&self) -> usize {
+        self.blocks.last().and_then(|b| b.expand.as_ref()).map_or(0, |e| e.weight.dim(1).unwrap_or(0))
     }
 
     /// The graph: `image` (u8 NHWC) -> `features` [N, 1280], `imagenet_logits` [N, 1000],
@@ -269,8 +291,13 @@ impl EfficientNetLite {
         let y = self.stem.to_onnx(&mut g, "stem", &x, size)?;
         size = self.stem.out_size(size);
         let mut x = relu6(&mut g, &y);
+        let mut trunk = x.clone();
+        let mut trunk_side = size;
         for (i, b) in self.blocks.iter().enumerate() {
             let input = x.clone();
+            if i + 1 == self.blocks.len() {
+                (trunk, trunk_side) = (x.clone(), size);
+            }
             if let Some(e) = &b.expand {
                 let y = e.to_onnx(&mut g, &format!("blocks.{i}.expand"), &x, size)?;
                 x = relu6(&mut g, &y);
@@ -283,14 +310,12 @@ impl EfficientNetLite {
                 x = g.node("Add", &[&x, &input], vec![], None);
             }
         }
-        let trunk = x;
-        let side = size as i64;
-        let channels = self.config.stages.last().map_or(320, |s| s.out_channels) as i64;
         if heads.trunk {
             g.node("Identity", &[&trunk], vec![], Some("trunk"));
-            g.output_f32("trunk", &[Dim::Named("N"), Dim::Fixed(channels), Dim::Fixed(side), Dim::Fixed(side)]);
+            let (c, side) = (self.trunk_channels() as i64, trunk_side as i64);
+            g.output_f32("trunk", &[Dim::Named("N"), Dim::Fixed(c), Dim::Fixed(side), Dim::Fixed(side)]);
         }
-        let y = self.head.to_onnx(&mut g, "head", &trunk, size)?;
+        let y = self.head.to_onnx(&mut g, "head", &x, size)?;
         let x = relu6(&mut g, &y);
         let x = g.node("GlobalAveragePool", &[&x], vec![], None);
         let features = g.node("Flatten", &[&x], vec![("axis", Attr::Int(1))], Some("features"));
@@ -300,16 +325,8 @@ impl EfficientNetLite {
         g.output_f32("features", &[Dim::Named("N"), Dim::Fixed(self.config.head_channels as i64)]);
         g.output_f32("imagenet_logits", &[Dim::Named("N"), Dim::Fixed(self.config.num_classes as i64)]);
         if let Some((hw, hb)) = heads.catdog {
-            let catdog_features = match heads.tuned_head {
-                Some((tw, tb)) => {
-                    let (cout, cin) = tw.dims2()?;
-                    let tw = g.weight("tuned_head.weight", &tw.reshape((cout, cin, 1, 1))?)?;
-                    let tb = g.weight("tuned_head.bias", tb)?;
-                    let y = g.node("Conv", &[&trunk, &tw, &tb], vec![("kernel_shape", Attr::Ints(vec![1, 1]))], None);
-                    let y = relu6(&mut g, &y);
-                    let y = g.node("GlobalAveragePool", &[&y], vec![], None);
-                    g.node("Flatten", &[&y], vec![("axis", Attr::Int(1))], None)
-                }
+            let catdog_features = match heads.tuned_tail {
+                Some(tail) => tail.to_onnx(&mut g, &trunk, &lo, &hi)?,
                 None => features,
             };
             let hw = g.weight("catdog.weight", hw)?;
@@ -325,12 +342,97 @@ impl EfficientNetLite {
 pub struct OnnxHeads<'a> {
     /// The cat/dog logistic head (`weight` [1, 1280], `bias` [1]) -> output `p_dog` [N].
     pub catdog: Option<(&'a Tensor, &'a Tensor)>,
-    /// A fine-tuned copy of the 1x1 head convolution (`weight` [1280, 320], `bias` [1280],
-    /// BatchNorm folded) whose pooled output feeds `catdog`. The ImageNet branch keeps the
-    /// pretrained one, so the "neither" score does not drift with the tuning.
-    pub tuned_head: Option<(&'a Tensor, &'a Tensor)>,
-    /// Also output `trunk` [N, 320, 7, 7], the last block's activations, for caching.
+    /// A fine-tuned copy of the last block and the head convolution whose pooled output
+    /// feeds `catdog`. The ImageNet branch keeps the pretrained layers, so the "neither"
+    /// score does not drift with the tuning.
+    pub tuned_tail: Option<&'a Tail>,
+    /// Also output `trunk` [N, 192, 7, 7], the last block's input, for caching.
     pub trunk: bool,
+}
+
+/// The layers that cat/dog training tunes, after the frozen trunk: the last MBConv block
+/// (1x1 expansion, depthwise 3x3, 1x1 projection) and the 1x1 head convolution, BatchNorm
+/// folded. Pointwise weights are matrices [in, out] so that, on activations laid out
+/// [cells, channels], each layer is one matrix product; the depthwise weight is [9, channels].
+#[derive(Debug, Clone)]
+pub struct Tail {
+    pub expand: (Tensor, Tensor),
+    pub depthwise: (Tensor, Tensor),
+    pub project: (Tensor, Tensor),
+    pub head: (Tensor, Tensor),
+}
+
+/// Tensor names of a [`Tail`] in safetensors files.
+const TAIL_NAMES: [&str; 4] = ["expand", "depthwise", "project", "head"];
+
+impl Tail {
+    fn layers(&self) -> [&(Tensor, Tensor); 4] {
+        [&self.expand, &self.depthwise, &self.project, &self.head]
+    }
+
+    /// Pooled 1280-d features of trunk activations `x` [B, side*side, C] (any float dtype).
+    pub fn pooled(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, cells, c) = x.dims3()?;
+        let side = (cells as f64).sqrt() as usize;
+        if side * side != cells {
+            candle_core::bail!("trunk activations must cover a square grid, got {cells} cells");
+        }
+        let pointwise = |x: &Tensor, (w, bias): &(Tensor, Tensor)| x.matmul(w)?.broadcast_add(bias);
+        let y = relu6(&pointwise(&x.to_dtype(DType::F32)?.reshape((b * cells, c))?, &self.expand)?)?;
+        let mid = y.dim(1)?;
+        let y = crate::ops::depthwise3x3_nhwc(&y.reshape((b, side, side, mid))?, &self.depthwise.0)?;
+        let y = relu6(&y.reshape((b * cells, mid))?.broadcast_add(&self.depthwise.1)?)?;
+        let y = pointwise(&y, &self.project)?;
+        let y = relu6(&pointwise(&y, &self.head)?)?;
+        y.reshape((b, cells, ()))?.mean(1)
+    }
+
+    /// The tensors by name (`{prefix}.expand.weight`, ...), for safetensors.
+    pub fn named(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        TAIL_NAMES
+            .iter()
+            .zip(self.layers())
+            .flat_map(|(name, (w, b))| {
+                [(format!("{prefix}.{name}.weight"), w.clone()), (format!("{prefix}.{name}.bias"), b.clone())]
+            })
+            .collect()
+    }
+
+    /// Number of parameters.
+    pub fn parameters(&self) -> usize {
+        self.layers().iter().map(|(w, b)| w.elem_count() + b.elem_count()).sum()
+    }
+
+    /// Adds the tail to a graph on the trunk `x` (NCHW); returns the pooled features [N, 1280].
+    fn to_onnx(&self, g: &mut GraphBuilder, x: &str, lo: &str, hi: &str) -> std::result::Result<String, ExportError> {
+        let conv = |g: &mut GraphBuilder, name: &str, x: &str, w: Tensor, b: &Tensor, attrs: Vec<(&str, Attr)>| {
+            let w = g.weight(&format!("tuned_tail.{name}.weight"), &w)?;
+            let b = g.weight(&format!("tuned_tail.{name}.bias"), b)?;
+            Ok::<_, ExportError>(g.node("Conv", &[x, &w, &b], attrs, None))
+        };
+        let one = || vec![("kernel_shape", Attr::Ints(vec![1, 1]))];
+        // Matrix [in, out] -> Conv weight [out, in, 1, 1].
+        let onnx_weight = |w: &Tensor| -> Result<Tensor> {
+            let (cin, cout) = w.dims2()?;
+            w.t()?.contiguous()?.reshape((cout, cin, 1, 1))
+        };
+        let y = conv(g, "expand", x, onnx_weight(&self.expand.0)?, &self.expand.1, one())?;
+        let y = g.node("Clip", &[&y, lo, hi], vec![], None);
+        let mid = self.depthwise.0.dim(1)?;
+        let dw = self.depthwise.0.t()?.contiguous()?.reshape((mid, 1, 3, 3))?;
+        let attrs = vec![
+            ("kernel_shape", Attr::Ints(vec![3, 3])),
+            ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+            ("group", Attr::Int(mid as i64)),
+        ];
+        let y = conv(g, "depthwise", &y, dw, &self.depthwise.1, attrs)?;
+        let y = g.node("Clip", &[&y, lo, hi], vec![], None);
+        let y = conv(g, "project", &y, onnx_weight(&self.project.0)?, &self.project.1, one())?;
+        let y = conv(g, "head", &y, onnx_weight(&self.head.0)?, &self.head.1, one())?;
+        let y = g.node("Clip", &[&y, lo, hi], vec![], None);
+        let y = g.node("GlobalAveragePool", &[&y], vec![], None);
+        Ok(g.node("Flatten", &[&y], vec![("axis", Attr::Int(1))], None))
+    }
 }
 
 impl Module for EfficientNetLite {

@@ -1,14 +1,17 @@
-//! Tuning EfficientNet-Lite0's last layer for cats and dogs: the 1x1 head convolution
-//! (320 -> 1280, BatchNorm folded) and the logistic cat/dog head are trained together in
-//! candle on cached 7x7x320 activations of the frozen trunk. A 1x1 convolution is one
-//! matrix product, cheap to back-propagate on a CPU, unlike the depthwise blocks before it.
-use candle_core::{D, DType, Device, Tensor, Var};
+//! Tuning EfficientNet-Lite0's last layers for cats and dogs: the last MBConv block, the
+//! 1x1 head convolution (BatchNorm folded) and the logistic cat/dog head are trained
+//! together in candle on cached 7x7 activations of the frozen trunk (the last block's
+//! input). At 7x7 the pointwise convolutions are matrix products and the depthwise one is
+//! a small custom kernel, so back-propagating through them is cheap on a CPU, unlike the
+//! blocks before them.
+use candle_core::{D, Device, Tensor, Var};
 
+use catsdogs_model::efficientnet_lite::Tail;
 use catsdogs_model::metrics;
 use catsdogs_model::optim::AdamW;
 use catsdogs_model::train::smoothed_bce;
 
-/// Trunk activations of a set of views: `x` [N, 49, 320] (f16), labels 0 = cat, 1 = dog.
+/// Trunk activations of a set of views: `x` [N, 49, C] (f16), labels 0 = cat, 1 = dog.
 pub struct TrunkSet<'a> {
     pub x: &'a Tensor,
     pub labels: &'a [u8],
@@ -18,6 +21,9 @@ pub struct TrunkSet<'a> {
 #[derive(Debug, Clone)]
 pub struct TuneConfig {
     pub epochs: usize,
+    /// Examples drawn (without replacement, from all views) per epoch; 0 = all of them.
+    /// With several views per photo, one photo's worth per epoch keeps epochs short.
+    pub samples_per_epoch: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
     pub weight_decay: f64,
@@ -37,10 +43,8 @@ pub struct TuneEpoch {
 }
 
 /// The tuned weights of the epoch with the lowest validation log loss.
-pub struct TunedHead {
-    /// [1280, 320], the ONNX Conv layout without the 1x1 kernel dims.
-    pub conv_weight: Tensor,
-    pub conv_bias: Tensor,
+pub struct TunedTail {
+    pub tail: Tail,
     pub fc_weight: Tensor,
     pub fc_bias: Tensor,
     /// Uncalibrated validation logits of the kept epoch.
@@ -49,21 +53,46 @@ pub struct TunedHead {
     pub best_epoch: usize,
 }
 
+/// The trainable tensors: the tail's eight and the classifier's two.
 struct Params {
-    conv_t: Var,
-    conv_b: Var,
+    tail: [(Var, Var); 4],
     fc_w: Var,
     fc_b: Var,
 }
 
 impl Params {
+    fn new(tail: &Tail, fc: (&Tensor, &Tensor)) -> candle_core::Result<Self> {
+        let var = |t: &Tensor| Var::from_tensor(&t.contiguous()?);
+        let pair = |(w, b): &(Tensor, Tensor)| -> candle_core::Result<(Var, Var)> { Ok((var(w)?, var(b)?)) };
+        Ok(Self {
+            tail: [pair(&tail.expand)?, pair(&tail.depthwise)?, pair(&tail.project)?, pair(&tail.head)?],
+            fc_w: var(fc.0)?,
+            fc_b: var(fc.1)?,
+        })
+    }
+
+    /// The tail over the current values (shares the variables' storage and gradients).
+    fn tail(&self) -> Tail {
+        let pair = |(w, b): &(Var, Var)| (w.as_tensor().clone(), b.as_tensor().clone());
+        let [e, d, p, h] = &self.tail;
+        Tail { expand: pair(e), depthwise: pair(d), project: pair(p), head: pair(h) }
+    }
+
+    fn named(&self) -> Vec<(String, Var)> {
+        let mut out: Vec<(String, Var)> = ["expand", "depthwise", "project", "head"]
+            .iter()
+            .zip(&self.tail)
+            .flat_map(|(n, (w, b))| [(format!("tail.{n}.weight"), w.clone()), (format!("tail.{n}.bias"), b.clone())])
+            .collect();
+        out.push(("catdog.weight".into(), self.fc_w.clone()));
+        out.push(("catdog.bias".into(), self.fc_b.clone()));
+        out
+    }
+
     /// Logits of a batch of trunk activations [B, 49, C] (any float dtype); `dropout` > 0
     /// drops pooled features (training).
     fn logits(&self, x: &Tensor, dropout: f32) -> candle_core::Result<Tensor> {
-        let (b, cells, c) = x.dims3()?;
-        let y = x.to_dtype(DType::F32)?.reshape((b * cells, c))?.matmul(self.conv_t.as_tensor())?;
-        let y = y.broadcast_add(self.conv_b.as_tensor())?.clamp(0f32, 6f32)?;
-        let mut pooled = y.reshape((b, cells, ()))?.mean(1)?;
+        let mut pooled = self.tail().pooled(x)?;
         if dropout > 0.0 {
             pooled = candle_nn::ops::dropout(&pooled, dropout)?;
         }
@@ -73,51 +102,38 @@ impl Params {
     fn logits_all(&self, x: &Tensor) -> candle_core::Result<Vec<f32>> {
         let n = x.dim(0)?;
         let mut out = Vec::with_capacity(n);
-        for start in (0..n).step_by(512) {
-            let len = 512.min(n - start);
+        for start in (0..n).step_by(256) {
+            let len = 256.min(n - start);
             out.extend(self.logits(&x.narrow(0, start, len)?, 0.0)?.detach().to_vec1::<f32>()?);
         }
         Ok(out)
     }
 
-    fn snapshot(&self) -> candle_core::Result<[Tensor; 4]> {
-        Ok([
-            self.conv_t.as_tensor().t()?.contiguous()?,
-            self.conv_b.as_tensor().copy()?,
-            self.fc_w.as_tensor().copy()?,
-            self.fc_b.as_tensor().copy()?,
-        ])
+    /// Detached copies of the current values.
+    fn snapshot(&self) -> candle_core::Result<(Tail, Tensor, Tensor)> {
+        let copy = |(w, b): &(Var, Var)| -> candle_core::Result<(Tensor, Tensor)> {
+            Ok((w.as_tensor().copy()?.detach(), b.as_tensor().copy()?.detach()))
+        };
+        let [e, d, p, h] = &self.tail;
+        let tail = Tail { expand: copy(e)?, depthwise: copy(d)?, project: copy(p)?, head: copy(h)? };
+        Ok((tail, self.fc_w.as_tensor().copy()?.detach(), self.fc_b.as_tensor().copy()?.detach()))
     }
 }
 
-/// Trains the head convolution and the logistic head from `init_conv` ([1280, 320], [1280])
-/// and `init_fc` ([1, 1280], [1]) with AdamW and a cosine schedule; keeps the epoch with the
-/// lowest validation log loss (epoch 0 = the starting point, so tuning never makes it worse).
+/// Trains the tail from `init_tail` and the logistic head from `init_fc` ([1, 1280], [1])
+/// with AdamW and a cosine schedule; keeps the epoch with the lowest validation log loss
+/// (epoch 0 = the starting point, so tuning never makes it worse).
 pub fn tune(
     train: &TrunkSet,
     val: &TrunkSet,
-    init_conv: (&Tensor, &Tensor),
+    init_tail: &Tail,
     init_fc: (&Tensor, &Tensor),
     cfg: &TuneConfig,
     progress: &indicatif::ProgressBar,
-) -> candle_core::Result<TunedHead> {
+) -> candle_core::Result<TunedTail> {
     let dev = Device::Cpu;
-    let p = Params {
-        conv_t: Var::from_tensor(&init_conv.0.t()?.contiguous()?)?,
-        conv_b: Var::from_tensor(&init_conv.1.contiguous()?)?,
-        fc_w: Var::from_tensor(&init_fc.0.contiguous()?)?,
-        fc_b: Var::from_tensor(&init_fc.1.contiguous()?)?,
-    };
-    let mut opt = AdamW::new(
-        vec![
-            ("head.weight".into(), p.conv_t.clone()),
-            ("head.bias".into(), p.conv_b.clone()),
-            ("catdog.weight".into(), p.fc_w.clone()),
-            ("catdog.bias".into(), p.fc_b.clone()),
-        ],
-        cfg.learning_rate,
-        cfg.weight_decay,
-    )?;
+    let p = Params::new(init_tail, init_fc)?;
+    let mut opt = AdamW::new(p.named(), cfg.learning_rate, cfg.weight_decay)?;
     let evaluate = |p: &Params| -> candle_core::Result<(Vec<f32>, metrics::Metrics)> {
         let z = p.logits_all(val.x)?;
         let probs: Vec<f32> = z.iter().map(|&z| 1.0 / (1.0 + (-z).exp())).collect();
@@ -130,8 +146,9 @@ pub fn tune(
     let mut best = (m0.log_loss, 0, p.snapshot()?, z0);
 
     let n = train.labels.len();
+    let per_epoch = if cfg.samples_per_epoch == 0 { n } else { cfg.samples_per_epoch.min(n) };
     let y_all = Tensor::from_vec(train.labels.iter().map(|&l| f32::from(l)).collect::<Vec<_>>(), n, &dev)?;
-    let total = n.div_ceil(cfg.batch_size) * cfg.epochs;
+    let total = per_epoch.div_ceil(cfg.batch_size) * cfg.epochs;
     let mut order: Vec<u32> = (0..n as u32).collect();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(cfg.seed);
     let mut step = 0;
@@ -139,7 +156,7 @@ pub fn tune(
     for epoch in 1..=cfg.epochs {
         rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
         let (mut loss_sum, mut batches) = (0.0, 0);
-        for batch in order.chunks(cfg.batch_size) {
+        for batch in order[..per_epoch].chunks(cfg.batch_size) {
             let idx = Tensor::from_slice(batch, batch.len(), &dev)?;
             let xb = train.x.index_select(&idx, 0)?;
             let yb = y_all.index_select(&idx, 0)?;
@@ -163,20 +180,21 @@ pub fn tune(
             train_loss = record.train_loss,
             val_log_loss = m.log_loss,
             val_accuracy = m.accuracy,
-            "head tuning"
+            "tail tuning"
         );
         history.push(record);
         if m.log_loss < best.0 {
             best = (m.log_loss, epoch, p.snapshot()?, z);
         }
     }
-    let (_, best_epoch, [conv_weight, conv_bias, fc_weight, fc_bias], val_logits) = best;
-    Ok(TunedHead { conv_weight, conv_bias, fc_weight, fc_bias, val_logits, history, best_epoch })
+    let (_, best_epoch, (tail, fc_weight, fc_bias), val_logits) = best;
+    Ok(TunedTail { tail, fc_weight, fc_bias, val_logits, history, best_epoch })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
     /// On separable synthetic activations, tuning from a useless head lowers the loss and
     /// keeps the better epoch.
@@ -192,12 +210,18 @@ mod tests {
             .collect();
         let x = (noise + Tensor::from_vec(signal, (n, cells, c), &dev)?)?.to_dtype(DType::F16)?;
         let set = TrunkSet { x: &x, labels: &labels };
-        let conv_w = Tensor::rand(-0.5f32, 0.5f32, (h, c), &dev)?;
-        let conv_b = Tensor::zeros(h, DType::F32, &dev)?;
+        let mid = 12;
+        let tail = Tail {
+            expand: (Tensor::rand(-0.5f32, 0.5f32, (c, mid), &dev)?, Tensor::zeros(mid, DType::F32, &dev)?),
+            depthwise: (Tensor::rand(0f32, 0.3f32, (9, mid), &dev)?, Tensor::zeros(mid, DType::F32, &dev)?),
+            project: (Tensor::rand(-0.5f32, 0.5f32, (mid, c), &dev)?, Tensor::zeros(c, DType::F32, &dev)?),
+            head: (Tensor::rand(-0.5f32, 0.5f32, (c, h), &dev)?, Tensor::zeros(h, DType::F32, &dev)?),
+        };
         let fc_w = Tensor::zeros((1, h), DType::F32, &dev)?;
         let fc_b = Tensor::zeros(1, DType::F32, &dev)?;
         let cfg = TuneConfig {
             epochs: 20,
+            samples_per_epoch: 0,
             batch_size: 32,
             learning_rate: 1e-2,
             weight_decay: 0.0,
@@ -205,12 +229,12 @@ mod tests {
             dropout: 0.0,
             seed: 1,
         };
-        let tuned = tune(&set, &set, (&conv_w, &conv_b), (&fc_w, &fc_b), &cfg, &indicatif::ProgressBar::hidden())?;
+        let tuned = tune(&set, &set, &tail, (&fc_w, &fc_b), &cfg, &indicatif::ProgressBar::hidden())?;
         let first = tuned.history[0].val_log_loss;
         let best = tuned.history[tuned.best_epoch].val_log_loss;
         assert!(best < first * 0.5, "log loss {first} -> {best}");
         assert!(tuned.history[tuned.best_epoch].val_accuracy > 0.95);
-        assert_eq!(tuned.conv_weight.dims(), &[h, c]);
+        assert_eq!(tuned.tail.head.0.dims(), &[c, h]);
         Ok(())
     }
 }
