@@ -83,12 +83,12 @@ pub struct TrainArgs {
     pub center_crop_from: u32,
     /// efficientnet-lite0: random augmented crops per training photo, besides the centre
     /// view and its mirror image.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 2)]
     pub random_views: usize,
     /// efficientnet-lite0: epochs of tuning the last block and the 1x1 head convolution
     /// with the classifier, one view per training photo each (0 = logistic head on frozen
     /// features only).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 1)]
     pub tune_epochs: usize,
     /// efficientnet-lite0: peak learning rate of the tail tuning.
     #[arg(long, default_value_t = 3e-4)]

@@ -163,7 +163,7 @@ fn transfer_run_exports_the_tuned_head() {
     cfg.tune_epochs = 2;
     cfg.feature_cache = Some(out.path().join("cache"));
     let (card, report) = catsdogs_core::transfer::train_head(&cfg).expect("train");
-    assert_eq!(report.train_views, 64 * 3, "centre + mirror + 1 random view of 64 training photos");
+    assert_eq!(report.train_views, 64 * 4, "centre + mirror + 2 random views of 64 training photos");
     assert_eq!(report.tail_tuning.len(), 3, "epoch 0 (logistic head) and 2 tuning epochs");
     let cached = std::fs::read_dir(out.path().join("cache")).expect("cache dir").count();
     assert_eq!(cached, 1, "one feature cache file");
