@@ -27,6 +27,19 @@ fn dims4(layout: &Layout, op: &str) -> Result<(usize, usize, usize, usize)> {
     }
 }
 
+/// Calls `f(tap, sy, sx)` for each in-bounds pixel of the 3x3 window centred on (y, x) in
+/// an `h` x `w` image (zero padding 1), `tap = dy * 3 + dx`.
+#[inline(always)]
+fn window3x3(y: usize, x: usize, h: usize, w: usize, mut f: impl FnMut(usize, usize, usize)) {
+    for dy in 0..3 {
+        let Some(sy) = (y + dy).checked_sub(1).filter(|&s| s < h) else { continue };
+        for dx in 0..3 {
+            let Some(sx) = (x + dx).checked_sub(1).filter(|&s| s < w) else { continue };
+            f(dy * 3 + dx, sy, sx);
+        }
+    }
+}
+
 /// im2col for a 3x3 kernel, stride 1, zero padding 1: `(B,H,W,C)` -> `(B*H*W, 9*C)`,
 /// column `(dy*3+dx)*C + c`.
 pub struct Im2Col3x3;
@@ -44,21 +57,10 @@ impl CustomOp1 for Im2Col3x3 {
             let (bi, y) = (row_idx / h, row_idx % h);
             for x in 0..w {
                 let dst = &mut row[x * 9 * c..(x + 1) * 9 * c];
-                for dy in 0..3 {
-                    let sy = y as isize + dy as isize - 1;
-                    if sy < 0 || sy >= h as isize {
-                        continue;
-                    }
-                    for dx in 0..3 {
-                        let sx = x as isize + dx as isize - 1;
-                        if sx < 0 || sx >= w as isize {
-                            continue;
-                        }
-                        let s = ((bi * h + sy as usize) * w + sx as usize) * c;
-                        let t = (dy * 3 + dx) * c;
-                        dst[t..t + c].copy_from_slice(&src[s..s + c]);
-                    }
-                }
+                window3x3(y, x, h, w, |tap, sy, sx| {
+                    let s = ((bi * h + sy) * w + sx) * c;
+                    dst[tap * c..(tap + 1) * c].copy_from_slice(&src[s..s + c]);
+                });
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((b * h * w, 9 * c))))
@@ -395,10 +397,13 @@ impl CustomOp3 for BnReluBwd {
 /// `weight` (9, C), tap `dy*3+dx`, no bias. Candle runs a grouped convolution one group
 /// at a time (0.3 GFLOP/s); this kernel lets the last EfficientNet block be trained at 7x7.
 pub fn depthwise3x3_nhwc(x: &Tensor, weight_9c: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&weight_9c.contiguous()?, Depthwise3x3)
+    x.contiguous()?.apply_op2(&weight_9c.contiguous()?, Depthwise3x3 { rotate: false })
 }
 
-struct Depthwise3x3;
+/// `rotate`: the kernel turned by 180 degrees (the input gradient's convolution).
+struct Depthwise3x3 {
+    rotate: bool,
+}
 
 /// `out[b,y,x,c] = sum over taps of src[b,y+dy-1,x+dx-1,c] * w[tap(dy,dx),c]`, where
 /// `tap` maps the offsets to a row of `w` (identity forward, rotated for the input gradient).
@@ -408,24 +413,14 @@ fn depthwise_apply(src: &[f32], w: &[f32], (b, h, wd, c): (usize, usize, usize, 
         let (bi, y) = (row_idx / h, row_idx % h);
         for x in 0..wd {
             let dst = &mut row[x * c..(x + 1) * c];
-            for dy in 0..3 {
-                let sy = y as isize + dy as isize - 1;
-                if sy < 0 || sy >= h as isize {
-                    continue;
+            window3x3(y, x, h, wd, |tap, sy, sx| {
+                let tap = if rotate { 8 - tap } else { tap };
+                let s = ((bi * h + sy) * wd + sx) * c;
+                let wt = &w[tap * c..(tap + 1) * c];
+                for ((d, v), k) in dst.iter_mut().zip(&src[s..s + c]).zip(wt) {
+                    *d += v * k;
                 }
-                for dx in 0..3 {
-                    let sx = x as isize + dx as isize - 1;
-                    if sx < 0 || sx >= wd as isize {
-                        continue;
-                    }
-                    let tap = if rotate { 8 - (dy * 3 + dx) } else { dy * 3 + dx };
-                    let s = ((bi * h + sy as usize) * wd + sx as usize) * c;
-                    let wt = &w[tap * c..(tap + 1) * c];
-                    for ((d, v), k) in dst.iter_mut().zip(&src[s..s + c]).zip(wt) {
-                        *d += v * k;
-                    }
-                }
-            }
+            });
         }
     });
     out
@@ -441,37 +436,22 @@ fn depthwise_weight<'a>(s: &'a CpuStorage, l: &Layout, c: usize, op: &str) -> Re
 
 impl CustomOp2 for Depthwise3x3 {
     fn name(&self) -> &'static str {
-        "depthwise3x3-nhwc"
+        if self.rotate { "depthwise3x3-nhwc-input-grad" } else { "depthwise3x3-nhwc" }
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = contiguous_f32(s1, l1, self.name())?;
         let dims = dims4(l1, self.name())?;
         let w = depthwise_weight(s2, l2, dims.3, self.name())?;
-        Ok((CpuStorage::F32(depthwise_apply(src, w, dims, false)), Shape::from(dims)))
+        Ok((CpuStorage::F32(depthwise_apply(src, w, dims, self.rotate)), Shape::from(dims)))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         // The input gradient is the same convolution with the kernel rotated by 180 degrees.
-        let grad_x = grad.apply_op2_no_bwd(w, &Depthwise3x3InputGrad)?;
+        let grad_x = grad.apply_op2_no_bwd(w, &Depthwise3x3 { rotate: !self.rotate })?;
         let grad_w = x.apply_op2_no_bwd(&grad, &Depthwise3x3WeightGrad)?;
         Ok((Some(grad_x), Some(grad_w)))
-    }
-}
-
-struct Depthwise3x3InputGrad;
-
-impl CustomOp2 for Depthwise3x3InputGrad {
-    fn name(&self) -> &'static str {
-        "depthwise3x3-nhwc-input-grad"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let grad = contiguous_f32(s1, l1, self.name())?;
-        let dims = dims4(l1, self.name())?;
-        let w = depthwise_weight(s2, l2, dims.3, self.name())?;
-        Ok((CpuStorage::F32(depthwise_apply(grad, w, dims, true)), Shape::from(dims)))
     }
 }
 
@@ -498,23 +478,13 @@ impl CustomOp2 for Depthwise3x3WeightGrad {
                 for y in 0..h {
                     for x in 0..wd {
                         let g = &grad[((bi * h + y) * wd + x) * c..][..c];
-                        for dy in 0..3 {
-                            let sy = y as isize + dy as isize - 1;
-                            if sy < 0 || sy >= h as isize {
-                                continue;
+                        window3x3(y, x, h, wd, |tap, sy, sx| {
+                            let s = &src[((bi * h + sy) * wd + sx) * c..][..c];
+                            let a = &mut acc[tap * c..][..c];
+                            for ((o, v), gv) in a.iter_mut().zip(s).zip(g) {
+                                *o += v * gv;
                             }
-                            for dx in 0..3 {
-                                let sx = x as isize + dx as isize - 1;
-                                if sx < 0 || sx >= wd as isize {
-                                    continue;
-                                }
-                                let s = &src[((bi * h + sy as usize) * wd + sx as usize) * c..][..c];
-                                let a = &mut acc[(dy * 3 + dx) * c..][..c];
-                                for ((o, v), gv) in a.iter_mut().zip(s).zip(g) {
-                                    *o += v * gv;
-                                }
-                            }
-                        }
+                        });
                     }
                 }
                 acc
