@@ -6,7 +6,7 @@
 //! blocks before them.
 use candle_core::{D, Device, Tensor, Var};
 
-use catsdogs_model::efficientnet_lite::Tail;
+use catsdogs_model::efficientnet_lite::{TAIL_NAMES, Tail};
 use catsdogs_model::metrics;
 use catsdogs_model::optim::AdamW;
 use catsdogs_model::train::smoothed_bce;
@@ -79,7 +79,7 @@ impl Params {
     }
 
     fn named(&self) -> Vec<(String, Var)> {
-        let mut out: Vec<(String, Var)> = ["expand", "depthwise", "project", "head"]
+        let mut out: Vec<(String, Var)> = TAIL_NAMES
             .iter()
             .zip(&self.tail)
             .flat_map(|(n, (w, b))| [(format!("tail.{n}.weight"), w.clone()), (format!("tail.{n}.bias"), b.clone())])

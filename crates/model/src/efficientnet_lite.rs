@@ -363,7 +363,7 @@ pub struct Tail {
 }
 
 /// Tensor names of a [`Tail`] in safetensors files.
-const TAIL_NAMES: [&str; 4] = ["expand", "depthwise", "project", "head"];
+pub const TAIL_NAMES: [&str; 4] = ["expand", "depthwise", "project", "head"];
 
 impl Tail {
     fn layers(&self) -> [&(Tensor, Tensor); 4] {
