@@ -301,7 +301,9 @@ fn extract(
 fn cache_file(cfg: &TransferConfig, digest: &str, tune: bool) -> Option<PathBuf> {
     let dir = cfg.feature_cache.as_ref()?;
     let key = format!(
-        "{digest}-{}-{}-{}-{}-{}-{:?}-{}-{}",
+        // "trunk=block-input": the cached trunk is the last block's input (7x7x192), not
+        // its output as in earlier versions, whose caches must not be read.
+        "{digest}-{}-{}-{}-{}-{}-{:?}-{}-{}-trunk=block-input",
         cfg.flip_views,
         cfg.random_views,
         cfg.center_crop_from,
