@@ -67,6 +67,13 @@ pub struct TrainArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// seed-cnn: distil from this model (a directory with model.json, run on ONNX
+    /// Runtime): its P(dog) on each training photo is blended into the targets.
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// seed-cnn: blend weight of the teacher's P(dog) in the targets (0 = labels only).
+    #[arg(long, default_value_t = 0.5)]
+    pub teacher_weight: f64,
     /// No progress bar (log lines only).
     #[arg(long)]
     pub quiet: bool,
@@ -172,6 +179,12 @@ pub fn train(a: TrainArgs) -> Result<()> {
     cfg.augment.jitter = a.aug_jitter;
     cfg.model.batch_norm = !a.no_batch_norm;
     cfg.progress = !a.quiet;
+    if let Some(dir) = &a.teacher {
+        if !(0.0..=1.0).contains(&a.teacher_weight) {
+            bail!("--teacher-weight must be in [0, 1], got {}", a.teacher_weight);
+        }
+        cfg.teacher = Some(teacher_targets(dir, &cfg, a.teacher_weight)?);
+    }
     let outcome = train::train(&cfg).context("training failed")?;
     let v = outcome.card.validation.as_ref();
     println!(
@@ -181,6 +194,37 @@ pub fn train(a: TrainArgs) -> Result<()> {
         v.map_or(f64::NAN, |m| m.roc_auc)
     );
     Ok(())
+}
+
+/// The teacher's P(dog) on every photo of the training split (the validation split is
+/// never shown to it), for distillation.
+fn teacher_targets(dir: &Path, cfg: &TrainConfig, weight: f64) -> Result<train::TeacherTargets> {
+    use catsdogs_model::data;
+    let teacher = LoadedModel::load(dir, BackendKind::Onnxruntime, rayon::current_num_threads())
+        .with_context(|| format!("cannot load the teacher in {}", dir.display()))?;
+    let (train_split, _) = data::split(&data::scan(&cfg.data_dir)?, cfg.val_fraction, cfg.seed);
+    let start = std::time::Instant::now();
+    let mut p_dog = std::collections::HashMap::with_capacity(train_split.len());
+    for chunk in train_split.chunks(64) {
+        // Unreadable photos are skipped here; training reports them.
+        let (paths, images): (Vec<PathBuf>, Vec<RgbImage>) = chunk
+            .par_iter()
+            .filter_map(|s| {
+                let bytes = std::fs::read(&s.path).ok()?;
+                Some((s.path.clone(), teacher.preprocess(&bytes).ok()?))
+            })
+            .unzip();
+        for (path, p) in paths.into_iter().zip(teacher.predict_images(&images)?) {
+            p_dog.insert(path, p.p_dog);
+        }
+    }
+    tracing::info!(
+        teacher = %teacher.card.version,
+        photos = p_dog.len(),
+        seconds = start.elapsed().as_secs_f64(),
+        "teacher targets computed"
+    );
+    Ok(train::TeacherTargets { name: teacher.card.version.clone(), weight, p_dog })
 }
 
 /// Model location and backend, shared by predict and eval.

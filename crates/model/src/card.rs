@@ -63,12 +63,24 @@ pub struct TrainingSummary {
     pub learning_rate: f64,
     pub weight_decay: f64,
     pub label_smoothing: f64,
+    /// Teacher whose soft targets were blended into the labels, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distillation: Option<Distillation>,
     /// Batch normalisation during training (folded into the shipped weights).
     #[serde(default)]
     pub batch_norm: bool,
     pub augment: Augment,
     pub wall_time_s: f64,
     pub train_images_per_s: f64,
+}
+
+/// Knowledge distillation used in training: targets were
+/// `(1 - weight) * label + weight * P_teacher(dog)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Distillation {
+    /// The teacher model's version.
+    pub teacher: String,
+    pub weight: f64,
 }
 
 /// Everything `model.json` holds.

@@ -94,28 +94,31 @@ pub fn digest(samples: &[Sample]) -> String {
 pub struct DecodedSet {
     pub images: Vec<RgbImage>,
     pub labels: Vec<u8>,
+    /// The file each image came from (distillation looks its teacher target up by it).
+    pub paths: Vec<PathBuf>,
     /// Files that failed to decode, with the reason; skipped, never fatal.
     pub skipped: Vec<(PathBuf, String)>,
 }
 
 /// Decodes `samples` in parallel, bounding each image's shorter side to `max_short_side`.
 pub fn decode_all(samples: &[Sample], max_pixels: u64, max_short_side: u32) -> DecodedSet {
-    let results: Vec<Result<(RgbImage, u8), (PathBuf, String)>> = samples
+    let results: Vec<Result<(RgbImage, u8, PathBuf), (PathBuf, String)>> = samples
         .par_iter()
         .map(|s| {
             let bytes = std::fs::read(&s.path).map_err(|e| (s.path.clone(), e.to_string()))?;
             let img = preprocess::decode_rgb(&bytes, max_pixels)
                 .and_then(|img| preprocess::bound_short_side(img, max_short_side))
                 .map_err(|e: PreprocessError| (s.path.clone(), e.to_string()))?;
-            Ok((img, s.label))
+            Ok((img, s.label, s.path.clone()))
         })
         .collect();
-    let mut set = DecodedSet { images: Vec::new(), labels: Vec::new(), skipped: Vec::new() };
+    let mut set = DecodedSet { images: Vec::new(), labels: Vec::new(), paths: Vec::new(), skipped: Vec::new() };
     for r in results {
         match r {
-            Ok((img, label)) => {
+            Ok((img, label, path)) => {
                 set.images.push(img);
                 set.labels.push(label);
+                set.paths.push(path);
             }
             Err(e) => set.skipped.push(e),
         }

@@ -81,6 +81,34 @@ pub struct TrainConfig {
     pub extra_data: Option<PathBuf>,
     #[serde(default = "one")]
     pub extra_weight: usize,
+    /// Knowledge distillation: a stronger model's P(dog) per training file, blended into
+    /// the targets. Not serialised (the card records the teacher's name and weight).
+    #[serde(skip)]
+    pub teacher: Option<TeacherTargets>,
+}
+
+/// A teacher's predictions on the training photos, for distillation: each target becomes
+/// `(1 - weight) * label + weight * P_teacher(dog)` (then smoothed). The teacher's soft targets
+/// tell the student which photos are ambiguous instead of forcing every one to 0 or 1.
+#[derive(Debug, Clone, Default)]
+pub struct TeacherTargets {
+    /// Model version of the teacher (recorded in the card).
+    pub name: String,
+    /// Blend weight of the teacher's probability, in [0, 1].
+    pub weight: f64,
+    /// P(dog) by file path, as `data::scan` lists it.
+    pub p_dog: std::collections::HashMap<PathBuf, f32>,
+}
+
+impl TeacherTargets {
+    /// The training target of one photo: its label blended with the teacher's P(dog).
+    fn target(&self, path: &Path, label: u8) -> f32 {
+        let hard = f32::from(label);
+        match self.p_dog.get(path) {
+            Some(&p) => (1.0 - self.weight as f32) * hard + self.weight as f32 * p,
+            None => hard,
+        }
+    }
 }
 
 fn one() -> usize {
@@ -113,6 +141,7 @@ impl TrainConfig {
             init_weights: None,
             extra_data: None,
             extra_weight: 1,
+            teacher: None,
         }
     }
 }
@@ -286,6 +315,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
         for _ in 0..cfg.extra_weight.max(1) {
             train_set.images.extend(extra.images.iter().cloned());
             train_set.labels.extend(&extra.labels);
+            train_set.paths.extend(extra.paths.iter().cloned());
         }
     }
     if train_set.images.is_empty() || val_set.images.is_empty() {
@@ -320,6 +350,15 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
     }
 
     let n_train = train_set.images.len();
+    // Loss targets: the labels, or blended with the teacher's soft targets (distillation).
+    let targets: Vec<f32> = match &cfg.teacher {
+        Some(t) => train_set.paths.iter().zip(&train_set.labels).map(|(p, &l)| t.target(p, l)).collect(),
+        None => train_set.labels.iter().map(|&l| f32::from(l)).collect(),
+    };
+    if let Some(t) = &cfg.teacher {
+        let covered = train_set.paths.iter().filter(|p| t.p_dog.contains_key(*p)).count();
+        tracing::info!(teacher = %t.name, weight = t.weight, covered, of = n_train, "distilling");
+    }
     let steps_per_epoch = cfg.steps_per_epoch.unwrap_or(n_train / cfg.batch_size).max(1);
     let total_steps = steps_per_epoch * cfg.epochs;
     let warmup = (steps_per_epoch / 2).clamp(1, 300);
@@ -360,8 +399,9 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
                 })
                 .collect::<Result<_, _>>()?;
             let labels: Vec<f32> = idx.iter().map(|&i| f32::from(train_set.labels[i])).collect();
+            let batch_targets: Vec<f32> = idx.iter().map(|&i| targets[i]).collect();
             let x = batch_tensor(&views, size)?;
-            let y = Tensor::from_vec(labels.clone(), labels.len(), &Device::Cpu)?;
+            let y = Tensor::from_vec(batch_targets, labels.len(), &Device::Cpu)?;
             lr = lr_at(cfg.learning_rate, global_step, warmup, total_steps);
             opt.lr = lr;
             let logits = model.forward_logits(&x, true)?;
@@ -473,6 +513,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
             learning_rate: cfg.learning_rate,
             weight_decay: cfg.weight_decay,
             label_smoothing: cfg.label_smoothing,
+            distillation: cfg
+                .teacher
+                .as_ref()
+                .map(|t| crate::card::Distillation { teacher: t.name.clone(), weight: t.weight }),
             batch_norm: cfg.model.batch_norm,
             augment: cfg.augment,
             wall_time_s: state.wall_time_s,
