@@ -282,6 +282,9 @@ fn training_section(args: &Args, python: Option<&PathBuf>, report: &mut String) 
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // The same allocator settings as the `catsdogs` binary, so the training row measures
+    // what `catsdogs train` runs at.
+    catsdogs_core::tune_allocator();
     let args = Args::parse();
     let python = if args.no_reference { None } else { Some(reference::python()?) };
     let mut report = format!(

@@ -100,9 +100,12 @@ pub struct DecodedSet {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
+/// One photo decoded (image, label, path), or the path and why it was skipped.
+type DecodeOutcome = Result<(RgbImage, u8, PathBuf), (PathBuf, String)>;
+
 /// Decodes `samples` in parallel, bounding each image's shorter side to `max_short_side`.
 pub fn decode_all(samples: &[Sample], max_pixels: u64, max_short_side: u32) -> DecodedSet {
-    let results: Vec<Result<(RgbImage, u8, PathBuf), (PathBuf, String)>> = samples
+    let results: Vec<DecodeOutcome> = samples
         .par_iter()
         .map(|s| {
             let bytes = std::fs::read(&s.path).map_err(|e| (s.path.clone(), e.to_string()))?;
