@@ -50,10 +50,9 @@ async fn protocol_endpoints() {
     assert_eq!(c.get(app.url("/v2/models/catsdogs")).send().await.expect("meta").status(), StatusCode::UNAUTHORIZED);
     let meta =
         ok_json(c.get(app.url("/v2/models/catsdogs")).header("Authorization", bearer()).send().await.expect("m")).await;
-    let card: Value = serde_json::from_str(
-        &std::fs::read_to_string(support::model_dir().join("model.json")).expect("seed-cnn card"),
-    )
-    .expect("card JSON");
+    let card: Value =
+        serde_json::from_str(&std::fs::read_to_string(support::model_dir().join("model.json")).expect("seed-cnn card"))
+            .expect("card JSON");
     assert_eq!(meta["versions"][0], card["version"]);
     let r = c.get(app.url("/v2/models/other/ready")).header("Authorization", bearer()).send().await.expect("ready");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
