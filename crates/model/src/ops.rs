@@ -179,7 +179,7 @@ fn col2im_image(cols: &[f32], (h, w, c): (usize, usize, usize), dst: &mut [f32])
 /// row `(dy*3+dx)*C + c`, `bias` (O,). Each image is one im2col + one GEMM into the output,
 /// and the backward pass is two more GEMMs per image, all inside this op: through candle's
 /// matmul, broadcast and reduction ops the same step spent 80 % of its time outside the
-/// GEMM kernels (seed CNN training, batch 32: 30 -> see `examples/train_speed.rs`).
+/// GEMM kernels (seed CNN training, batch 32, `examples/train_speed.rs`: 29.8 -> 53.5 img/s).
 pub fn conv3x3_nhwc(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, Conv3x3)
 }

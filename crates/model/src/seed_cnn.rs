@@ -5,9 +5,9 @@
 //! NHWC layout. Scaling to `[0, 1]` happens inside the network, so training, the candle
 //! backend and the exported ONNX graph all start from the very same bytes.
 //!
-//! Convolutions are computed as im2col + one large matrix product in NHWC layout
-//! (see [`conv3x3_same_nhwc`] and [`crate::ops`]): several times faster than candle's
-//! `conv2d` on CPU for both the forward and the backward pass.
+//! Convolutions are computed as im2col + one matrix product per image in NHWC layout,
+//! forward and backward inside one custom op (see [`conv3x3_same_nhwc`] and
+//! [`crate::ops`]): several times faster than candle's `conv2d` on CPU.
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 

@@ -351,10 +351,12 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
 
     let n_train = train_set.images.len();
     // Loss targets: the labels, or blended with the teacher's soft targets (distillation).
-    let targets: Vec<f32> = match &cfg.teacher {
-        Some(t) => train_set.paths.iter().zip(&train_set.labels).map(|(p, &l)| t.target(p, l)).collect(),
-        None => train_set.labels.iter().map(|&l| f32::from(l)).collect(),
-    };
+    let targets: Vec<f32> = train_set
+        .paths
+        .iter()
+        .zip(&train_set.labels)
+        .map(|(p, &l)| cfg.teacher.as_ref().map_or(f32::from(l), |t| t.target(p, l)))
+        .collect();
     if let Some(t) = &cfg.teacher {
         let covered = train_set.paths.iter().filter(|p| t.p_dog.contains_key(*p)).count();
         tracing::info!(teacher = %t.name, weight = t.weight, covered, of = n_train, "distilling");
