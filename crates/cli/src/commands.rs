@@ -52,6 +52,15 @@ pub struct TrainArgs {
     /// folded into the convolutions of the saved model).
     #[arg(long)]
     pub no_batch_norm: bool,
+    /// seed-cnn: start from these weights (a trained model's `model.safetensors`) instead
+    /// of a random initialisation. Shipped weights have batch norm folded in: pair with
+    /// `--no-batch-norm`.
+    #[arg(long)]
+    pub init_weights: Option<PathBuf>,
+    /// seed-cnn: evaluate and ship a moving average of the weights with this decay per
+    /// step (e.g. 0.999) instead of the last step's weights.
+    #[arg(long)]
+    pub ema: Option<f64>,
     /// Augmentation: smallest crop area as a fraction of the image (1 = no crop).
     #[arg(long, default_value_t = 0.6)]
     pub aug_min_area: f64,
@@ -179,6 +188,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
     cfg.augment.jitter = a.aug_jitter;
     cfg.model.batch_norm = !a.no_batch_norm;
     cfg.progress = !a.quiet;
+    cfg.init_weights = a.init_weights.clone();
+    if let Some(decay) = a.ema {
+        if !(0.0..1.0).contains(&decay) {
+            bail!("--ema must be in [0, 1), got {decay}");
+        }
+        cfg.ema_decay = Some(decay);
+    }
     if let Some(dir) = &a.teacher {
         if !(0.0..=1.0).contains(&a.teacher_weight) {
             bail!("--teacher-weight must be in [0, 1], got {}", a.teacher_weight);

@@ -69,6 +69,13 @@ pub struct TrainingSummary {
     /// Batch normalisation during training (folded into the shipped weights).
     #[serde(default)]
     pub batch_norm: bool,
+    /// Decay of the moving average of the weights that was evaluated and shipped, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_average_decay: Option<f64>,
+    /// Weights the run started from instead of a random initialisation (fine-tuning);
+    /// `epochs` then counts only this run's epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_tuned_from: Option<String>,
     pub augment: Augment,
     pub wall_time_s: f64,
     pub train_images_per_s: f64,

@@ -16,9 +16,10 @@ use serde::{Deserialize, Serialize};
 use crate::card::{DataSummary, ModelCard, Preprocessing, TrainingSummary};
 use crate::data::{self, Augment, CAT, DOG};
 use crate::metrics::{self, Metrics};
+use crate::optim::{AdamW, WeightAverage};
+use crate::plots;
 use crate::preprocess::{self, PreprocessConfig};
 use crate::seed_cnn::{self, SeedCnn};
-use crate::{optim::AdamW, plots};
 
 /// Errors of a training or evaluation run.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,10 @@ pub struct TrainConfig {
     pub extra_data: Option<PathBuf>,
     #[serde(default = "one")]
     pub extra_weight: usize,
+    /// Evaluate, keep and ship an exponential moving average of the weights with this
+    /// decay per step (e.g. 0.999) instead of the last iterate; `None` = no averaging.
+    #[serde(default)]
+    pub ema_decay: Option<f64>,
     /// Knowledge distillation: a stronger model's P(dog) per training file, blended into
     /// the targets. Not serialised (the card records the teacher's name and weight).
     #[serde(skip)]
@@ -141,6 +146,7 @@ impl TrainConfig {
             init_weights: None,
             extra_data: None,
             extra_weight: 1,
+            ema_decay: None,
             teacher: None,
         }
     }
@@ -349,6 +355,20 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
         tracing::info!(from = %init.display(), "fine-tuning from trained weights");
     }
 
+    let mut average = match cfg.ema_decay {
+        Some(decay) => {
+            let named = varmap.data().lock().map_err(|_| TrainError::Empty("poisoned var map".into()))?;
+            let named: Vec<_> = named.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let mut avg = WeightAverage::new(named, decay)?;
+            let saved = ckpt_dir.join("average.safetensors");
+            if cfg.resume && state.next_epoch > 0 {
+                avg.load(&saved)?;
+            }
+            Some(avg)
+        }
+        None => None,
+    };
+
     let n_train = train_set.images.len();
     // Loss targets: the labels, or blended with the teacher's soft targets (distillation).
     let targets: Vec<f32> = train_set
@@ -409,6 +429,9 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
             let logits = model.forward_logits(&x, true)?;
             let loss = smoothed_bce(&logits, &y, cfg.label_smoothing)?;
             opt.backward_step(&loss)?;
+            if let Some(avg) = &mut average {
+                avg.update()?;
+            }
             let l = f64::from(loss.to_scalar::<f32>()?);
             let logits_v = logits.to_vec1::<f32>()?;
             correct += logits_v.iter().zip(&labels).filter(|(z, y)| (**z >= 0.0) == (**y >= 0.5)).count();
@@ -426,6 +449,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
         }
         bar.finish_and_clear();
         let train_secs = epoch_start.elapsed().as_secs_f64();
+        // With averaging, validation and the saved best model use the averaged weights.
+        let last_iterate = average.as_ref().map(WeightAverage::swap_in).transpose()?;
         let (_, val) = evaluate(&model, &val_set, cfg)?;
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -459,6 +484,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
             state.best_epoch = record.epoch;
             candle_core::safetensors::save(&model.inference_tensors()?, cfg.out_dir.join("model.safetensors"))?;
             varmap.save(ckpt_dir.join("best.safetensors"))?;
+        }
+        if let (Some(avg), Some(saved)) = (&average, &last_iterate) {
+            avg.restore(saved)?;
+            avg.save(&ckpt_dir.join("average.safetensors"))?;
         }
         state.history.push(record);
         state.next_epoch = epoch + 1;
@@ -520,6 +549,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
                 .as_ref()
                 .map(|t| crate::card::Distillation { teacher: t.name.clone(), weight: t.weight }),
             batch_norm: cfg.model.batch_norm,
+            weight_average_decay: cfg.ema_decay,
+            fine_tuned_from: cfg.init_weights.as_deref().map(describe_weights),
             augment: cfg.augment,
             wall_time_s: state.wall_time_s,
             train_images_per_s: state.images_seen as f64
@@ -535,6 +566,15 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
     plots::training_curves(&cfg.out_dir, &state.history).map_err(TrainError::Plot)?;
     plots::evaluation_plots(&cfg.out_dir, &p_val, &val_set.labels).map_err(TrainError::Plot)?;
     Ok(TrainOutcome { card, history: state.history, out_dir: cfg.out_dir.clone() })
+}
+
+/// Names a weights file for the card: the model version from the card beside it, if any.
+fn describe_weights(path: &Path) -> String {
+    let card = path.parent().map(|d| d.join("model.json")).and_then(|c| ModelCard::load(&c).ok());
+    match card {
+        Some(card) => format!("{} ({})", card.version, path.display()),
+        None => path.display().to_string(),
+    }
 }
 
 fn write_history(path: &Path, history: &[EpochRecord]) -> Result<(), TrainError> {

@@ -104,3 +104,46 @@ fn tiny_run_learns_saves_and_resumes() {
         assert!((a.train_loss - b.train_loss).abs() < 1e-4, "epoch {}: {} vs {}", a.epoch, a.train_loss, b.train_loss);
     }
 }
+
+#[test]
+fn averaged_weights_resume_exactly_and_fine_tuning_starts_from_a_model() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    make_dataset(&data, 60);
+    let averaged = |out: &Path| {
+        let mut cfg = tiny_config(&data, out, 4);
+        cfg.ema_decay = Some(0.9);
+        cfg
+    };
+
+    let out = tmp.path().join("ema");
+    let whole = train(&averaged(&out)).expect("averaged run");
+    let training = whole.card.training.as_ref().expect("training summary");
+    assert_eq!(training.weight_average_decay, Some(0.9));
+    assert!(tmp.path().join("ema/checkpoint/average.safetensors").is_file());
+
+    // The average is checkpointed: a stopped and resumed run validates the same weights.
+    let out2 = tmp.path().join("ema2");
+    let mut first_half = averaged(&out2);
+    first_half.stop_after = Some(2);
+    train(&first_half).expect("first half");
+    let mut rest = averaged(&out2);
+    rest.resume = true;
+    let resumed = train(&rest).expect("resumed");
+    for (a, b) in whole.history.iter().zip(&resumed.history) {
+        assert!((a.val_loss - b.val_loss).abs() < 1e-4, "epoch {}: {} vs {}", a.epoch, a.val_loss, b.val_loss);
+    }
+
+    // Fine-tuning the shipped (batch norm folded) weights starts where that model stands.
+    let tuned_out = tmp.path().join("tuned");
+    let mut tune = tiny_config(&data, &tuned_out, 1);
+    tune.model.batch_norm = false;
+    tune.learning_rate = 1e-9;
+    tune.init_weights = Some(out.join("model.safetensors"));
+    let tuned = train(&tune).expect("fine-tuning");
+    let before = whole.card.validation.as_ref().expect("metrics").log_loss;
+    let after = tuned.card.validation.as_ref().expect("metrics").log_loss;
+    assert!((before - after).abs() < 1e-3, "a negligible step keeps the model: {before} vs {after}");
+    let from = tuned.card.training.as_ref().and_then(|t| t.fine_tuned_from.clone()).expect("recorded");
+    assert!(from.starts_with("seed-cnn-1 ("), "card names the base model: {from}");
+}
