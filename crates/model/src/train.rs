@@ -229,7 +229,6 @@ fn new_model(
     weight_decay: f64,
 ) -> Result<(SeedCnn, VarMap, AdamW), TrainError> {
     let varmap = VarMap::new();
-    let poisoned = || TrainError::Empty("poisoned var map".into());
     {
         let mut vars = varmap.data().lock().map_err(|_| poisoned())?;
         for (name, t) in SeedCnn::initial_tensors(model, seed)? {
@@ -238,10 +237,18 @@ fn new_model(
     }
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let net = SeedCnn::load(vb, model)?;
-    let named: Vec<(String, candle_core::Var)> =
-        varmap.data().lock().map_err(|_| poisoned())?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let opt = AdamW::new(named, lr, weight_decay)?;
+    let opt = AdamW::new(named_vars(&varmap)?, lr, weight_decay)?;
     Ok((net, varmap, opt))
+}
+
+fn poisoned() -> TrainError {
+    TrainError::Empty("poisoned var map".into())
+}
+
+/// Every variable of `varmap` with its name, for the optimiser and the weight average.
+fn named_vars(varmap: &VarMap) -> Result<Vec<(String, candle_core::Var)>, TrainError> {
+    let vars = varmap.data().lock().map_err(|_| poisoned())?;
+    Ok(vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 /// Training speed of the seed CNN in images/s: full training steps (forward with batch
@@ -357,9 +364,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
 
     let mut average = match cfg.ema_decay {
         Some(decay) => {
-            let named = varmap.data().lock().map_err(|_| TrainError::Empty("poisoned var map".into()))?;
-            let named: Vec<_> = named.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            let mut avg = WeightAverage::new(named, decay)?;
+            let mut avg = WeightAverage::new(named_vars(&varmap)?, decay)?;
             let saved = ckpt_dir.join("average.safetensors");
             if cfg.resume && state.next_epoch > 0 {
                 avg.load(&saved)?;
