@@ -23,13 +23,12 @@ pub const THROUGHPUT_BATCH: usize = 32;
 
 /// Floating-point operations of one forward pass (multiply-adds count 2), from the card.
 pub fn gflop_per_image(model: &LoadedModel) -> f64 {
-    match model.card.architecture.as_str() {
-        "efficientnet-lite0" => {
+    match model.card.architecture_config() {
+        Ok(catsdogs_model::ArchitectureConfig::EfficientNetLite0 { transfer }) => {
             // 0.770 GFLOP for the backbone at 224x224 (measured-facts.md); a tuned tail adds
             // its own copy of the last block (192 -> 1152 -> depthwise 3x3 -> 320) and of the
             // 1x1 head convolution (320 -> 1280) on the 7x7 grid.
-            let tuned =
-                model.card.architecture_config["transfer"]["tail_tuning"].as_array().is_some_and(|h| !h.is_empty());
+            let tuned = !transfer.tail_tuning.is_empty();
             let tail = 49.0 * 2.0 * (192.0 * 1152.0 + 1152.0 * 9.0 + 1152.0 * 320.0 + 320.0 * 1280.0);
             0.770 + if tuned { tail / 1e9 } else { 0.0 }
         }

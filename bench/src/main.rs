@@ -102,9 +102,9 @@ fn forward_section(args: &Args, python: Option<&PathBuf>, report: &mut String) -
     for dir in &args.models {
         let model = forward::load(dir, args.threads)?;
         let gflop = forward::gflop_per_image(&model);
-        match model.card.architecture.as_str() {
-            "efficientnet-lite0" => effnet_dir = Some(dir.clone()),
-            _ => seed_dir = Some(dir.clone()),
+        match model.card.architecture {
+            catsdogs_model::Architecture::EfficientNetLite0 => effnet_dir = Some(dir.clone()),
+            catsdogs_model::Architecture::SeedCnn => seed_dir = Some(dir.clone()),
         }
         rows.push((forward::catsdogs_backend(&model, args.forward_secs)?, gflop));
         rows.push((forward::bare_ort(&model, args.threads, args.forward_secs)?, gflop));
@@ -260,7 +260,7 @@ async fn e2e_section(args: &Args, python: Option<&PathBuf>, report: &mut String)
 /// Section 3: seed-CNN training speed.
 fn training_section(args: &Args, python: Option<&PathBuf>, report: &mut String) -> Result<()> {
     let cfg = catsdogs_model::seed_cnn::Config { batch_norm: true, ..Default::default() };
-    let ours = catsdogs_model::train::training_speed(&cfg, 32, args.train_secs)?;
+    let ours = catsdogs_train::seed_cnn::training_speed(&cfg, 32, args.train_secs)?;
     eprintln!("training: candle {ours:.1} img/s");
     writeln!(
         report,

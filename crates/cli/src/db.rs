@@ -4,10 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use catsdogs_server::images::ImageStore;
-use catsdogs_server::inference_log::{HEADER, LogFiles};
-use catsdogs_server::retention::Holdings;
-use catsdogs_server::{Retention, retention};
+use catsdogs_store::ImageStore;
+use catsdogs_store::inference_log::{HEADER, LogFiles};
+use catsdogs_store::retention::{self, Holdings, Retention};
 use catsdogs_store::{Store, StoreOptions};
 use chrono::{NaiveDate, Utc};
 use clap::{Args, Subcommand};
@@ -170,18 +169,18 @@ pub fn data(a: DataArgs) -> Result<()> {
                 store.audit(Utc::now(), &actor(), "export", &format!("{} labelled images to {}", examples.len(), out.display())).await?;
                 let (mut written, mut missing) = ([0usize; 2], 0usize);
                 // When each example was made, so `catsdogs retrain` can hold out the newest.
-                let mut manifest = String::from(crate::retrain::MANIFEST_HEADER);
+                let mut manifest = String::from(catsdogs_train::retrain::MANIFEST_HEADER);
                 for e in &examples {
                     let Some(src) = images.path(&e.image_ref).filter(|p| p.is_file()) else {
                         missing += 1;
                         continue;
                     };
-                    let dir = out.join(&e.label);
+                    let dir = out.join(e.label.as_str());
                     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
                     let ext = e.image_ref.rsplit('.').next().unwrap_or("jpg");
                     let dst = dir.join(format!("{}.{ext}", e.prediction_id));
                     std::fs::copy(&src, &dst).with_context(|| format!("cannot write {}", dst.display()))?;
-                    written[usize::from(e.label == "dog")] += 1;
+                    written[usize::from(e.label.index())] += 1;
                     manifest.push_str(&format!(
                         "{}/{}.{ext},{},{},{}\n",
                         e.label,
@@ -192,7 +191,7 @@ pub fn data(a: DataArgs) -> Result<()> {
                     ));
                 }
                 std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-                let path = out.join(crate::retrain::MANIFEST);
+                let path = out.join(catsdogs_train::retrain::MANIFEST);
                 std::fs::write(&path, manifest).with_context(|| format!("cannot write {}", path.display()))?;
                 println!(
                     "{}",

@@ -65,7 +65,7 @@ fn gate(
         LoadedModel::load(&reg.join(v), BackendKind::Onnxruntime, 2).with_context(|| format!("cannot load {v}"))
     };
     let (candidate, current) = (load(version)?, load(now)?);
-    let report = catsdogs_core::gate::run(&candidate, &current, data, val_split, feedback, tolerance)?.report;
+    let report = catsdogs_train::gate::run(&candidate, &current, data, val_split, feedback, tolerance)?.report;
     let path = reg.join(version).join("gate.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -106,7 +106,7 @@ pub fn models(a: ModelsArgs) -> Result<()> {
             }
         }
         ModelsCommand::Add { from } => {
-            let version = reg.add(&from)?;
+            let version = catsdogs_train::export::register(&reg, &from)?;
             println!("added {} as {}", from.display(), reg.path(&version).display());
         }
         ModelsCommand::Promote { version, gate_data, val_split, feedback_data, tolerance } => {

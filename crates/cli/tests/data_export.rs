@@ -4,7 +4,7 @@
 //! older than the retention or the date, and nothing younger.
 mod support;
 
-use catsdogs_server::inference_log::{LogFiles, LogRow};
+use catsdogs_store::inference_log::{LogFiles, LogRow};
 use catsdogs_store::{FeedbackRecord, FeedbackSource, PredictionRecord, PredictionStatus, Store};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
@@ -66,7 +66,7 @@ fn past_prediction(now: DateTime<Utc>, days_ago: i64) -> PredictionRecord {
         created_at: now - Duration::days(days_ago),
         model_version: "seed-cnn".into(),
         status: PredictionStatus::Ok,
-        label: Some("cat".into()),
+        label: Some(catsdogs_model::Label::Cat),
         p_dog: Some(0.2),
         latency_ms: 3.0,
         error_code: None,
@@ -118,7 +118,7 @@ async fn purge_and_erase_before_a_date_from_the_command_line() {
         prediction_id: Some(last_week.id.clone()),
         created_at: last_week.created_at,
         positive: false,
-        true_label: Some("dog".into()),
+        true_label: Some(catsdogs_model::Label::Dog),
         p_dog: last_week.p_dog,
         comment: None,
         source: FeedbackSource::V2,

@@ -62,13 +62,14 @@ pub(crate) fn environment() -> Result<&'static ort::environment::Environment, In
     }
 }
 
-pub(crate) fn ort_err(e: impl std::fmt::Display) -> InferenceError {
+/// An ONNX Runtime failure as our error type.
+pub fn ort_err(e: impl std::fmt::Display) -> InferenceError {
     InferenceError::Ort(e.to_string())
 }
 
 /// The session settings every graph of ours uses: full graph optimisation, `threads`
 /// intra-op threads, one inter-op thread.
-pub(crate) fn session_builder(threads: usize) -> Result<ort::session::builder::SessionBuilder, InferenceError> {
+pub fn session_builder(threads: usize) -> Result<ort::session::builder::SessionBuilder, InferenceError> {
     Session::builder(environment()?)
         .map_err(ort_err)?
         .with_optimization_level(GraphOptimizationLevel::Level3)

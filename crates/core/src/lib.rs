@@ -1,22 +1,20 @@
-//! Inference for catsdogs: a loaded model (card + weights) answering P(dog) for batches
-//! of preprocessed images, through one of two backends behind the [`Backend`] trait:
-//! ONNX Runtime (the fast path, used for serving) and candle (the reference, the training
-//! model's own forward pass). The model never knows about HTTP.
+//! The serving engine of catsdogs: a [`Classifier`] owns the hot-swappable model, the
+//! decode pool, the dynamic batcher and the waiting, and answers each input with its label,
+//! probabilities and the version of the model that computed them. Below it, a loaded model
+//! (card + weights) runs through one of two backends behind the [`Backend`] trait: ONNX
+//! Runtime (the fast path) and candle (the reference, the training model's own forward
+//! pass). The model registry the server serves from lives here too. Nothing here knows
+//! about HTTP.
 mod backend_candle;
 mod backend_ort;
 pub mod batcher;
-mod eval;
-mod export;
-pub mod gate;
+pub mod engine;
 mod model;
 pub mod registry;
-pub mod tail_tuning;
-pub mod transfer;
 
 pub use backend_candle::CandleBackend;
-pub use backend_ort::{OrtBackend, find_onnxruntime_library, ort_session};
-pub use eval::{EvalError, EvalReport, evaluate, evaluate_samples, select_samples};
-pub use export::{ExportError, export_onnx};
+pub use backend_ort::{OrtBackend, find_onnxruntime_library, ort_err, ort_session, session_builder};
+pub use engine::{Classified, Classifier, ClassifyError, EngineConfig, ImageInput, ModelChange, StageTimings};
 pub use model::{LoadedModel, Prediction};
 
 /// Makes glibc keep freed memory instead of returning it to the kernel. Page faults dominate
@@ -100,7 +98,7 @@ pub trait Backend: Send + Sync {
 }
 
 /// Packs equally sized RGB images into one contiguous NHWC `u8` buffer.
-pub(crate) fn pack_nhwc(images: &[RgbImage], size: u32) -> Result<Vec<u8>, InferenceError> {
+pub fn pack_nhwc(images: &[RgbImage], size: u32) -> Result<Vec<u8>, InferenceError> {
     let mut buf = Vec::with_capacity(images.len() * (size * size * 3) as usize);
     for img in images {
         if img.dimensions() != (size, size) {

@@ -1,9 +1,10 @@
 //! A model directory (`model.json` + weights + optional `model.onnx`) loaded with a backend.
 use std::path::{Path, PathBuf};
 
+use catsdogs_model::Label;
+use catsdogs_model::card::ArchitectureConfig;
 use catsdogs_model::card::ModelCard;
 use catsdogs_model::preprocess::{self, PreprocessConfig};
-use catsdogs_model::seed_cnn;
 use image::RgbImage;
 use serde::Serialize;
 
@@ -24,9 +25,9 @@ impl Prediction {
     pub fn p_cat(&self) -> f32 {
         1.0 - self.p_dog
     }
-    /// "cat" or "dog" at the 0.5 threshold.
-    pub fn label(&self) -> &'static str {
-        if self.p_dog >= 0.5 { "dog" } else { "cat" }
+    /// The answer at the 0.5 threshold.
+    pub fn label(&self) -> Label {
+        Label::from_p_dog(self.p_dog)
     }
 }
 
@@ -54,34 +55,29 @@ impl LoadedModel {
             return Err(InferenceError::MissingFile(card_path.display().to_string()));
         }
         let card = ModelCard::load(&card_path)?;
-        match (card.architecture.as_str(), kind) {
-            ("seed-cnn", _) | ("efficientnet-lite0", BackendKind::Onnxruntime) => {}
-            ("efficientnet-lite0", BackendKind::Candle) => {
+        let config = card.architecture_config()?;
+        let size = card.preprocessing.config.size;
+        let backend: Box<dyn Backend> = match (kind, &config) {
+            (BackendKind::Candle, ArchitectureConfig::EfficientNetLite0 { .. }) => {
                 return Err(InferenceError::UnsupportedArchitecture(
                     "efficientnet-lite0 runs on the onnxruntime backend only (its candle reference is built from \
                      the PyTorch checkpoint by `catsdogs train --arch efficientnet-lite0`)"
                         .into(),
                 ));
             }
-            (other, _) => return Err(InferenceError::UnsupportedArchitecture(other.to_string())),
-        }
-        let size = card.preprocessing.config.size;
-        let backend: Box<dyn Backend> = match kind {
-            BackendKind::Candle => {
-                let cfg: seed_cnn::Config = serde_json::from_value(card.architecture_config.clone())
-                    .map_err(|e| InferenceError::UnsupportedArchitecture(format!("seed-cnn config: {e}")))?;
+            (BackendKind::Candle, ArchitectureConfig::SeedCnn(cfg)) => {
                 let weights = dir.join(&card.weights);
                 if !weights.is_file() {
                     return Err(InferenceError::MissingFile(weights.display().to_string()));
                 }
-                Box::new(CandleBackend::load(&weights, &cfg)?)
+                Box::new(CandleBackend::load(&weights, cfg)?)
             }
-            BackendKind::Onnxruntime => {
+            (BackendKind::Onnxruntime, _) => {
                 let onnx = dir.join(card.onnx.as_deref().unwrap_or("model.onnx"));
                 Box::new(OrtBackend::load(&onnx, size, threads)?)
             }
         };
-        let neither_threshold = card.architecture_config["transfer"]["neither_threshold"].as_f64().map(|t| t as f32);
+        let neither_threshold = config.neither_threshold();
         Ok(Self { card, dir, neither_threshold, tta_flip: false, backend })
     }
 

@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use catsdogs_model::card::{CardError, Lineage, ModelCard};
+use catsdogs_model::card::{Architecture, CardError, Lineage, ModelCard};
 use catsdogs_model::metrics::Metrics;
 use serde::{Deserialize, Serialize};
 
@@ -34,8 +34,8 @@ pub enum RegistryError {
     Io { what: &'static str, path: String, source: std::io::Error },
     #[error(transparent)]
     Card(#[from] CardError),
-    #[error("cannot write the ONNX graph: {0}")]
-    Export(#[from] crate::ExportError),
+    #[error("{0} has no ONNX graph yet (the server runs ONNX Runtime); export it first")]
+    NoGraph(String),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RegistryError + 'a {
@@ -60,7 +60,7 @@ pub struct Promotion {
 #[derive(Debug, Clone, Serialize)]
 pub struct VersionSummary {
     pub version: String,
-    pub architecture: String,
+    pub architecture: Architecture,
     pub created_at: String,
     /// Whether `current` points at it.
     pub served: bool,
@@ -157,20 +157,20 @@ impl Registry {
     }
 
     /// Copies a trained model directory in under its card's version (leaving out training
-    /// checkpoints) and writes its ONNX graph if it has none yet. Returns the version.
+    /// checkpoints). The model must have its ONNX graph
+    /// (`catsdogs_train::export::register` writes it first). Returns the version.
     pub fn add(&self, from: &Path) -> Result<String, RegistryError> {
         let card = ModelCard::load(&from.join("model.json"))
             .map_err(|_| RegistryError::NotAModel(from.display().to_string()))?;
         Self::check_version(&card.version)?;
+        if card.onnx.as_ref().is_none_or(|f| !from.join(f).is_file()) {
+            return Err(RegistryError::NoGraph(from.display().to_string()));
+        }
         let dst = self.path(&card.version);
         if dst.exists() {
             return Err(RegistryError::Exists(card.version));
         }
         copy_dir(from, &dst)?;
-        if card.onnx.is_none() {
-            // Served by ONNX Runtime: a model fresh from `catsdogs train` gets its graph now.
-            crate::export_onnx(&dst, None)?;
-        }
         Ok(card.version)
     }
 

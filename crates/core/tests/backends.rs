@@ -1,8 +1,8 @@
-//! The shipped model through both backends: they agree on real photos, and the ONNX
-//! Runtime path reaches the accuracy the model card promises on the validation split.
+//! The shipped model through both backends: they agree on real photos and on generated
+//! images, whatever the batch size.
 use std::path::{Path, PathBuf};
 
-use catsdogs_core::{BackendKind, InferenceError, LoadedModel, evaluate};
+use catsdogs_core::{BackendKind, InferenceError, LoadedModel};
 use image::{Rgb, RgbImage};
 
 fn shipped_model() -> PathBuf {
@@ -68,22 +68,6 @@ fn backends_agree_on_generated_images_and_batch_sizes() {
     let single = ort.predict_images(&images[2..3]).expect("single")[0].p_dog;
     let batched = ort.predict_images(&images).expect("batch")[2].p_dog;
     assert!((single - batched).abs() < 1e-5);
-}
-
-#[test]
-fn shipped_model_meets_its_card_on_the_validation_split() {
-    let Some(dir) = photos() else { return };
-    let (ort, _) = both();
-    let promised = ort.card.validation.as_ref().expect("card has validation metrics").accuracy;
-    let report = evaluate(&ort, &dir, true, None, 64).expect("evaluate");
-    eprintln!("{}", report.table());
-    assert!(report.metrics.count > 4000, "the whole validation split was evaluated");
-    assert!(
-        report.metrics.accuracy >= promised - 0.02,
-        "accuracy {:.4} is more than 2 points below the card's {:.4}",
-        report.metrics.accuracy,
-        promised
-    );
 }
 
 #[test]

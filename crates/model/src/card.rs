@@ -4,9 +4,82 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::Augment;
+use crate::Label;
+use crate::augment::Augment;
 use crate::metrics::Metrics;
 use crate::preprocess::PreprocessConfig;
+
+/// The network families this crate builds, as the card names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Architecture {
+    /// The seed's small CNN, trained from scratch (`models/seed-cnn`).
+    #[serde(rename = "seed-cnn")]
+    SeedCnn,
+    /// EfficientNet-Lite0 with our cats-and-dogs head (`models/effnet-lite0`).
+    #[serde(rename = "efficientnet-lite0")]
+    EfficientNetLite0,
+}
+
+impl Architecture {
+    /// The name the card and the CLI use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Architecture::SeedCnn => "seed-cnn",
+            Architecture::EfficientNetLite0 => "efficientnet-lite0",
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A name that is not an [`Architecture`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown architecture {0:?} (expected seed-cnn or efficientnet-lite0)")]
+pub struct UnknownArchitecture(pub String);
+
+impl std::str::FromStr for Architecture {
+    type Err = UnknownArchitecture;
+    fn from_str(s: &str) -> Result<Self, UnknownArchitecture> {
+        match s {
+            "seed-cnn" => Ok(Architecture::SeedCnn),
+            "efficientnet-lite0" => Ok(Architecture::EfficientNetLite0),
+            other => Err(UnknownArchitecture(other.to_string())),
+        }
+    }
+}
+
+/// What serving reads of a transfer-learned card's `architecture_config.transfer`
+/// (the rest of that report is for people).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransferSettings {
+    /// Cat+dog ImageNet probability mass below which an image is flagged "neither".
+    #[serde(default)]
+    pub neither_threshold: Option<f64>,
+    /// One entry per epoch of tuning the last block; empty when only the head was fitted.
+    #[serde(default)]
+    pub tail_tuning: Vec<serde_json::Value>,
+}
+
+/// The card's `architecture_config`, parsed for its architecture.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArchitectureConfig {
+    SeedCnn(crate::seed_cnn::Config),
+    EfficientNetLite0 { transfer: TransferSettings },
+}
+
+impl ArchitectureConfig {
+    /// Cat+dog mass threshold for "neither" answers (EfficientNet cards that set one).
+    pub fn neither_threshold(&self) -> Option<f32> {
+        match self {
+            ArchitectureConfig::EfficientNetLite0 { transfer } => transfer.neither_threshold.map(|t| t as f32),
+            ArchitectureConfig::SeedCnn(_) => None,
+        }
+    }
+}
 
 /// Card format version; bumped when fields change meaning.
 pub const CARD_FORMAT: u32 = 1;
@@ -96,9 +169,11 @@ pub struct ModelCard {
     pub format: u32,
     pub name: String,
     pub version: String,
-    pub architecture: String,
+    pub architecture: Architecture,
+    /// Free-form as written (training reports live here); read it through
+    /// [`ModelCard::architecture_config`].
     pub architecture_config: serde_json::Value,
-    pub classes: Vec<String>,
+    pub classes: Vec<Label>,
     pub parameters: usize,
     pub preprocessing: Preprocessing,
     pub threshold: f64,
@@ -139,6 +214,8 @@ pub enum CardError {
     Read { path: String, source: std::io::Error },
     #[error("invalid model card {path}: {source}")]
     Parse { path: String, source: serde_json::Error },
+    #[error("invalid {architecture} configuration in the model card: {source}")]
+    Config { architecture: Architecture, source: serde_json::Error },
     #[error("cannot write model card {path}: {source}")]
     Write { path: String, source: std::io::Error },
 }
@@ -149,6 +226,23 @@ impl ModelCard {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| CardError::Read { path: p.clone(), source })?;
         serde_json::from_str(&text).map_err(|source| CardError::Parse { path: p, source })
+    }
+
+    /// The architecture's configuration, typed; an error names what does not parse.
+    pub fn architecture_config(&self) -> Result<ArchitectureConfig, CardError> {
+        let config_error = |source| CardError::Config { architecture: self.architecture, source };
+        match self.architecture {
+            Architecture::SeedCnn => serde_json::from_value(self.architecture_config.clone())
+                .map(ArchitectureConfig::SeedCnn)
+                .map_err(config_error),
+            Architecture::EfficientNetLite0 => {
+                let transfer = match self.architecture_config.get("transfer") {
+                    Some(t) => serde_json::from_value(t.clone()).map_err(config_error)?,
+                    None => TransferSettings::default(),
+                };
+                Ok(ArchitectureConfig::EfficientNetLite0 { transfer })
+            }
+        }
     }
 
     /// Writes `model.json` (pretty-printed, stable field order).

@@ -1,14 +1,16 @@
-//! Everything about the model that does not need a server: one preprocessing path,
-//! the candle networks, training, evaluation, plots, the model card and ONNX export.
+//! What training and serving share about the model: one preprocessing path (and the
+//! training-time augmentation recorded beside it), the candle networks with their forward
+//! passes, the ONNX writing primitives, the model card with its figures, and the labels.
+pub mod augment;
 pub mod card;
-pub mod data;
 pub mod efficientnet_lite;
+pub mod label;
 pub mod metrics;
 pub mod onnx;
 pub mod ops;
-pub mod optim;
-pub mod plots;
 pub mod preprocess;
 pub mod pth;
 pub mod seed_cnn;
-pub mod train;
+
+pub use card::{Architecture, ArchitectureConfig, ModelCard};
+pub use label::Label;

@@ -15,7 +15,7 @@ fn resize_alg() -> ResizeAlg {
 }
 
 /// Why an input could not be turned into a model tensor.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum PreprocessError {
     /// Zero bytes were given.
     #[error("the file is empty")]

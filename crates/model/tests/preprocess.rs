@@ -204,48 +204,6 @@ fn any_shape_becomes_the_model_input_size() {
 }
 
 #[test]
-fn training_cache_and_serving_give_identical_pixels() {
-    // Training decodes once into a cache (shorter side bounded to 2x the input) and
-    // resizes from it; serving preprocesses the bytes directly. Both must agree exactly.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = PreprocessConfig::default();
-    for (i, (w, h)) in [(180u32, 180u32), (200, 150), (256, 300)].into_iter().enumerate() {
-        let img =
-            RgbImage::from_fn(w, h, |x, y| Rgb([(x * 7 % 256) as u8, (y * 3 % 256) as u8, ((x + y) % 256) as u8]));
-        for (label, sub) in [(0, "cat"), (1, "dog")] {
-            let d = dir.path().join(sub);
-            std::fs::create_dir_all(&d).expect("mkdir");
-            img.save(d.join(format!("{i}_{label}.png"))).expect("save");
-        }
-    }
-    let samples = catsdogs_model::data::scan(dir.path()).expect("scan");
-    let cached = catsdogs_model::data::decode_all(&samples, config.max_pixels, config.size * 2);
-    assert!(cached.skipped.is_empty());
-    for (s, img) in samples.iter().zip(&cached.images) {
-        let from_cache = preprocess::resize_rgb(img, None, config.size).expect("resize");
-        let served = preprocess(&std::fs::read(&s.path).expect("read"), &config).expect("preprocess");
-        if img.width().min(img.height()) <= config.size * 2 {
-            assert_eq!(from_cache, served, "{}", s.path.display());
-        }
-    }
-}
-
-/// Files of a fuzz target's seed corpus and regressions (`fuzz/`).
-fn fuzz_inputs(target: &str, kind: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz").join(kind).join(target);
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_none_or(|x| x != "md"))
-        .map(|p| {
-            let bytes = std::fs::read(&p).expect("read fuzz input");
-            (p, bytes)
-        })
-        .collect()
-}
-
-#[test]
 fn fuzz_corpus_and_regressions_replay_without_panics() {
     let config = PreprocessConfig { size: 32, max_pixels: 1 << 20, center_crop_from: 0 };
     let corpus = fuzz_inputs("preprocess", "corpus");
@@ -264,4 +222,19 @@ fn fuzz_corpus_and_regressions_replay_without_panics() {
             assert!(!e.code().is_empty(), "{}", path.display());
         }
     }
+}
+
+/// Files of a fuzz target's seed corpus and regressions (`fuzz/`).
+fn fuzz_inputs(target: &str, kind: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz").join(kind).join(target);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_none_or(|x| x != "md"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).expect("read fuzz input");
+            (p, bytes)
+        })
+        .collect()
 }

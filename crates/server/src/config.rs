@@ -47,7 +47,7 @@ pub struct ServerConfig {
     /// Inference log directory (one CSV per UTC day); `None` switches the log off.
     pub inference_log_dir: Option<PathBuf>,
     /// How long rows are kept before the automatic purge removes them.
-    pub retention: Retention,
+    pub retention: catsdogs_store::Retention,
     /// How often the purge runs inside the server.
     pub purge_interval: std::time::Duration,
     /// Longest a request may take, body upload included (slow uploads get 408).
@@ -62,36 +62,19 @@ pub struct ServerConfig {
     pub clock: Clock,
 }
 
-/// Retention periods, in days (the seed's GDPR policy by default).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// Predictions (database rows and inference-log lines).
-    pub predictions_days: u32,
-    pub feedback_days: u32,
-    pub audit_days: u32,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Self { predictions_days: 180, feedback_days: 365, audit_days: 365 }
-    }
-}
-
-impl Retention {
-    /// The cut-off instants for a purge run at `now`.
-    pub fn cutoffs(&self, now: DateTime<Utc>) -> catsdogs_store::PurgeCutoffs {
-        let before = |days: u32| {
-            now.checked_sub_signed(chrono::Duration::days(i64::from(days))).unwrap_or(DateTime::<Utc>::MIN_UTC)
-        };
-        catsdogs_store::PurgeCutoffs {
-            predictions: before(self.predictions_days),
-            feedback: before(self.feedback_days),
-            audit: before(self.audit_days),
+impl ServerConfig {
+    /// What the serving engine needs of this configuration.
+    pub fn engine_config(&self) -> catsdogs_core::EngineConfig {
+        catsdogs_core::EngineConfig {
+            model_dir: self.model_dir.clone(),
+            backend: self.backend,
+            inference_threads: self.inference_threads,
+            tta_flip: self.tta_flip,
+            batching: self.batching,
+            max_concurrent_decodes: self.max_concurrent_inferences,
         }
     }
-}
 
-impl ServerConfig {
     /// Defaults that work on a fresh machine (loopback, SQLite under `data_dir`).
     pub fn new(model_dir: PathBuf, data_dir: PathBuf) -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -115,7 +98,7 @@ impl ServerConfig {
             header_read_timeout: std::time::Duration::from_secs(10),
             batching: catsdogs_core::batcher::BatcherConfig::default(),
             inference_log_dir: Some(log_dir),
-            retention: Retention::default(),
+            retention: catsdogs_store::Retention::default(),
             purge_interval: std::time::Duration::from_secs(3600),
             retry_interval: std::time::Duration::from_secs(2),
             clock: system_clock(),

@@ -87,24 +87,18 @@ impl From<catsdogs_store::StoreError> for ApiError {
     }
 }
 
-impl From<catsdogs_core::InferenceError> for ApiError {
-    fn from(e: catsdogs_core::InferenceError) -> Self {
-        use catsdogs_core::InferenceError as E;
+impl From<catsdogs_core::ClassifyError> for ApiError {
+    fn from(e: catsdogs_core::ClassifyError) -> Self {
+        use catsdogs_core::ClassifyError as E;
         use catsdogs_model::preprocess::PreprocessError as P;
-        match e {
-            E::Preprocess(p) => {
-                let code = p.code();
-                let status = match p {
-                    P::UnsupportedFormat => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    P::Empty => StatusCode::BAD_REQUEST,
-                    _ => StatusCode::UNPROCESSABLE_ENTITY,
-                };
-                Self::new(status, code, p.to_string())
-            }
-            other => {
-                tracing::error!(error = %other, "inference failed");
-                Self::internal(format!("inference failed: {other}"))
-            }
-        }
+        let code = e.code();
+        let status = match &e {
+            E::Input(P::UnsupportedFormat) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            E::Input(P::Empty) => StatusCode::BAD_REQUEST,
+            E::Input(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            E::NoModel(_) | E::Overloaded | E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            E::Inference(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, code, e.to_string())
     }
 }

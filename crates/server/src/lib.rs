@@ -9,10 +9,7 @@ pub mod auth;
 pub mod charts;
 pub mod config;
 pub mod error;
-pub mod images;
-pub mod inference_log;
 pub mod pages;
-pub mod retention;
 pub mod session;
 pub mod state;
 pub mod telemetry;
@@ -35,7 +32,8 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-pub use config::{Clock, Retention, ServerConfig, system_clock};
+pub use catsdogs_store::Retention;
+pub use config::{Clock, ServerConfig, system_clock};
 pub use error::ApiError;
 pub use state::{AppState, Shared};
 
@@ -81,11 +79,11 @@ pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> 
     let (key, _, _) = auth::load_or_create_secret(&secrets, "session-key")?;
     let session_key: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
 
-    let model = state::load_model(&cfg).await;
+    let model = catsdogs_core::Classifier::load(&cfg.engine_config()).await;
     let _ = telemetry::prometheus();
     match &model {
         Ok(m) => {
-            telemetry::record_model_info(&m.card.version, &m.card.architecture);
+            telemetry::record_model_info(&m.card.version, m.card.architecture);
             tracing::info!(version = %m.card.version, backend = %m.backend_kind(), "model loaded")
         }
         Err(e) => {
@@ -311,7 +309,7 @@ pub async fn scheduled_purge(state: &AppState) {
     }
     state.inference_log.flush().await;
     let now = (state.cfg.clock)();
-    if let Err(e) = retention::purge(state.holdings(), state.cfg.retention, now, "scheduler").await {
+    if let Err(e) = catsdogs_store::retention::purge(state.holdings(), state.cfg.retention, now, "scheduler").await {
         metrics::counter!("catsdogs_store_errors_total", "operation" => "purge").increment(1);
         tracing::warn!(error = %e, "retention purge failed; retrying at the next run");
     }

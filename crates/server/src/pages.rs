@@ -223,7 +223,7 @@ async fn feedback_form(
             let text = if r.positive {
                 "Thanks! You confirmed the prediction.".to_string()
             } else {
-                format!("Thanks! Noted: it is a {}.", r.label.unwrap_or_default())
+                format!("Thanks! Noted: it is a {}.", r.label.map_or("?", |l| l.as_str()))
             };
             message(&state, &session, StatusCode::OK, "Feedback saved", &text)
         }
@@ -242,7 +242,7 @@ struct RecentRow {
     time: String,
     file_ref: Option<String>,
     status: &'static str,
-    label: Option<String>,
+    label: Option<catsdogs_model::Label>,
     error_code: Option<String>,
     p_dog: Option<f64>,
     latency_ms: Option<f64>,

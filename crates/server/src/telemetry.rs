@@ -9,6 +9,7 @@
 //! - `model_info{version,architecture}` (1 for the model served, 0 for one a hot reload
 //!   replaced), `store_errors_total{operation}`,
 //!   `outbox_rows` (prediction rows waiting for the database), `inference_log_errors_total`.
+use catsdogs_model::Architecture;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -87,15 +88,15 @@ pub async fn metrics_endpoint(State(state): State<AppState>) -> Response {
 }
 
 /// Records the loaded model as `catsdogs_model_info{version,architecture} 1`.
-pub fn record_model_info(version: &str, architecture: &str) {
-    metrics::gauge!("catsdogs_model_info", "version" => version.to_string(), "architecture" => architecture.to_string())
+pub fn record_model_info(version: &str, architecture: Architecture) {
+    metrics::gauge!("catsdogs_model_info", "version" => version.to_string(), "architecture" => architecture.as_str())
         .set(1.0);
 }
 
 /// Sets the series of a model that a hot reload replaced to 0, so that only the served
 /// model's series reads 1 (a query on `catsdogs_model_info == 1` finds one version).
-pub fn retire_model_info(version: &str, architecture: &str) {
-    metrics::gauge!("catsdogs_model_info", "version" => version.to_string(), "architecture" => architecture.to_string())
+pub fn retire_model_info(version: &str, architecture: Architecture) {
+    metrics::gauge!("catsdogs_model_info", "version" => version.to_string(), "architecture" => architecture.as_str())
         .set(0.0);
 }
 

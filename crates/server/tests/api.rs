@@ -306,7 +306,7 @@ async fn metrics(db_url: &str) {
             created_at: t,
             model_version: "test".into(),
             status: if label.is_some() { PredictionStatus::Ok } else { PredictionStatus::Error },
-            label: label.map(Into::into),
+            label: label.map(|l: &str| l.parse().expect("label")),
             p_dog: label.map(|l| if l == "dog" { 0.9 } else { 0.1 }),
             latency_ms: ms,
             error_code: label.is_none().then(|| "corrupt_image".into()),

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use catsdogs_server::inference_log::{LogFiles, LogRow};
+use catsdogs_store::inference_log::{LogFiles, LogRow};
 use catsdogs_store::{FeedbackRecord, FeedbackSource, PredictionRecord, PredictionStatus};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use image::ImageFormat;
@@ -221,7 +221,7 @@ async fn retention(db_url: &str) {
         created_at: at(days_ago, now),
         model_version: "test".into(),
         status: PredictionStatus::Ok,
-        label: Some("cat".into()),
+        label: Some(catsdogs_model::Label::Cat),
         p_dog: Some(0.2),
         latency_ms: 1.0,
         error_code: None,
@@ -239,7 +239,7 @@ async fn retention(db_url: &str) {
         prediction_id: Some(pid.id.clone()),
         created_at: at(days_ago, now),
         positive: true,
-        true_label: Some("cat".into()),
+        true_label: Some(catsdogs_model::Label::Cat),
         p_dog: Some(0.2),
         comment: None,
         source: FeedbackSource::V2,
@@ -415,7 +415,7 @@ async fn consented_images_are_kept_exported_and_erased() {
     f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600)).expect("mtime");
     let holdings = app.state.holdings();
     let far = Utc::now() + Duration::days(400);
-    let removed = catsdogs_server::retention::purge(holdings, Default::default(), far, "test").await.expect("purge");
+    let removed = catsdogs_store::retention::purge(holdings, Default::default(), far, "test").await.expect("purge");
     assert_eq!(removed.images, 1, "{removed:?}");
     assert!(removed.rows.predictions >= 1);
     assert!(!old_path.exists());

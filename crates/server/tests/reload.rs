@@ -11,13 +11,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use image::ImageFormat;
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{TOKEN, TestApp, client, file_form, image_bytes, model_dir};
+use support::{TOKEN, TestApp, client, default_model_dir, file_form, image_bytes, model_dir};
 
 /// A copy of the seed CNN whose card says `version`.
 fn model_copy(dir: &Path, version: &str) {
+    copy_of(&model_dir(), dir, version)
+}
+
+/// A copy of the model in `from` (card and the files it names) whose card says `version`.
+fn copy_of(from: &Path, dir: &Path, version: &str) {
     std::fs::create_dir_all(dir).expect("mkdir");
-    for f in ["model.json", "model.onnx", "model.safetensors"] {
-        std::fs::copy(model_dir().join(f), dir.join(f)).expect("copy");
+    for entry in std::fs::read_dir(from).expect("model dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "json" || e == "onnx" || e == "safetensors") {
+            std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
+        }
     }
     let card = dir.join("model.json");
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&card).expect("card")).expect("json");
@@ -147,5 +155,89 @@ async fn reload_swaps_the_model_under_load_without_failures() {
     );
     let r = c.get(app.url("/api/admin/models")).send().await.expect("models");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}
+
+/// One answer: the version it names and the P(dog) it gives.
+async fn predict_scored(c: &reqwest::Client, base: &str) -> Result<(String, f64), String> {
+    let r = c
+        .post(format!("{base}/api/predict"))
+        .bearer_auth(TOKEN)
+        .multipart(file_form("x.png", image_bytes(ImageFormat::Png), "image/png"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status() != StatusCode::OK {
+        return Err(format!("status {}", r.status()));
+    }
+    let v: Value = r.json().await.map_err(|e| e.to_string())?;
+    Ok((v["model_version"].as_str().unwrap_or_default().to_string(), v["p_dog"].as_f64().unwrap_or(f64::NAN)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_names_the_model_that_computed_it_across_reloads() {
+    // Two models that disagree on the same image: the seed CNN and EfficientNet-Lite0.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    copy_of(&model_dir(), &a, "race-seed");
+    copy_of(&default_model_dir(), &b, "race-effnet");
+    let current = dir.path().join("current");
+    point(&current, &a);
+    let data = dir.path().join("data");
+    let db = format!("sqlite://{}?mode=rwc", data.join("catsdogs.db").display());
+    let cur = current.clone();
+    let app = TestApp::spawn_with(&db, data, None, move |cfg| cfg.model_dir = cur).await;
+    let c = client();
+    let reload = |c: reqwest::Client, url: String| async move {
+        let r = c.post(url).bearer_auth(TOKEN).send().await.expect("reload");
+        assert_eq!(r.status(), StatusCode::OK);
+    };
+
+    // What each model answers for the image, alone.
+    let mut expected = std::collections::HashMap::new();
+    for (target, version) in [(&a, "race-seed"), (&b, "race-effnet")] {
+        point(&current, target);
+        reload(c.clone(), app.url("/api/admin/model/reload")).await;
+        let (v, p) = predict_scored(&c, &app.base).await.expect("predict");
+        assert_eq!(v, version);
+        expected.insert(v, p);
+    }
+    let (pa, pb) = (expected["race-seed"], expected["race-effnet"]);
+    assert!((pa - pb).abs() > 1e-3, "the two models must disagree to tell them apart ({pa} vs {pb})");
+
+    // Clients predict in a loop while the model flips back and forth under them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..6 {
+        let (c, base, stop) = (c.clone(), app.base.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                seen.push(predict_scored(&c, &base).await);
+            }
+            seen
+        }));
+    }
+    for i in 0..8 {
+        point(&current, if i % 2 == 0 { &a } else { &b });
+        reload(c.clone(), app.url("/api/admin/model/reload")).await;
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for w in workers {
+        answers.extend(w.await.expect("worker"));
+    }
+    let answers: Vec<(String, f64)> = answers.into_iter().collect::<Result<_, _>>().expect("no request fails");
+    let by_version = |v: &str| answers.iter().filter(|(x, _)| x == v).count();
+    assert!(by_version("race-seed") > 0 && by_version("race-effnet") > 0, "both models answered: {answers:?}");
+    for (version, p_dog) in &answers {
+        let want = expected[version];
+        // The same graph on the same image: equal up to batching's float reassociation.
+        assert!(
+            (p_dog - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "{version} answered {p_dog}, its graph gives {want}"
+        );
+    }
     app.stop().await;
 }

@@ -3,16 +3,26 @@
 //! One schema (`migrations/`) runs unchanged on SQLite and PostgreSQL through sqlx's
 //! `Any` driver, so both databases are tested with the same queries. Image bytes and
 //! raw file names are never stored: predictions keep a pseudonymised file reference.
+pub mod images;
+pub mod inference_log;
 pub mod metrics;
+pub mod outbox;
+pub mod retention;
 
 use std::time::Duration;
 
+use catsdogs_model::Label;
+use catsdogs_model::label::UnknownLabel;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor, Row};
 
+pub use images::ImageStore;
+pub use inference_log::{InferenceLog, LogFiles, LogRow};
 pub use metrics::{DayMetrics, WindowMetrics};
+pub use outbox::{OUTBOX_CAPACITY, Outbox};
+pub use retention::{Holdings, Retention, RetentionError};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
@@ -116,7 +126,7 @@ pub struct PredictionRecord {
     pub created_at: DateTime<Utc>,
     pub model_version: String,
     pub status: PredictionStatus,
-    pub label: Option<String>,
+    pub label: Option<Label>,
     pub p_dog: Option<f64>,
     pub latency_ms: f64,
     pub error_code: Option<String>,
@@ -132,8 +142,7 @@ pub struct LabelledImage {
     pub prediction_id: String,
     pub created_at: DateTime<Utc>,
     pub image_ref: String,
-    /// `cat` or `dog`.
-    pub label: String,
+    pub label: Label,
 }
 
 /// Rows created before these instants are removed by the retention purge.
@@ -203,7 +212,7 @@ pub struct FeedbackRecord {
     pub prediction_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub positive: bool,
-    pub true_label: Option<String>,
+    pub true_label: Option<Label>,
     pub p_dog: Option<f64>,
     pub comment: Option<String>,
     pub source: FeedbackSource,
@@ -254,6 +263,12 @@ fn from_ms(ms: i64) -> Result<DateTime<Utc>, StoreError> {
     Utc.timestamp_millis_opt(ms).single().ok_or_else(|| StoreError::Malformed(format!("timestamp {ms}")))
 }
 
+/// A nullable label column: "cat", "dog" or NULL; anything else is a malformed row.
+fn label_column(row: &sqlx::any::AnyRow, column: &str) -> Result<Option<Label>, StoreError> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| t.parse().map_err(|e: UnknownLabel| StoreError::Malformed(format!("{column}: {e}")))).transpose()
+}
+
 fn prediction_from_row(row: &sqlx::any::AnyRow) -> Result<PredictionRecord, StoreError> {
     let status: String = row.try_get("status")?;
     Ok(PredictionRecord {
@@ -261,7 +276,7 @@ fn prediction_from_row(row: &sqlx::any::AnyRow) -> Result<PredictionRecord, Stor
         created_at: from_ms(row.try_get("created_at_ms")?)?,
         model_version: row.try_get("model_version")?,
         status: if status == "ok" { PredictionStatus::Ok } else { PredictionStatus::Error },
-        label: row.try_get("label")?,
+        label: label_column(row, "label")?,
         p_dog: row.try_get("p_dog")?,
         latency_ms: row.try_get("latency_ms")?,
         error_code: row.try_get("error_code")?,
@@ -342,7 +357,7 @@ impl Store {
         .bind(day_of(r.created_at))
         .bind(&r.model_version)
         .bind(r.status.as_str())
-        .bind(r.label.clone())
+        .bind(r.label.map(Label::as_str))
         .bind(nullable_f64(r.p_dog))
         .bind(r.latency_ms)
         .bind(r.error_code.clone())
@@ -389,7 +404,7 @@ impl Store {
         .bind(f.created_at.timestamp_millis())
         .bind(day_of(f.created_at))
         .bind(f.positive)
-        .bind(f.true_label.clone())
+        .bind(f.true_label.map(Label::as_str))
         .bind(nullable_f64(f.p_dog))
         .bind(f.comment.clone())
         .bind(match f.source {
@@ -590,19 +605,15 @@ impl Store {
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let predicted: Option<String> = row.try_get("label")?;
-            let named: Option<String> = row.try_get("true_label")?;
+            let predicted = label_column(&row, "label")?;
+            let named = label_column(&row, "true_label")?;
             let positive: i64 = row.try_get("positive")?;
-            let label = match (named, predicted.as_deref(), positive == 1) {
+            let label = match (named, predicted, positive == 1) {
                 (Some(l), _, _) => l,
-                (None, Some(p), true) => p.to_string(),
-                (None, Some("cat"), false) => "dog".into(),
-                (None, Some("dog"), false) => "cat".into(),
-                _ => continue,
+                (None, Some(p), true) => p,
+                (None, Some(p), false) => p.other(),
+                (None, None, _) => continue,
             };
-            if label != "cat" && label != "dog" {
-                continue;
-            }
             out.push(LabelledImage {
                 prediction_id: row.try_get("id")?,
                 created_at: from_ms(row.try_get("created_at_ms")?)?,
@@ -629,7 +640,7 @@ impl Store {
             prediction_id: row.try_get("prediction_id")?,
             created_at: from_ms(row.try_get("created_at_ms")?)?,
             positive: row.try_get::<i64, _>("positive")? != 0,
-            true_label: row.try_get("true_label")?,
+            true_label: label_column(&row, "true_label")?,
             p_dog: row.try_get("p_dog")?,
             comment: row.try_get("comment")?,
             source: if source == "seed" { FeedbackSource::Seed } else { FeedbackSource::V2 },
@@ -721,7 +732,7 @@ impl Store {
             preds.push(metrics::PredictionRow {
                 day: r.try_get("day")?,
                 ok: status == "ok",
-                label: r.try_get("label")?,
+                label: label_column(&r, "label")?,
                 p_dog: r.try_get("p_dog")?,
                 latency_ms: r.try_get("latency_ms")?,
             });
@@ -764,7 +775,7 @@ mod tests {
             created_at,
             model_version: "test".into(),
             status: PredictionStatus::Ok,
-            label: Some("dog".into()),
+            label: Some(Label::Dog),
             p_dog: Some(0.9),
             latency_ms: 1.0,
             error_code: None,

@@ -10,6 +10,7 @@
 //!   winning probability is below [`LOW_CONFIDENCE`].
 use std::collections::BTreeMap;
 
+use catsdogs_model::Label;
 use chrono::NaiveDate;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -22,7 +23,7 @@ pub const LOW_CONFIDENCE: f64 = 0.8;
 pub struct PredictionRow {
     pub day: String,
     pub ok: bool,
-    pub label: Option<String>,
+    pub label: Option<Label>,
     pub p_dog: Option<f64>,
     pub latency_ms: f64,
 }
@@ -134,9 +135,9 @@ impl Acc {
                     self.low_confidence += 1;
                 }
             }
-            match p.label.as_deref() {
-                Some("cat") => self.cats += 1,
-                Some("dog") => self.dogs += 1,
+            match p.label {
+                Some(Label::Cat) => self.cats += 1,
+                Some(Label::Dog) => self.dogs += 1,
                 _ => {}
             }
         }
@@ -253,17 +254,17 @@ mod tests {
 
     #[test]
     fn groups_by_day_newest_first() {
-        let p = |day: &str, ok, label: Option<&str>, p_dog: Option<f64>, ms| PredictionRow {
+        let p = |day: &str, ok, label: Option<Label>, p_dog: Option<f64>, ms| PredictionRow {
             day: day.into(),
             ok,
-            label: label.map(Into::into),
+            label,
             p_dog,
             latency_ms: ms,
         };
         let preds = vec![
-            p("2026-01-01", true, Some("cat"), Some(0.1), 10.0),
-            p("2026-01-02", true, Some("dog"), Some(0.9), 20.0),
-            p("2026-01-02", true, Some("cat"), Some(0.3), 40.0),
+            p("2026-01-01", true, Some(Label::Cat), Some(0.1), 10.0),
+            p("2026-01-02", true, Some(Label::Dog), Some(0.9), 20.0),
+            p("2026-01-02", true, Some(Label::Cat), Some(0.3), 40.0),
             p("2026-01-02", false, None, None, 1.0),
         ];
         let fbs = vec![FeedbackRow { day: "2026-01-02".into(), positive: true }];

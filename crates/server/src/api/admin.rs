@@ -8,6 +8,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
+use catsdogs_model::Architecture;
+
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -40,7 +42,8 @@ pub async fn reload_model(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelVersion {
     pub version: String,
-    pub architecture: String,
+    #[schema(value_type = String)]
+    pub architecture: Architecture,
     pub created_at: String,
     /// Whether the registry's `current` link points at it.
     pub current: bool,

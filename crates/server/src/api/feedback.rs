@@ -7,6 +7,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
+use catsdogs_model::Label;
 use catsdogs_store::{FeedbackOutcome, FeedbackRecord, FeedbackSource, PredictionStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -69,7 +70,8 @@ pub struct FeedbackResponse {
     pub positive: bool,
     /// The true class, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub label: Option<Label>,
     /// True when this replaced earlier feedback on the same prediction.
     pub replaced: bool,
     /// Unix seconds.
@@ -95,12 +97,12 @@ fn looks_like_file_name(s: &str) -> bool {
         && [".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"].iter().any(|e| lower.ends_with(e))
 }
 
-fn parse_label(l: &str) -> Result<String, ApiError> {
-    match l.to_ascii_lowercase().as_str() {
-        "cat" => Ok("cat".into()),
-        "dog" => Ok("dog".into()),
-        _ => Err(ApiError::unprocessable("invalid_body", format!("label must be \"cat\" or \"dog\", got {l:?}"))),
+fn parse_label(l: &str) -> Result<Label, ApiError> {
+    if l.trim() != l {
+        return Err(ApiError::unprocessable("invalid_body", format!("label must be \"cat\" or \"dog\", got {l:?}")));
     }
+    l.parse()
+        .map_err(|_| ApiError::unprocessable("invalid_body", format!("label must be \"cat\" or \"dog\", got {l:?}")))
 }
 
 fn count_feedback(positive: bool) {
@@ -122,8 +124,7 @@ pub struct CheckedFeedback {
     /// The prediction id in canonical UUID form.
     pub prediction_id: String,
     pub correct: Option<bool>,
-    /// `cat` or `dog`.
-    pub label: Option<String>,
+    pub label: Option<Label>,
     pub comment: Option<String>,
 }
 
@@ -266,10 +267,9 @@ pub(crate) async fn save_checked_feedback(
     if pred.status != PredictionStatus::Ok {
         return Err(ApiError::new(StatusCode::CONFLICT, "prediction_failed", "that request produced no prediction"));
     }
-    let predicted = pred.label.clone().unwrap_or_default();
-    let other = if predicted == "dog" { "cat" } else { "dog" };
+    let predicted = pred.label.ok_or_else(|| ApiError::internal("the stored prediction has no label"))?;
     let (positive, true_label) = match (correct, label) {
-        (Some(c), None) => (c, if c { predicted.clone() } else { other.to_string() }),
+        (Some(c), None) => (c, if c { predicted } else { predicted.other() }),
         (None, Some(l)) => (l == predicted, l),
         (Some(c), Some(l)) if c == (l == predicted) => (c, l),
         (Some(_), Some(_)) => {
@@ -282,7 +282,7 @@ pub(crate) async fn save_checked_feedback(
         prediction_id: Some(pid.clone()),
         created_at: now,
         positive,
-        true_label: Some(true_label.clone()),
+        true_label: Some(true_label),
         p_dog: pred.p_dog,
         comment,
         source: FeedbackSource::V2,

@@ -8,6 +8,8 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use catsdogs_model::Architecture;
+
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -130,7 +132,8 @@ pub struct InfoResponse {
     pub version: String,
     pub parameters: usize,
     pub model_version: Option<String>,
-    pub architecture: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub architecture: Option<Architecture>,
     pub backend: Option<String>,
     pub input_size: Option<u32>,
     pub classes: Vec<String>,
@@ -158,10 +161,10 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<InfoResponse>, A
         version: env!("CARGO_PKG_VERSION").into(),
         parameters: m.map(|m| m.card.parameters).unwrap_or(0),
         model_version: m.map(|m| m.card.version.clone()),
-        architecture: m.map(|m| m.card.architecture.clone()),
+        architecture: m.map(|m| m.card.architecture),
         backend: m.map(|m| m.backend_kind().to_string()),
         input_size: m.map(|m| m.card.preprocessing.config.size),
-        classes: m.map(|m| m.card.classes.clone()).unwrap_or_default(),
+        classes: m.map(|m| m.card.classes.iter().map(|c| c.to_string()).collect()).unwrap_or_default(),
         validation: m.and_then(|m| m.card.validation.as_ref()).and_then(|v| serde_json::to_value(v).ok()),
     }))
 }

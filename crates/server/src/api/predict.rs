@@ -3,7 +3,10 @@ use axum::Json;
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
-use catsdogs_core::Prediction;
+use std::time::Instant;
+
+use catsdogs_core::{Classified, ImageInput};
+use catsdogs_model::Label;
 use catsdogs_store::{PredictionRecord, PredictionStatus};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -33,7 +36,8 @@ pub struct PredictResponse {
     pub confidence: String,
     pub probabilities: Probabilities,
     /// `cat` or `dog`.
-    pub label: String,
+    #[schema(value_type = String, example = "dog")]
+    pub label: Label,
     pub p_dog: f64,
     pub p_cat: f64,
     pub model_version: String,
@@ -98,27 +102,21 @@ fn pct(p: f64) -> String {
     format!("{:.2}%", p * 100.0)
 }
 
-fn response(
-    id: String,
-    filename: String,
-    p: Prediction,
-    model_version: String,
-    latency_ms: f64,
-    image_kept: bool,
-) -> PredictResponse {
+/// The answer for one classified file; its `model_version` is the version of the model
+/// that computed it, whatever is served by the time the answer is written.
+fn response(id: String, filename: String, p: &Classified, latency_ms: f64, image_kept: bool) -> PredictResponse {
     let p_dog = f64::from(p.p_dog);
     let p_cat = 1.0 - p_dog;
-    let label = p.label();
     PredictResponse {
         id,
         filename,
-        prediction: if label == "dog" { "Dog".into() } else { "Cat".into() },
+        prediction: p.label.title().into(),
         confidence: pct(p_dog.max(p_cat)),
         probabilities: Probabilities { cat: pct(p_cat), dog: pct(p_dog) },
-        label: label.into(),
+        label: p.label,
         p_dog,
         p_cat,
-        model_version,
+        model_version: p.model_version.to_string(),
         latency_ms,
         is_cat_or_dog: p.is_cat_or_dog,
         cat_or_dog_score: p.cat_or_dog_score.map(f64::from),
@@ -251,18 +249,19 @@ pub(crate) async fn record(
     state: &AppState,
     id: &str,
     filename: &str,
-    outcome: Result<Prediction, &ApiError>,
+    outcome: Result<&Classified, &ApiError>,
     latency_ms: f64,
     image_ref: Option<String>,
 ) {
-    let (status, label, p_dog, error_code) = match outcome {
-        Ok(p) => (PredictionStatus::Ok, Some(p.label().to_string()), Some(f64::from(p.p_dog)), None),
-        Err(e) => (PredictionStatus::Error, None, None, Some(e.code.to_string())),
+    let (status, label, p_dog, error_code, model_version) = match outcome {
+        Ok(p) => (PredictionStatus::Ok, Some(p.label), Some(f64::from(p.p_dog)), None, p.model_version.to_string()),
+        // No forward pass: the row names the model served when the request failed.
+        Err(e) => (PredictionStatus::Error, None, None, Some(e.code.to_string()), state.model_version()),
     };
     let rec = PredictionRecord {
         id: id.to_string(),
         created_at: (state.cfg.clock)(),
-        model_version: state.model_version(),
+        model_version,
         status,
         label,
         p_dog,
@@ -308,17 +307,21 @@ pub async fn predict(
         }
     };
     let kept = form.consent.then(|| bytes.clone());
-    match state.classify(bytes).await {
-        Ok((p, ms)) => {
+    let started = Instant::now();
+    let outcome = state.engine.classify(ImageInput::Encoded(bytes)).await;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    match outcome {
+        Ok(p) => {
             let image_ref = match kept {
                 Some(b) => keep_image(&state, b).await,
                 None => None,
             };
             let image_kept = image_ref.is_some();
-            record(&state, &id, &upload.filename, Ok(p), ms, image_ref).await;
-            Ok(Json(response(id, upload.filename, p, state.model_version(), ms, image_kept)))
+            record(&state, &id, &upload.filename, Ok(&p), ms, image_ref).await;
+            Ok(Json(response(id, upload.filename, &p, ms, image_kept)))
         }
-        Err((e, ms)) => {
+        Err(e) => {
+            let e = ApiError::from(e);
             record(&state, &id, &upload.filename, Err(&e), ms, None).await;
             Err(e)
         }
@@ -366,7 +369,7 @@ pub(crate) async fn classify_uploads(
     let mut files = Vec::new();
     let mut kept: Vec<Option<Vec<u8>>> = Vec::with_capacity(uploads.len());
     let mut slots = Vec::new();
-    let mut results: Vec<Option<Result<Prediction, ApiError>>> = Vec::with_capacity(uploads.len());
+    let mut results: Vec<Option<Result<Classified, ApiError>>> = Vec::with_capacity(uploads.len());
     let mut names = Vec::with_capacity(uploads.len());
     for (i, u) in uploads.into_iter().enumerate() {
         names.push(u.filename);
@@ -383,9 +386,15 @@ pub(crate) async fn classify_uploads(
             Err(e) => results.push(Some(Err(e))),
         }
     }
-    let (preds, ms) = if files.is_empty() { (Vec::new(), 0.0) } else { state.classify_many(files).await? };
+    let started = Instant::now();
+    let preds = if files.is_empty() {
+        Vec::new()
+    } else {
+        state.engine.classify_all(files.into_iter().map(ImageInput::Encoded).collect()).await?
+    };
+    let ms = started.elapsed().as_secs_f64() * 1e3;
     for (slot, r) in slots.into_iter().zip(preds) {
-        results[slot] = Some(r);
+        results[slot] = Some(r.map_err(ApiError::from));
     }
     let mut items = Vec::with_capacity(results.len());
     for ((name, r), bytes) in names.into_iter().zip(results).zip(kept) {
@@ -398,8 +407,8 @@ pub(crate) async fn classify_uploads(
                     None => None,
                 };
                 let image_kept = image_ref.is_some();
-                record(state, &id, &name, Ok(p), ms, image_ref).await;
-                let res = response(id, name.clone(), p, state.model_version(), ms, image_kept);
+                record(state, &id, &name, Ok(&p), ms, image_ref).await;
+                let res = response(id, name.clone(), &p, ms, image_kept);
                 items.push(BatchItem { filename: name, result: Some(res), error: None, status: 200 });
             }
             Err(e) => {

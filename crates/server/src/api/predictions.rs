@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::retention::{self, RetentionError};
 use crate::state::AppState;
+use catsdogs_store::retention::{self, RetentionError};
 
 /// Everything stored about one prediction.
 #[derive(Debug, Serialize, ToSchema)]
@@ -86,7 +86,7 @@ pub async fn export(
         prediction,
         feedback,
         inference_log,
-        inference_log_header: crate::inference_log::HEADER.to_string(),
+        inference_log_header: catsdogs_store::inference_log::HEADER.to_string(),
     }))
 }
 

@@ -18,14 +18,14 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
-use catsdogs_core::Prediction;
+use catsdogs_core::{Classified, ImageInput};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::api::predict::record;
 use crate::error::ApiError;
-use crate::state::{AppState, ImageInput};
+use crate::state::AppState;
 
 /// The model's name on the protocol.
 pub const MODEL_NAME: &str = "catsdogs";
@@ -466,17 +466,20 @@ pub async fn infer(
         }
         other => return Err(invalid(format!("unsupported datatype {other}; use BYTES, UINT8 or FP32"))),
     };
-    let (results, ms) = state.classify_inputs(inputs).await?;
-    let mut preds: Vec<Prediction> = Vec::with_capacity(results.len());
+    let started = std::time::Instant::now();
+    let results = state.engine.classify_all(inputs).await?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let mut preds: Vec<Classified> = Vec::with_capacity(results.len());
     let mut first_error = None;
     for r in results {
         let id = uuid::Uuid::new_v4().to_string();
         match r {
             Ok(p) => {
-                record(&state, &id, "", Ok(p), ms, None).await;
+                record(&state, &id, "", Ok(&p), ms, None).await;
                 preds.push(p);
             }
             Err(e) => {
+                let e = ApiError::from(e);
                 record(&state, &id, "", Err(&e), ms, None).await;
                 first_error.get_or_insert(e);
             }
@@ -487,9 +490,11 @@ pub async fn infer(
         return Err(e);
     }
     let n = preds.len() as i64;
+    // One request is classified by one model (the engine pins it), whose version this is.
+    let model_version = preds.first().map_or_else(|| state.model_version(), |p| p.model_version.to_string());
     Ok(Json(InferResponse {
         model_name: MODEL_NAME.into(),
-        model_version: state.model_version(),
+        model_version,
         id: req.id,
         outputs: vec![
             OutputTensor {
@@ -502,7 +507,7 @@ pub async fn infer(
                 name: "label".into(),
                 datatype: "BYTES".into(),
                 shape: vec![n],
-                data: preds.iter().map(|p| Value::from(p.label())).collect(),
+                data: preds.iter().map(|p| Value::from(p.label.as_str())).collect(),
             },
         ],
     }))

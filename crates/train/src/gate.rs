@@ -3,11 +3,13 @@
 //! examples users corrected or confirmed. Both models are scored on the very same photos.
 use std::path::Path;
 
-use catsdogs_model::data;
+use crate::data;
 use catsdogs_model::metrics::Metrics;
 use serde::Serialize;
 
-use crate::{EvalError, EvalReport, LoadedModel, evaluate_samples, select_samples};
+use catsdogs_core::LoadedModel;
+
+use crate::eval::{EvalError, EvalReport, evaluate_samples, select_samples};
 
 /// Both models' metrics on one set.
 #[derive(Debug, Clone, Serialize)]

@@ -2,13 +2,41 @@
 //! database rows, inference-log lines and consented image files go together.
 use std::collections::HashSet;
 
-use catsdogs_store::{RemovedRows, Store, StoreError};
+use crate::{PurgeCutoffs, RemovedRows, Store, StoreError};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::Retention;
 use crate::images::{ImageStore, SWEEP_GRACE};
 use crate::inference_log::LogFiles;
+
+/// Retention periods, in days (the seed's GDPR policy by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Predictions (database rows and inference-log lines).
+    pub predictions_days: u32,
+    pub feedback_days: u32,
+    pub audit_days: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { predictions_days: 180, feedback_days: 365, audit_days: 365 }
+    }
+}
+
+impl Retention {
+    /// The cut-off instants for a purge run at `now`.
+    pub fn cutoffs(&self, now: DateTime<Utc>) -> PurgeCutoffs {
+        let before = |days: u32| {
+            now.checked_sub_signed(chrono::Duration::days(i64::from(days))).unwrap_or(DateTime::<Utc>::MIN_UTC)
+        };
+        PurgeCutoffs {
+            predictions: before(self.predictions_days),
+            feedback: before(self.feedback_days),
+            audit: before(self.audit_days),
+        }
+    }
+}
 
 /// Everything that holds personal data, for one purge or erasure.
 #[derive(Clone, Copy)]

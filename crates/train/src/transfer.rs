@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::data::{self, CAT, DOG, Sample};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
-use catsdogs_model::card::{DataSummary, ModelCard, Preprocessing};
-use catsdogs_model::data::{self, Augment, CAT, DOG, Sample};
+use catsdogs_model::Label;
+use catsdogs_model::augment::Augment;
+use catsdogs_model::card::{Architecture, DataSummary, ModelCard, Preprocessing};
 use catsdogs_model::efficientnet_lite::{self, Config, EfficientNetLite, OnnxHeads};
 use catsdogs_model::metrics::{self, Metrics};
 use catsdogs_model::preprocess::{self, PreprocessConfig};
@@ -24,9 +26,9 @@ use ort::value::TensorRef;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::InferenceError;
-use crate::backend_ort::{ort_err, session_builder};
 use crate::tail_tuning::{self, TrunkSet, TuneConfig, TuneEpoch};
+use catsdogs_core::InferenceError;
+use catsdogs_core::{ort_err, pack_nhwc, session_builder};
 
 /// Errors of importing the checkpoint or training the head.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +92,7 @@ impl FeatureExtractor {
 
     pub fn run(&self, images: &[RgbImage]) -> Result<Features, InferenceError> {
         let s = self.size as usize;
-        let buf = crate::pack_nhwc(images, self.size)?;
+        let buf = pack_nhwc(images, self.size)?;
         let input = TensorRef::from_array_view(([images.len(), s, s, 3], buf.as_slice())).map_err(ort_err)?;
         let mut session = self.session.lock().map_err(|_| InferenceError::Ort("session lock poisoned".into()))?;
         let out = session.run(ort::inputs!["image" => input]).map_err(ort_err)?;
@@ -367,7 +369,7 @@ fn train_logistic(
     let dev = Device::Cpu;
     let w = Var::from_tensor(&Tensor::zeros((1, d), DType::F32, &dev)?)?;
     let b = Var::from_tensor(&Tensor::zeros(1, DType::F32, &dev)?)?;
-    let mut opt = catsdogs_model::optim::AdamW::new(
+    let mut opt = crate::optim::AdamW::new(
         vec![("catdog.weight".to_string(), w.clone()), ("catdog.bias".to_string(), b.clone())],
         cfg.learning_rate,
         weight_decay,
@@ -385,7 +387,7 @@ fn train_logistic(
             let xb = x.index_select(&idx, 0)?;
             let yb = y.index_select(&idx, 0)?;
             let logits = xb.matmul(&w.as_tensor().t()?)?.squeeze(1)?.broadcast_add(b.as_tensor())?;
-            let loss = catsdogs_model::train::smoothed_bce(&logits, &yb, smooth)?;
+            let loss = crate::seed_cnn::smoothed_bce(&logits, &yb, smooth)?;
             opt.lr = cfg.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
             opt.backward_step(&loss)?;
             step += 1;
@@ -591,14 +593,13 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
         head.extend(t.tail.named("tuned_tail"));
     }
     candle_core::safetensors::save(&head, &head_path)?;
-    catsdogs_model::plots::evaluation_plots(&cfg.out_dir, &p_cal, &va.labels)
-        .map_err(|e| TransferError::Plot(e.to_string()))?;
+    crate::plots::evaluation_plots(&cfg.out_dir, &p_cal, &va.labels).map_err(|e| TransferError::Plot(e.to_string()))?;
 
     let card = ModelCard {
         format: catsdogs_model::card::CARD_FORMAT,
         name: "catsdogs".into(),
         version: cfg.version.clone(),
-        architecture: "efficientnet-lite0".into(),
+        architecture: Architecture::EfficientNetLite0,
         architecture_config: serde_json::json!({
             "backbone": config,
             "pretrained": cfg.pretrained.file_name().map(|n| n.to_string_lossy().into_owned()),
@@ -609,7 +610,7 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
             },
             "transfer": report,
         }),
-        classes: data::CLASSES.iter().map(|s| s.to_string()).collect(),
+        classes: Label::ALL.to_vec(),
         parameters: 4_652_008 + d + 1 + tuned.as_ref().map_or(0, |t| t.tail.parameters()),
         preprocessing: Preprocessing::standard(pre),
         threshold: 0.5,

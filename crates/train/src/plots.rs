@@ -8,8 +8,8 @@ use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use crate::metrics;
-use crate::train::EpochRecord;
+use crate::seed_cnn::EpochRecord;
+use catsdogs_model::metrics;
 
 type PlotResult = Result<(), String>;
 /// Reads one curve's value from an epoch record.

@@ -6,10 +6,10 @@
 //! blocks before them.
 use candle_core::{D, Device, Tensor, Var};
 
+use crate::optim::AdamW;
+use crate::seed_cnn::smoothed_bce;
 use catsdogs_model::efficientnet_lite::{TAIL_NAMES, Tail};
 use catsdogs_model::metrics;
-use catsdogs_model::optim::AdamW;
-use catsdogs_model::train::smoothed_bce;
 
 /// Trunk activations of a set of views: `x` [N, 49, C] (f16), labels 0 = cat, 1 = dog.
 pub struct TrunkSet<'a> {

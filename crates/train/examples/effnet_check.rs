@@ -1,13 +1,13 @@
 //! Checks the EfficientNet-Lite0 import: ImageNet top-5 of a few photos from the candle
 //! reference and from the exported ONNX graph in ONNX Runtime, and their largest difference.
 //!
-//! cargo run --release -p catsdogs-core --example effnet_check -- PTH IMAGE...
+//! cargo run --release -p catsdogs-train --example effnet_check -- PTH IMAGE...
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use catsdogs_core::transfer::{FeatureExtractor, load_backbone};
 use catsdogs_model::preprocess::{PreprocessConfig, preprocess};
+use catsdogs_train::transfer::{FeatureExtractor, load_backbone};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

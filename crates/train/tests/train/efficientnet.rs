@@ -4,10 +4,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
-use catsdogs_core::transfer::{FeatureExtractor, load_backbone};
-use catsdogs_core::{BackendKind, LoadedModel, evaluate};
+use catsdogs_core::{BackendKind, LoadedModel};
 use catsdogs_model::efficientnet_lite::{Config, EfficientNetLite, zero_shot};
 use catsdogs_model::preprocess::{PreprocessConfig, preprocess};
+use catsdogs_train::evaluate;
+use catsdogs_train::transfer::{FeatureExtractor, load_backbone};
+
+use crate::photos;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -29,17 +32,6 @@ fn checkpoint() -> Option<PathBuf> {
     );
     eprintln!("SKIPPED: no EfficientNet-Lite0 checkpoint at {} (run scripts/fetch-efficientnet-lite0.sh)", p.display());
     None
-}
-
-fn photos() -> Option<PathBuf> {
-    let dir =
-        std::env::var_os("CATSDOGS_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/data/train"));
-    if dir.join("cat").is_dir() && dir.join("dog").is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: no photos at {} (set CATSDOGS_DATA_DIR)", dir.display());
-        None
-    }
 }
 
 fn input(path: &Path) -> image::RgbImage {
@@ -159,10 +151,10 @@ fn transfer_run_exports_the_tuned_head() {
             std::os::unix::fs::symlink(src, data.join(class).join(src.file_name().expect("name"))).expect("link");
         }
     }
-    let mut cfg = catsdogs_core::transfer::TransferConfig::new(data.clone(), pth.clone(), out.path().join("model"));
+    let mut cfg = catsdogs_train::transfer::TransferConfig::new(data.clone(), pth.clone(), out.path().join("model"));
     cfg.tune_epochs = 2;
     cfg.feature_cache = Some(out.path().join("cache"));
-    let (card, report) = catsdogs_core::transfer::train_head(&cfg).expect("train");
+    let (card, report) = catsdogs_train::transfer::train_head(&cfg).expect("train");
     assert_eq!(report.train_views, 64 * 4, "centre + mirror + 2 random views of 64 training photos");
     assert_eq!(report.tail_tuning.len(), 3, "epoch 0 (logistic head) and 2 tuning epochs");
     let cached = std::fs::read_dir(out.path().join("cache")).expect("cache dir").count();
@@ -195,7 +187,7 @@ fn transfer_run_exports_the_tuned_head() {
     assert!(diff < 1e-5, "ImageNet logits moved by {diff}");
 
     // Second run: features come from the cache, same result.
-    let (_, again) = catsdogs_core::transfer::train_head(&cfg).expect("train from cache");
+    let (_, again) = catsdogs_train::transfer::train_head(&cfg).expect("train from cache");
     assert!((again.val.log_loss - report.val.log_loss).abs() < 1e-9);
 }
 

@@ -6,7 +6,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use catsdogs_model::preprocess::PreprocessConfig;
 use catsdogs_model::seed_cnn::{self, SeedCnn};
-use catsdogs_model::train::{TrainConfig, train};
+use catsdogs_train::seed_cnn::{TrainConfig, train};
 use image::{Rgb, RgbImage};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 

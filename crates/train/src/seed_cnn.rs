@@ -13,13 +13,16 @@ use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::card::{DataSummary, ModelCard, Preprocessing, TrainingSummary};
-use crate::data::{self, Augment, CAT, DOG};
-use crate::metrics::{self, Metrics};
+use catsdogs_model::Label;
+use catsdogs_model::augment::Augment;
+use catsdogs_model::card::{Architecture, DataSummary, ModelCard, Preprocessing, TrainingSummary};
+
+use crate::data::{self, CAT, DOG};
 use crate::optim::{AdamW, WeightAverage};
 use crate::plots;
-use crate::preprocess::{self, PreprocessConfig};
-use crate::seed_cnn::{self, SeedCnn};
+use catsdogs_model::metrics::{self, Metrics};
+use catsdogs_model::preprocess::{self, PreprocessConfig};
+use catsdogs_model::seed_cnn::{self, SeedCnn};
 
 /// Errors of a training or evaluation run.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +34,7 @@ pub enum TrainError {
     #[error(transparent)]
     Preprocess(#[from] preprocess::PreprocessError),
     #[error(transparent)]
-    Card(#[from] crate::card::CardError),
+    Card(#[from] catsdogs_model::card::CardError),
     #[error("plot error: {0}")]
     Plot(String),
     #[error("{what} {path}: {source}")]
@@ -522,12 +525,12 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
     // The shipped network has batch norm folded in: its card describes it without.
     let shipped_config = seed_cnn::Config { batch_norm: false, ..cfg.model.clone() };
     let card = ModelCard {
-        format: crate::card::CARD_FORMAT,
+        format: catsdogs_model::card::CARD_FORMAT,
         name: "catsdogs".into(),
         version: cfg.version.clone(),
-        architecture: "seed-cnn".into(),
+        architecture: Architecture::SeedCnn,
         architecture_config: serde_json::to_value(&shipped_config).unwrap_or_default(),
-        classes: data::CLASSES.iter().map(|s| s.to_string()).collect(),
+        classes: Label::ALL.to_vec(),
         parameters,
         preprocessing: Preprocessing::standard(cfg.preprocess),
         threshold: 0.5,
@@ -552,7 +555,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
             distillation: cfg
                 .teacher
                 .as_ref()
-                .map(|t| crate::card::Distillation { teacher: t.name.clone(), weight: t.weight }),
+                .map(|t| catsdogs_model::card::Distillation { teacher: t.name.clone(), weight: t.weight }),
             batch_norm: cfg.model.batch_norm,
             weight_average_decay: cfg.ema_decay,
             fine_tuned_from: cfg.init_weights.as_deref().map(describe_weights),

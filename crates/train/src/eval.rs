@@ -1,13 +1,13 @@
 //! Evaluation of a loaded model on a labelled folder, through whichever backend it uses.
 use std::path::{Path, PathBuf};
 
-use catsdogs_model::data::{self, CAT, DOG, Sample};
+use crate::data::{self, CAT, DOG, Sample};
 use catsdogs_model::metrics::{self, Metrics};
 use image::RgbImage;
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use rayon::prelude::*;
 
-use crate::{InferenceError, LoadedModel};
+use catsdogs_core::{InferenceError, LoadedModel};
 
 /// Errors of an evaluation run.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,10 @@ pub enum EvalError {
     NoSplit,
     #[error("no image in the folder could be decoded")]
     NothingDecoded,
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("plotting failed: {0}")]
+    Plot(String),
 }
 
 /// Per-image results and their summary.
@@ -132,4 +136,39 @@ pub fn evaluate_samples(model: &LoadedModel, samples: Vec<Sample>, batch: usize)
         skipped,
         backend: model.backend_kind().to_string(),
     })
+}
+
+/// Evaluates a labelled folder and writes, into `out` (default: `<model dir>/eval`), the
+/// evaluation plots and `predictions.csv`, the misclassified first (most confident mistakes
+/// on top), so that what the model gets wrong can be looked at.
+pub fn evaluate_folder(
+    model: &LoadedModel,
+    data: &Path,
+    val_split: bool,
+    max_per_class: Option<usize>,
+    batch: usize,
+    out: Option<PathBuf>,
+) -> Result<(EvalReport, PathBuf), EvalError> {
+    let report = evaluate(model, data, val_split, max_per_class, batch)?;
+    let out = out.unwrap_or_else(|| model.dir.join("eval"));
+    std::fs::create_dir_all(&out).map_err(|source| EvalError::Write { path: out.clone(), source })?;
+    crate::plots::evaluation_plots(&out, &report.p_dog, &report.labels).map_err(|e| EvalError::Plot(e.to_string()))?;
+    let mut rows: Vec<(bool, f32, String)> = report
+        .files
+        .iter()
+        .zip(&report.p_dog)
+        .zip(&report.labels)
+        .map(|((f, &p), &l)| {
+            let wrong = (p >= 0.5) != (l == DOG);
+            let confidence = if l == DOG { 1.0 - p } else { p };
+            let label = catsdogs_model::Label::from_index(l).map_or("?", |l| l.as_str());
+            (!wrong, -confidence, format!("{},{label},{p:.6},{}\n", f.display(), !wrong))
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    let csv = out.join("predictions.csv");
+    let body: String =
+        std::iter::once("file,true_label,p_dog,correct\n".to_string()).chain(rows.into_iter().map(|r| r.2)).collect();
+    std::fs::write(&csv, body).map_err(|source| EvalError::Write { path: csv, source })?;
+    Ok((report, out))
 }

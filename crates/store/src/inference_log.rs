@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
+use catsdogs_model::Label;
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio::sync::oneshot;
 
@@ -27,7 +28,7 @@ pub struct LogRow {
     pub time: DateTime<Utc>,
     pub prediction_id: String,
     pub model_version: String,
-    pub label: Option<String>,
+    pub label: Option<Label>,
     pub p_dog: Option<f64>,
     pub latency_ms: f64,
     pub status: &'static str,
@@ -46,7 +47,7 @@ impl LogRow {
             self.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             field(&self.prediction_id),
             field(&self.model_version),
-            self.label.as_deref().map(field).unwrap_or_default(),
+            self.label.map(|l| field(l.as_str())).unwrap_or_default(),
             self.p_dog.map(|p| format!("{p:.6}")).unwrap_or_default(),
             self.latency_ms,
             self.status,
@@ -292,7 +293,7 @@ mod tests {
             time: t,
             prediction_id: id.into(),
             model_version: "m,1".into(),
-            label: Some("cat".into()),
+            label: Some(Label::Cat),
             p_dog: Some(0.25),
             latency_ms: 3.5,
             status: "ok",

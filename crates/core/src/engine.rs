@@ -1,0 +1,342 @@
+//! The serving engine: one [`Classifier`] owns the model being served (hot-swappable), the
+//! bounded decode pool, the dynamic batcher and the waiting, and answers each input with
+//! a [`Classified`] (label, probabilities, the version of the model that computed them,
+//! stage timings) or a [`ClassifyError`]. It knows nothing of HTTP: the server maps
+//! `ClassifyError` to status codes.
+//!
+//! A request pins the model it starts with ([`Serving`]): it decodes with that model's
+//! preprocessing, queues on that model's batcher, and its answers name that model's
+//! version, even when a reload swaps a new model in meanwhile. The old batcher drains its
+//! queue once the last request holding it is done.
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use catsdogs_model::Label;
+use catsdogs_model::card::Architecture;
+use catsdogs_model::preprocess::PreprocessError;
+use image::RgbImage;
+use tokio::sync::Semaphore;
+
+use crate::batcher::{BatchError, Batcher, BatcherConfig, RunBatch};
+use crate::{BackendKind, InferenceError, LoadedModel, Prediction};
+
+/// One image to classify: a file as uploaded, or pixels (inference-protocol tensors).
+pub enum ImageInput {
+    Encoded(Vec<u8>),
+    Pixels(RgbImage),
+}
+
+/// Where each input's time went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimings {
+    /// Decode, orientation and resize (the request's inputs in parallel).
+    pub decode: Duration,
+    /// Waiting in the batcher's queue for a forward pass.
+    pub queue: Duration,
+    /// The forward pass the input was part of.
+    pub forward: Duration,
+    /// Inputs in that forward pass.
+    pub batch_size: usize,
+}
+
+/// One classified input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classified {
+    pub label: Label,
+    pub p_dog: f32,
+    /// ImageNet probability mass on cat and dog classes (models with an ImageNet head).
+    pub cat_or_dog_score: Option<f32>,
+    /// False when the image probably shows neither a cat nor a dog.
+    pub is_cat_or_dog: Option<bool>,
+    /// The version of the model whose forward pass produced these numbers.
+    pub model_version: Arc<str>,
+    pub timings: StageTimings,
+}
+
+impl Classified {
+    fn new(p: Prediction, model_version: Arc<str>, timings: StageTimings) -> Self {
+        Self {
+            label: p.label(),
+            p_dog: p.p_dog,
+            cat_or_dog_score: p.cat_or_dog_score,
+            is_cat_or_dog: p.is_cat_or_dog,
+            model_version,
+            timings,
+        }
+    }
+
+    /// P(cat) = 1 - P(dog).
+    pub fn p_cat(&self) -> f32 {
+        1.0 - self.p_dog
+    }
+}
+
+/// Why an input got no answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClassifyError {
+    /// The input itself is unusable: empty, not an image, corrupt, too many pixels.
+    #[error(transparent)]
+    Input(#[from] PreprocessError),
+    /// No model is loaded (with the reason).
+    #[error("no model loaded: {0}")]
+    NoModel(String),
+    /// The batcher's queue is full: retry shortly.
+    #[error("too many images waiting for the model; retry shortly")]
+    Overloaded,
+    /// The engine is stopping.
+    #[error("the service is stopping")]
+    ShuttingDown,
+    /// The forward pass failed or panicked (a bug or a broken model).
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+impl ClassifyError {
+    /// A stable machine-readable code for logs and API errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Input(e) => e.code(),
+            Self::NoModel(_) => "model_unavailable",
+            Self::Overloaded => "overloaded",
+            Self::ShuttingDown => "shutting_down",
+            Self::Inference(_) => "internal_error",
+        }
+    }
+}
+
+impl From<BatchError> for ClassifyError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::QueueFull(_) => Self::Overloaded,
+            BatchError::Stopped => Self::ShuttingDown,
+            BatchError::Failed(m) | BatchError::Panicked(m) => {
+                tracing::error!(error = %m, "inference failed");
+                Self::Inference(m)
+            }
+        }
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelChange {
+    /// Version and architecture served before (none when no model was loaded).
+    pub previous: Option<(String, Architecture)>,
+    pub current: (String, Architecture),
+}
+
+/// Which model to load and how to run it.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub model_dir: PathBuf,
+    pub backend: BackendKind,
+    /// Intra-op threads of each forward pass.
+    pub inference_threads: usize,
+    /// Classify each image and its mirror image, and average.
+    pub tta_flip: bool,
+    pub batching: BatcherConfig,
+    /// Requests decoding at once (the CPU work outside the model).
+    pub max_concurrent_decodes: usize,
+}
+
+/// The model being served and the batcher that runs it, swapped together by a reload.
+pub struct Serving {
+    pub model: Arc<LoadedModel>,
+    /// The card's version, shared by every answer of this model.
+    pub version: Arc<str>,
+    batcher: Batcher<RgbImage, Prediction>,
+}
+
+impl Serving {
+    fn new(model: LoadedModel, batching: BatcherConfig) -> Arc<Self> {
+        let model = Arc::new(model);
+        let version: Arc<str> = Arc::from(model.card.version.as_str());
+        Arc::new(Self { batcher: Batcher::new(batching, forward_pass(model.clone())), version, model })
+    }
+}
+
+/// The serving engine; see the module documentation.
+pub struct Classifier {
+    cfg: EngineConfig,
+    serving: RwLock<Option<Arc<Serving>>>,
+    /// Why no model is loaded, or why the last reload failed.
+    model_error: Mutex<Option<String>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+    decode_slots: Arc<Semaphore>,
+}
+
+impl Classifier {
+    /// An engine serving `model`, or none yet (`Err` says why; requests get
+    /// [`ClassifyError::NoModel`] until a reload succeeds).
+    pub fn new(cfg: EngineConfig, model: Result<LoadedModel, String>) -> Self {
+        let (serving, model_error) = match model {
+            Ok(m) => (Some(Serving::new(m, cfg.batching)), None),
+            Err(e) => (None, Some(e)),
+        };
+        let decode_slots = Arc::new(Semaphore::new(cfg.max_concurrent_decodes.max(1)));
+        Self {
+            cfg,
+            serving: RwLock::new(serving),
+            model_error: Mutex::new(model_error),
+            reloading: tokio::sync::Mutex::new(()),
+            decode_slots,
+        }
+    }
+
+    /// Loads the configured model directory on the blocking pool.
+    pub async fn load(cfg: &EngineConfig) -> Result<LoadedModel, String> {
+        let (dir, backend, threads, tta_flip) =
+            (cfg.model_dir.clone(), cfg.backend, cfg.inference_threads, cfg.tta_flip);
+        tokio::task::spawn_blocking(move || {
+            LoadedModel::load(&dir, backend, threads).map(|mut m| {
+                m.tta_flip = tta_flip;
+                m
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e: InferenceError| e.to_string()))
+    }
+
+    /// The configuration the engine was started with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The model served now and its batcher, or why there is none.
+    pub fn serving(&self) -> Result<Arc<Serving>, ClassifyError> {
+        self.serving
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| ClassifyError::NoModel(self.model_error().unwrap_or_else(|| "unknown reason".into())))
+    }
+
+    /// The model served now, if any.
+    pub fn model(&self) -> Option<Arc<LoadedModel>> {
+        self.serving().ok().map(|s| s.model.clone())
+    }
+
+    /// Why no model is loaded (or why the last reload failed).
+    pub fn model_error(&self) -> Option<String> {
+        self.model_error.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The version served now, for places that describe the service rather than an answer
+    /// (health, the page); answers carry their own [`Classified::model_version`].
+    pub fn current_version(&self) -> Option<String> {
+        self.model().map(|m| m.card.version.clone())
+    }
+
+    /// Loads the configured model directory again and swaps it in without dropping
+    /// requests: those already decoding or queued finish on the model they started with.
+    /// On failure the old model stays, and the error is kept for readiness.
+    pub async fn reload(&self) -> Result<ModelChange, String> {
+        let _one = self.reloading.lock().await;
+        let previous = self.model().map(|m| (m.card.version.clone(), m.card.architecture));
+        let model = Self::load(&self.cfg).await.inspect_err(|e| {
+            tracing::error!(error = %e, dir = %self.cfg.model_dir.display(), "model reload failed; the current model stays");
+        })?;
+        let current = (model.card.version.clone(), model.card.architecture);
+        let fresh = Serving::new(model, self.cfg.batching);
+        *self.serving.write().unwrap_or_else(PoisonError::into_inner) = Some(fresh);
+        *self.model_error.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        Ok(ModelChange { previous, current })
+    }
+
+    /// Classifies one input.
+    pub async fn classify(&self, input: ImageInput) -> Result<Classified, ClassifyError> {
+        self.classify_all(vec![input]).await?.pop().unwrap_or(Err(ClassifyError::ShuttingDown))
+    }
+
+    /// Classifies encoded files or raw pixels; each input gets its own result, in order.
+    /// Decoding runs on the blocking pool (parallel within the request, bounded across
+    /// requests); the decoded images join the batcher's queue with other requests' images.
+    /// The outer error means no input was tried (no model, or the engine is stopping).
+    pub async fn classify_all(
+        &self,
+        inputs: Vec<ImageInput>,
+    ) -> Result<Vec<Result<Classified, ClassifyError>>, ClassifyError> {
+        let serving = self.serving()?;
+        let model = serving.model.clone();
+        // Workers wait briefly for these images while they are decoded, to batch them
+        // with others; the announcement ends once they are submitted.
+        let arrival = serving.batcher.announce(inputs.len());
+        let permit = self.decode_slots.clone().acquire_owned().await.map_err(|_| ClassifyError::ShuttingDown)?;
+        let started = Instant::now();
+        let decoded = tokio::task::spawn_blocking(move || {
+            // The slot is held by the work itself: a request that times out and is dropped
+            // does not free it while its decoding still runs.
+            let _permit = permit;
+            use rayon::prelude::*;
+            let prepare = |input: &ImageInput| match input {
+                ImageInput::Encoded(b) => model.preprocess(b),
+                ImageInput::Pixels(img) => model.preprocess_pixels(img),
+            };
+            if inputs.len() == 1 {
+                inputs.iter().map(prepare).collect::<Vec<_>>()
+            } else {
+                inputs.par_iter().map(prepare).collect()
+            }
+        })
+        .await
+        .map_err(|e| ClassifyError::Inference(format!("decoding task failed: {e}")))?;
+        let decode = started.elapsed();
+        metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "decode").record(decode.as_secs_f64());
+
+        let mut results: Vec<Result<Classified, ClassifyError>> = Vec::with_capacity(decoded.len());
+        let mut pending = Vec::new();
+        for (slot, r) in decoded.into_iter().enumerate() {
+            let img = match r {
+                Ok(img) => img,
+                Err(e) => {
+                    results.push(Err(input_error(e)));
+                    continue;
+                }
+            };
+            results.push(Err(ClassifyError::ShuttingDown));
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            match serving.batcher.submit(img, Box::new(move |r| drop(tx.send(r)))) {
+                Ok(()) => pending.push((slot, rx)),
+                Err(e) => results[slot] = Err(e.into()),
+            }
+        }
+        drop(arrival);
+        for (slot, rx) in pending {
+            results[slot] = match rx.await {
+                Ok(Ok((p, t))) => {
+                    metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "queue")
+                        .record(t.queue.as_secs_f64());
+                    let timings = StageTimings { decode, queue: t.queue, forward: t.forward, batch_size: t.batch_size };
+                    Ok(Classified::new(p, serving.version.clone(), timings))
+                }
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(ClassifyError::Inference("the inference worker dropped the request".into())),
+            };
+        }
+        Ok(results)
+    }
+}
+
+/// A preprocessing failure of one input.
+fn input_error(e: InferenceError) -> ClassifyError {
+    match e {
+        InferenceError::Preprocess(p) => ClassifyError::Input(p),
+        other => ClassifyError::Inference(other.to_string()),
+    }
+}
+
+/// The batcher's forward pass over the loaded model; records the model-stage metrics
+/// once per batch.
+fn forward_pass(model: Arc<LoadedModel>) -> Arc<RunBatch<RgbImage, Prediction>> {
+    Arc::new(move |images: &[RgbImage]| {
+        let t = Instant::now();
+        let out = model.predict_images(images).map_err(|e| e.to_string());
+        metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "model")
+            .record(t.elapsed().as_secs_f64());
+        metrics::histogram!("catsdogs_batch_size").record(images.len() as f64);
+        out
+    })
+}
