@@ -10,38 +10,15 @@ use catsdogs_model::preprocess::{PreprocessConfig, preprocess};
 use catsdogs_train::evaluate;
 use catsdogs_train::transfer::{FeatureExtractor, load_backbone};
 
-use crate::photos;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The checkpoint from scripts/fetch-efficientnet-lite0.sh (or `CATSDOGS_EFFNET_PTH`).
-/// Missing: skipped, unless `CATSDOGS_REQUIRE_EFFNET=1` (CI fetches it).
-fn checkpoint() -> Option<PathBuf> {
-    let p = std::env::var_os("CATSDOGS_EFFNET_PTH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".cache/efficientnet/efficientnet-lite0-57934424.pth"));
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("CATSDOGS_REQUIRE_EFFNET").map_or(true, |v| v != "1"),
-        "checkpoint {} missing; run scripts/fetch-efficientnet-lite0.sh",
-        p.display()
-    );
-    eprintln!("SKIPPED: no EfficientNet-Lite0 checkpoint at {} (run scripts/fetch-efficientnet-lite0.sh)", p.display());
-    None
-}
+use catsdogs_testkit::{effnet_checkpoint, photos, photos_dir, repo};
 
 fn input(path: &Path) -> image::RgbImage {
     preprocess(&std::fs::read(path).expect("read"), &PreprocessConfig { size: 224, ..Default::default() })
         .expect("preprocess")
 }
 
-#[test]
-fn onnx_graph_matches_candle_reference_and_imagenet() {
-    let (Some(pth), Some(dir)) = (checkpoint(), photos()) else { return };
+pub fn onnx_graph_matches_candle_reference_and_imagenet() {
+    let (pth, dir) = (effnet_checkpoint(), photos());
     let net = load_backbone(&pth).expect("load checkpoint");
     let fx = FeatureExtractor::from_onnx(
         &net.to_onnx(&Default::default(), &BTreeMap::new()).expect("export"),
@@ -69,9 +46,8 @@ fn onnx_graph_matches_candle_reference_and_imagenet() {
     assert!(zero_shot(&ours.logits[..1000]).0 < 0.1 && zero_shot(&ours.logits[1000..]).0 > 0.9);
 }
 
-#[test]
-fn missing_or_misshaped_tensor_is_named() {
-    let Some(pth) = checkpoint() else { return };
+pub fn missing_or_misshaped_tensor_is_named() {
+    let pth = effnet_checkpoint();
     let mut tensors = catsdogs_model::pth::read_state_dict(&pth).expect("read");
     assert_eq!(tensors.len(), 296, "lukemelas naming: 296 entries");
     let removed = "_blocks.7._bn1.running_var";
@@ -103,9 +79,8 @@ fn shipped() -> PathBuf {
     repo().join("models/effnet-lite0")
 }
 
-#[test]
-fn shipped_default_scores_on_the_validation_split() {
-    let Some(dir) = photos() else { return };
+pub fn shipped_default_scores_on_the_validation_split() {
+    let dir = photos();
     let model = LoadedModel::load(&shipped(), BackendKind::Onnxruntime, 2).expect("load shipped model");
     // The whole validation split recorded in the card (4,995 photos, ~1 min).
     let report = evaluate(&model, &dir, true, None, 32).expect("evaluate");
@@ -113,8 +88,7 @@ fn shipped_default_scores_on_the_validation_split() {
     assert!(report.metrics.accuracy >= 0.985, "accuracy {:.4} below 98.5 %", report.metrics.accuracy);
 }
 
-#[test]
-fn generated_non_animal_image_is_flagged_neither() {
+pub fn generated_non_animal_image_is_flagged_neither() {
     let model = LoadedModel::load(&shipped(), BackendKind::Onnxruntime, 2).expect("load shipped model");
     assert!(model.neither_threshold.is_some(), "the card records the neither threshold");
     // A checkerboard with stripes: no animal in it.
@@ -123,7 +97,7 @@ fn generated_non_animal_image_is_flagged_neither() {
     });
     let p = model.predict_images(std::slice::from_ref(&img)).expect("predict");
     assert_eq!(p[0].is_cat_or_dog, Some(false), "score {:?}", p[0].cat_or_dog_score);
-    if let Some(dir) = photos() {
+    if let Some(dir) = photos_dir() {
         let p = model.predict_bytes(&std::fs::read(dir.join("dog/1.jpg")).expect("read")).expect("predict");
         assert_eq!(p.is_cat_or_dog, Some(true), "score {:?}", p.cat_or_dog_score);
     }
@@ -137,9 +111,8 @@ fn generated_non_animal_image_is_flagged_neither() {
 /// tuning, export. The exported graph must reproduce the validation figures that training
 /// computed from its cached activations (so the graph carries the tuned weights), and the
 /// ImageNet branch must stay the pretrained one (the "neither" score does not drift).
-#[test]
-fn transfer_run_exports_the_tuned_head() {
-    let (Some(pth), Some(dir)) = (checkpoint(), photos()) else { return };
+pub fn transfer_run_exports_the_tuned_head() {
+    let (pth, dir) = (effnet_checkpoint(), photos());
     let out = tempfile::tempdir().expect("tempdir");
     // A 40 + 40 photo folder (links), so that `evaluate --val-split` finds the same split.
     let data = out.path().join("data");
@@ -194,9 +167,8 @@ fn transfer_run_exports_the_tuned_head() {
 /// The tail that tuning starts from (last block + head convolution, BatchNorm folded, in
 /// candle with the custom depthwise kernel), applied to the graph's `trunk` output,
 /// reproduces the graph's own pooled features: training and the export see one network.
-#[test]
-fn pretrained_tail_on_the_trunk_reproduces_the_features() {
-    let (Some(pth), Some(dir)) = (checkpoint(), photos()) else { return };
+pub fn pretrained_tail_on_the_trunk_reproduces_the_features() {
+    let (pth, dir) = (effnet_checkpoint(), photos());
     let net = load_backbone(&pth).expect("load checkpoint");
     let heads = catsdogs_model::efficientnet_lite::OnnxHeads { trunk: true, ..Default::default() };
     let fx = FeatureExtractor::from_onnx(&net.to_onnx(&heads, &BTreeMap::new()).expect("export"), &net.config, 2)

@@ -4,17 +4,21 @@ mod efficientnet;
 mod seed_cnn;
 mod shipped;
 
-use std::path::{Path, PathBuf};
+use catsdogs_testkit::Need::{EffnetCheckpoint, Photos};
+use catsdogs_testkit::sync_test;
 
-/// `CATSDOGS_DATA_DIR`, else `../shared/data/train` beside the repository.
-pub fn photos() -> Option<PathBuf> {
-    let dir = std::env::var_os("CATSDOGS_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/train"));
-    if dir.join("cat").is_dir() && dir.join("dog").is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: no photos at {} (set CATSDOGS_DATA_DIR)", dir.display());
-        None
-    }
+fn main() -> std::process::ExitCode {
+    catsdogs_testkit::run(vec![
+        sync_test!(seed_cnn::tiny_run_learns_saves_and_resumes),
+        sync_test!(seed_cnn::averaged_weights_resume_exactly_and_fine_tuning_starts_from_a_model),
+        sync_test!(efficientnet::onnx_graph_matches_candle_reference_and_imagenet).needs(&[EffnetCheckpoint, Photos]),
+        sync_test!(efficientnet::missing_or_misshaped_tensor_is_named).needs(&[EffnetCheckpoint]),
+        sync_test!(efficientnet::shipped_default_scores_on_the_validation_split).needs(&[Photos]),
+        sync_test!(efficientnet::generated_non_animal_image_is_flagged_neither),
+        sync_test!(efficientnet::transfer_run_exports_the_tuned_head).needs(&[EffnetCheckpoint, Photos]),
+        sync_test!(efficientnet::pretrained_tail_on_the_trunk_reproduces_the_features)
+            .needs(&[EffnetCheckpoint, Photos]),
+        sync_test!(shipped::shipped_model_meets_its_card_on_the_validation_split).needs(&[Photos]),
+        sync_test!(shipped::training_cache_and_serving_give_identical_pixels),
+    ])
 }

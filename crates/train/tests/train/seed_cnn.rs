@@ -45,8 +45,7 @@ fn tiny_config(data: &Path, out: &Path, epochs: usize) -> TrainConfig {
     cfg
 }
 
-#[test]
-fn tiny_run_learns_saves_and_resumes() {
+pub fn tiny_run_learns_saves_and_resumes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     make_dataset(&data, 60);
@@ -105,8 +104,7 @@ fn tiny_run_learns_saves_and_resumes() {
     }
 }
 
-#[test]
-fn averaged_weights_resume_exactly_and_fine_tuning_starts_from_a_model() {
+pub fn averaged_weights_resume_exactly_and_fine_tuning_starts_from_a_model() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     make_dataset(&data, 60);

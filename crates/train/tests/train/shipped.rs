@@ -7,15 +7,14 @@ use catsdogs_model::preprocess::{self, PreprocessConfig, preprocess};
 use catsdogs_train::evaluate;
 use image::{Rgb, RgbImage};
 
-use crate::photos;
+use catsdogs_testkit::photos;
 
 fn shipped_seed_cnn() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/seed-cnn")
 }
 
-#[test]
-fn shipped_model_meets_its_card_on_the_validation_split() {
-    let Some(dir) = photos() else { return };
+pub fn shipped_model_meets_its_card_on_the_validation_split() {
+    let dir = photos();
     let ort = LoadedModel::load(&shipped_seed_cnn(), BackendKind::Onnxruntime, 2).expect("onnxruntime backend");
     let promised = ort.card.validation.as_ref().expect("card has validation metrics").accuracy;
     let report = evaluate(&ort, &dir, true, None, 64).expect("evaluate");
@@ -29,8 +28,7 @@ fn shipped_model_meets_its_card_on_the_validation_split() {
     );
 }
 
-#[test]
-fn training_cache_and_serving_give_identical_pixels() {
+pub fn training_cache_and_serving_give_identical_pixels() {
     // Training decodes once into a cache (shorter side bounded to 2x the input) and
     // resizes from it; serving preprocesses the bytes directly. Both must agree exactly.
     let dir = tempfile::tempdir().expect("tempdir");

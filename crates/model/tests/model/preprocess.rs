@@ -30,8 +30,7 @@ fn close(a: &Rgb<u8>, b: [u8; 3], tol: u8) -> bool {
     a.0.iter().zip(b).all(|(x, y)| x.abs_diff(y) <= tol)
 }
 
-#[test]
-fn every_supported_format_decodes_to_rgb() {
+pub fn every_supported_format_decodes_to_rgb() {
     let img = DynamicImage::ImageRgb8(card());
     for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Gif, ImageFormat::WebP, ImageFormat::Bmp] {
         let bytes = encode(&img, format);
@@ -47,8 +46,7 @@ fn every_supported_format_decodes_to_rgb() {
     }
 }
 
-#[test]
-fn grey_sixteen_bit_and_alpha_become_rgb() {
+pub fn grey_sixteen_bit_and_alpha_become_rgb() {
     let grey = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(10, 10, image::Luma([77])));
     let rgb = decode_rgb(&encode(&grey, ImageFormat::Png), LIMIT).expect("grey");
     assert_eq!(rgb.get_pixel(3, 3).0, [77, 77, 77]);
@@ -64,8 +62,7 @@ fn grey_sixteen_bit_and_alpha_become_rgb() {
     assert_eq!(rgb.get_pixel(8, 1).0, [10, 20, 30]);
 }
 
-#[test]
-fn cmyk_jpeg_decodes_to_rgb() {
+pub fn cmyk_jpeg_decodes_to_rgb() {
     // Pure cyan in CMYK (C=255, M=Y=K=0); the encoder writes the Adobe marker.
     let (w, h) = (16u16, 16u16);
     let data: Vec<u8> = (0..w as usize * h as usize).flat_map(|_| [255u8, 0, 0, 0]).collect();
@@ -77,8 +74,7 @@ fn cmyk_jpeg_decodes_to_rgb() {
     assert!(p[0] < 80 && p[1] > 170 && p[2] > 170, "cyan expected, got {p:?}");
 }
 
-#[test]
-fn animated_gif_uses_the_first_frame() {
+pub fn animated_gif_uses_the_first_frame() {
     use image::codecs::gif::GifEncoder;
     use image::{Delay, Frame};
     let mut bytes = Vec::new();
@@ -115,8 +111,7 @@ fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
     out
 }
 
-#[test]
-fn exif_orientation_is_applied() {
+pub fn exif_orientation_is_applied() {
     let jpeg = encode(&DynamicImage::ImageRgb8(card()), ImageFormat::Jpeg);
     // 6 = rotate 90 degrees clockwise to display: 48x32 becomes 32x48 and the green
     // top-left corner moves to the top-right.
@@ -139,8 +134,7 @@ fn png_with_declared_size(width: u32, height: u32) -> Vec<u8> {
     bytes
 }
 
-#[test]
-fn bad_inputs_are_typed_errors() {
+pub fn bad_inputs_are_typed_errors() {
     assert_eq!(decode_rgb(&[], LIMIT), Err(PreprocessError::Empty));
     assert_eq!(decode_rgb(b"hello, I am a text file named cat.jpg", LIMIT), Err(PreprocessError::UnsupportedFormat));
     // A TIFF header: an image format, but not one we accept.
@@ -176,8 +170,7 @@ fn bad_inputs_are_typed_errors() {
     assert_eq!(err.code(), "corrupt_image", "{err:?}");
 }
 
-#[test]
-fn no_prefix_or_bit_flip_panics() {
+pub fn no_prefix_or_bit_flip_panics() {
     let config = PreprocessConfig::default();
     for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Gif, ImageFormat::WebP, ImageFormat::Bmp] {
         let bytes = encode(&DynamicImage::ImageRgb8(card()), format);
@@ -192,8 +185,7 @@ fn no_prefix_or_bit_flip_panics() {
     }
 }
 
-#[test]
-fn any_shape_becomes_the_model_input_size() {
+pub fn any_shape_becomes_the_model_input_size() {
     let config = PreprocessConfig::default();
     for (w, h) in [(1, 1), (2000, 1), (1, 3000), (640, 480), (128, 128)] {
         let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(w, h, Rgb([9, 99, 199])));
@@ -203,8 +195,7 @@ fn any_shape_becomes_the_model_input_size() {
     }
 }
 
-#[test]
-fn fuzz_corpus_and_regressions_replay_without_panics() {
+pub fn fuzz_corpus_and_regressions_replay_without_panics() {
     let config = PreprocessConfig { size: 32, max_pixels: 1 << 20, center_crop_from: 0 };
     let corpus = fuzz_inputs("preprocess", "corpus");
     assert!(corpus.len() >= 10, "seed corpus missing: {} files", corpus.len());
@@ -226,7 +217,7 @@ fn fuzz_corpus_and_regressions_replay_without_panics() {
 
 /// Files of a fuzz target's seed corpus and regressions (`fuzz/`).
 fn fuzz_inputs(target: &str, kind: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz").join(kind).join(target);
+    let dir = catsdogs_testkit::repo().join("fuzz").join(kind).join(target);
     let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
     entries
         .flatten()

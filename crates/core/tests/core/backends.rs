@@ -1,25 +1,12 @@
 //! The shipped model through both backends: they agree on real photos and on generated
 //! images, whatever the batch size.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use catsdogs_core::{BackendKind, InferenceError, LoadedModel};
 use image::{Rgb, RgbImage};
 
 fn shipped_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/seed-cnn")
-}
-
-/// `CATSDOGS_DATA_DIR`, else `../shared/data/train` beside the repository.
-fn photos() -> Option<PathBuf> {
-    let dir = std::env::var_os("CATSDOGS_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/train"));
-    if dir.join("cat").is_dir() && dir.join("dog").is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: no photos at {} (set CATSDOGS_DATA_DIR)", dir.display());
-        None
-    }
+    catsdogs_testkit::seed_cnn_dir()
 }
 
 fn both() -> (LoadedModel, LoadedModel) {
@@ -35,9 +22,8 @@ fn max_diff(ort: &LoadedModel, candle: &LoadedModel, images: &[RgbImage]) -> f32
     a.iter().zip(&b).map(|(x, y)| (x.p_dog - y.p_dog).abs()).fold(0.0, f32::max)
 }
 
-#[test]
-fn backends_agree_on_real_photos() {
-    let Some(dir) = photos() else { return };
+pub fn backends_agree_on_real_photos() {
+    let dir = catsdogs_testkit::photos();
     let (ort, candle) = both();
     let mut images = Vec::new();
     for class in ["cat", "dog"] {
@@ -52,8 +38,7 @@ fn backends_agree_on_real_photos() {
     assert!(diff < 1e-4, "onnxruntime and candle differ by {diff}");
 }
 
-#[test]
-fn backends_agree_on_generated_images_and_batch_sizes() {
+pub fn backends_agree_on_generated_images_and_batch_sizes() {
     let (ort, candle) = both();
     let size = ort.preprocess_config().size;
     let images: Vec<RgbImage> = (0..5u32)
@@ -70,8 +55,7 @@ fn backends_agree_on_generated_images_and_batch_sizes() {
     assert!((single - batched).abs() < 1e-5);
 }
 
-#[test]
-fn bad_inputs_and_missing_files_are_typed_errors() {
+pub fn bad_inputs_and_missing_files_are_typed_errors() {
     let (ort, _) = both();
     assert!(matches!(ort.predict_bytes(b"not an image"), Err(InferenceError::Preprocess(_))));
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -85,8 +69,7 @@ fn bad_inputs_and_missing_files_are_typed_errors() {
     assert!(LoadedModel::load(tmp.path(), BackendKind::Candle, 1).is_ok());
 }
 
-#[test]
-fn test_time_flip_averages_the_image_and_its_mirror() {
+pub fn test_time_flip_averages_the_image_and_its_mirror() {
     let mut model = LoadedModel::load(&shipped_model(), BackendKind::Onnxruntime, 2).expect("load");
     let size = model.preprocess_config().size;
     let img = RgbImage::from_fn(size, size, |x, y| Rgb([(x * 2) as u8, (y * 3) as u8, ((x * y) % 251) as u8]));

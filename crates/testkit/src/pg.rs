@@ -14,7 +14,7 @@ pub struct PgCluster {
 }
 
 /// Newest `/usr/lib/postgresql/N/bin`, else the directory of `initdb` on PATH.
-fn find_bin() -> Option<PathBuf> {
+pub(crate) fn find_bin() -> Option<PathBuf> {
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -37,10 +37,6 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
 impl PgCluster {
     /// Starts a cluster, or returns why it cannot (PostgreSQL not installed).
     pub fn start() -> Result<Self, String> {
@@ -59,7 +55,7 @@ impl PgCluster {
             }
             let _ = Command::new("chmod").arg("755").arg(&root).status();
         }
-        let c = Self { log: root.join("pg.log"), _dir: dir, data, sock, bin, port: free_port(), as_postgres };
+        let c = Self { log: root.join("pg.log"), _dir: dir, data, sock, bin, port: crate::free_port(), as_postgres };
         c.run("initdb", &["-D", path(&c.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])?;
         c.start_server()?;
         Ok(c)
@@ -87,21 +83,10 @@ impl PgCluster {
         }
     }
 
-    /// A cluster for the test named `what`, or `None` (after printing SKIPPED) where
-    /// PostgreSQL is not installed; a failure instead where `CATSDOGS_REQUIRE_POSTGRES=1` (CI).
-    pub fn start_or_skip(what: &str) -> Option<Self> {
-        match Self::start() {
-            Ok(c) => Some(c),
-            Err(e) if std::env::var("CATSDOGS_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") => {
-                panic!("PostgreSQL required but unavailable: {e}")
-            }
-            Err(e) => {
-                eprintln!(
-                    "SKIPPED: {what} needs PostgreSQL ({e}); set CATSDOGS_REQUIRE_POSTGRES=1 to make this a failure"
-                );
-                None
-            }
-        }
+    /// A cluster for a test that declared [`crate::Need::Postgres`]: a failure to start is
+    /// the test's failure.
+    pub fn start_for_test() -> Self {
+        Self::start().unwrap_or_else(|e| panic!("cannot start a PostgreSQL cluster: {e}"))
     }
 
     /// Starts (or restarts) the server and waits until it accepts connections.

@@ -1,0 +1,19 @@
+//! The serving engine's tests, one binary: the backends against each other, and the
+//! engine's answers through reloads.
+mod backends;
+mod engine;
+
+use catsdogs_testkit::Need::Photos;
+use catsdogs_testkit::{async_test, sync_test};
+
+fn main() -> std::process::ExitCode {
+    catsdogs_testkit::run(vec![
+        sync_test!(backends::backends_agree_on_real_photos).needs(&[Photos]),
+        sync_test!(backends::backends_agree_on_generated_images_and_batch_sizes),
+        sync_test!(backends::bad_inputs_and_missing_files_are_typed_errors),
+        sync_test!(backends::test_time_flip_averages_the_image_and_its_mirror),
+        async_test!(engine::answers_carry_the_version_of_the_model_that_computed_them),
+        async_test!(engine::a_bad_input_fails_alone),
+        async_test!(engine::without_a_model_every_request_says_why),
+    ])
+}
