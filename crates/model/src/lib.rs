@@ -11,6 +11,7 @@ pub mod ops;
 pub mod preprocess;
 pub mod pth;
 pub mod seed_cnn;
+pub mod testing;
 
 pub use card::{Architecture, ArchitectureConfig, ModelCard};
 pub use label::Label;

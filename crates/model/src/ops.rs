@@ -734,9 +734,9 @@ mod depthwise_tests {
     fn depthwise_matches_candle_grouped_conv() -> Result<()> {
         let dev = Device::Cpu;
         let (b, h, w, c) = (2, 5, 4, 3);
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, (b, h, w, c), &dev)?)?;
-        let k = Var::from_tensor(&Tensor::randn(0f32, 1f32, (9, c), &dev)?)?;
-        let target = Tensor::randn(0f32, 1f32, (b, h, w, c), &dev)?;
+        let x = Var::from_tensor(&crate::testing::randn(10, 0f32, 1f32, (b, h, w, c), &dev)?)?;
+        let k = Var::from_tensor(&crate::testing::randn(11, 0f32, 1f32, (9, c), &dev)?)?;
+        let target = crate::testing::randn(12, 0f32, 1f32, (b, h, w, c), &dev)?;
         let ours = depthwise3x3_nhwc(x.as_tensor(), k.as_tensor())?;
         let g1 = (&ours * &target)?.sum_all()?.backward()?;
 
@@ -745,7 +745,7 @@ mod depthwise_tests {
         let theirs = x2.as_tensor().conv2d(k2.as_tensor(), 1, 1, 1, c)?.permute((0, 2, 3, 1))?;
         let g2 = (&theirs * &target)?.sum_all()?.backward()?;
 
-        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar() };
+        let max_diff = |a: &Tensor, b: &Tensor| crate::testing::max_relative_diff(a, b, 1.0);
         assert!(max_diff(&ours, &theirs)? < 1e-5);
         let gx1 = g1.get(x.as_tensor()).expect("grad x");
         let gx2 = g2.get(x2.as_tensor()).expect("grad x").permute((0, 2, 3, 1))?;

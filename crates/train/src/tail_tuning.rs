@@ -203,7 +203,7 @@ mod tests {
         let dev = Device::Cpu;
         let (n, cells, c, h) = (256, 4, 8, 16);
         let labels: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
-        let noise = Tensor::rand(0f32, 1f32, (n, cells, c), &dev)?;
+        let noise = catsdogs_model::testing::rand(13, 0f32, 1f32, (n, cells, c), &dev)?;
         let signal: Vec<f32> = labels
             .iter()
             .flat_map(|&l| (0..cells * c).map(move |k| if k % c == 0 { f32::from(l) * 2.0 } else { 0.0 }))
@@ -212,10 +212,22 @@ mod tests {
         let set = TrunkSet { x: &x, labels: &labels };
         let mid = 12;
         let tail = Tail {
-            expand: (Tensor::rand(-0.5f32, 0.5f32, (c, mid), &dev)?, Tensor::zeros(mid, DType::F32, &dev)?),
-            depthwise: (Tensor::rand(0f32, 0.3f32, (9, mid), &dev)?, Tensor::zeros(mid, DType::F32, &dev)?),
-            project: (Tensor::rand(-0.5f32, 0.5f32, (mid, c), &dev)?, Tensor::zeros(c, DType::F32, &dev)?),
-            head: (Tensor::rand(-0.5f32, 0.5f32, (c, h), &dev)?, Tensor::zeros(h, DType::F32, &dev)?),
+            expand: (
+                catsdogs_model::testing::rand(14, -0.5f32, 0.5f32, (c, mid), &dev)?,
+                Tensor::zeros(mid, DType::F32, &dev)?,
+            ),
+            depthwise: (
+                catsdogs_model::testing::rand(15, 0f32, 0.3f32, (9, mid), &dev)?,
+                Tensor::zeros(mid, DType::F32, &dev)?,
+            ),
+            project: (
+                catsdogs_model::testing::rand(16, -0.5f32, 0.5f32, (mid, c), &dev)?,
+                Tensor::zeros(c, DType::F32, &dev)?,
+            ),
+            head: (
+                catsdogs_model::testing::rand(17, -0.5f32, 0.5f32, (c, h), &dev)?,
+                Tensor::zeros(h, DType::F32, &dev)?,
+            ),
         };
         let fc_w = Tensor::zeros((1, h), DType::F32, &dev)?;
         let fc_b = Tensor::zeros(1, DType::F32, &dev)?;
