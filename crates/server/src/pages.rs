@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::api::feedback::{PredictionFeedback, check_prediction_feedback, save_checked_feedback};
-use crate::api::predict::{classify_uploads, read_uploads};
+use crate::api::predict::{FormError, classify_uploads, read_uploads};
 use crate::charts::{self, Series, Unit};
 use crate::error::ApiError;
 use crate::session::{self, OPERATOR_TTL_S, Role, Session};
@@ -171,8 +171,8 @@ async fn classify_form(
     let check = |t: &str| state.sessions.csrf_ok(&session, t);
     let form = match read_uploads(mp, state.cfg.max_upload_bytes, state.cfg.max_batch_files, Some(&check)).await {
         Ok(f) => f,
-        Err(e) if e.code == "csrf_failed" => return csrf_failure(&state, &session),
-        Err(e) => return failed(e),
+        Err(FormError::Csrf) => return csrf_failure(&state, &session),
+        Err(FormError::Api(e)) => return failed(e),
     };
     if form.csrf.is_none() {
         return csrf_failure(&state, &session);

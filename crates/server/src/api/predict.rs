@@ -8,14 +8,14 @@ use std::time::Instant;
 use catsdogs_core::{Classified, ImageInput};
 use catsdogs_model::Label;
 use catsdogs_store::{PredictionRecord, PredictionStatus};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorDetail};
 use crate::state::AppState;
 
 /// The seed's percentages, formatted as strings.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Probabilities {
     #[schema(example = "12.35%")]
     pub cat: String,
@@ -24,7 +24,7 @@ pub struct Probabilities {
 }
 
 /// One classified image: the seed's fields (same names and formats) plus ours.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PredictResponse {
     /// Id of the stored prediction; send it back with feedback.
     pub id: String,
@@ -55,7 +55,7 @@ pub struct PredictResponse {
 }
 
 /// One file of a batch: a prediction or an error, never both.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BatchItem {
     pub filename: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,7 +67,7 @@ pub struct BatchItem {
 }
 
 /// Results in upload order.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BatchResponse {
     pub results: Vec<BatchItem>,
     pub succeeded: usize,
@@ -132,20 +132,69 @@ pub(crate) fn multipart_rejection(e: MultipartRejection) -> ApiError {
     )
 }
 
-fn multipart_error(e: MultipartError, limit: usize) -> ApiError {
+/// Why a field of a multipart form could not be read.
+#[derive(Debug)]
+pub(crate) enum FieldError {
+    /// Over the byte limit: this file is refused, the rest of the form can still be read.
+    TooLarge(usize),
+    /// The multipart stream itself is broken: nothing after this point can be read.
+    Malformed(String),
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        match e {
+            FieldError::TooLarge(limit) => ApiError::payload_too_large(limit),
+            FieldError::Malformed(why) => {
+                ApiError::bad_request("invalid_multipart", format!("malformed multipart body: {why}"))
+            }
+        }
+    }
+}
+
+/// Why a form was refused as a whole.
+#[derive(Debug)]
+pub(crate) enum FormError {
+    /// The page form's CSRF token is missing or wrong (the page answers with its own view).
+    Csrf,
+    Api(ApiError),
+}
+
+impl From<FieldError> for FormError {
+    fn from(e: FieldError) -> Self {
+        Self::Api(e.into())
+    }
+}
+
+impl From<ApiError> for FormError {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl From<FormError> for ApiError {
+    fn from(e: FormError) -> Self {
+        match e {
+            FormError::Csrf => ApiError::new(StatusCode::FORBIDDEN, "csrf_failed", "missing or invalid CSRF token"),
+            FormError::Api(e) => e,
+        }
+    }
+}
+
+fn multipart_error(e: MultipartError, limit: usize) -> FieldError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::payload_too_large(limit)
+        FieldError::TooLarge(limit)
     } else {
-        ApiError::bad_request("invalid_multipart", format!("malformed multipart body: {}", e.body_text()))
+        FieldError::Malformed(e.body_text())
     }
 }
 
 /// Reads one field, refusing more than `limit` bytes.
-async fn read_limited(mut field: Field<'_>, limit: usize) -> Result<Vec<u8>, ApiError> {
+async fn read_limited(mut field: Field<'_>, limit: usize) -> Result<Vec<u8>, FieldError> {
     let mut buf = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
         if buf.len() + chunk.len() > limit {
-            return Err(ApiError::payload_too_large(limit));
+            return Err(FieldError::TooLarge(limit));
         }
         buf.extend_from_slice(&chunk);
     }
@@ -178,21 +227,20 @@ pub(crate) async fn read_uploads(
     limit: usize,
     max_files: usize,
     csrf_check: Option<CsrfCheck<'_>>,
-) -> Result<UploadForm, ApiError> {
-    let forbidden = || ApiError::new(StatusCode::FORBIDDEN, "csrf_failed", "missing or invalid CSRF token");
+) -> Result<UploadForm, FormError> {
     let mut out = UploadForm { uploads: Vec::new(), csrf: None, consent: false };
     loop {
         let field = match mp.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) => return Err(multipart_error(e, limit)),
+            Err(e) => return Err(multipart_error(e, limit).into()),
         };
         match field.name() {
             Some("file" | "files") => {}
             Some("csrf") => {
                 let token = String::from_utf8_lossy(&read_limited(field, 256).await?).into_owned();
                 if csrf_check.is_some_and(|ok| !ok(&token)) {
-                    return Err(forbidden());
+                    return Err(FormError::Csrf);
                 }
                 out.csrf = Some(token);
                 continue;
@@ -205,7 +253,7 @@ pub(crate) async fn read_uploads(
             _ => continue,
         }
         if csrf_check.is_some() && out.csrf.is_none() {
-            return Err(forbidden());
+            return Err(FormError::Csrf);
         }
         let filename = field.file_name().unwrap_or_default().to_string();
         let bytes = read_limited(field, limit).await;
@@ -218,10 +266,11 @@ pub(crate) async fn read_uploads(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_many_files",
                 format!("more than {max_files} files in one request"),
-            ));
+            )
+            .into());
         }
-        let fatal = matches!(&bytes, Err(e) if e.code == "invalid_multipart");
-        out.uploads.push(Upload { filename, bytes });
+        let fatal = matches!(&bytes, Err(FieldError::Malformed(_)));
+        out.uploads.push(Upload { filename, bytes: bytes.map_err(ApiError::from) });
         if fatal {
             break;
         }
