@@ -7,6 +7,7 @@ pub mod images;
 pub mod inference_log;
 pub mod metrics;
 pub mod outbox;
+mod records;
 pub mod retention;
 
 use std::time::Duration;
@@ -22,6 +23,10 @@ pub use images::ImageStore;
 pub use inference_log::{InferenceLog, LogFiles, LogRow};
 pub use metrics::{DayMetrics, WindowMetrics};
 pub use outbox::{OUTBOX_CAPACITY, Outbox};
+pub use records::{
+    AuditEntry, FeedbackOutcome, FeedbackRecord, FeedbackSource, LabelledImage, PredictionRecord, PredictionStatus,
+    PurgeCutoffs, RecentPrediction, RemovedRows,
+};
 pub use retention::{Holdings, Retention, RetentionError};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
@@ -102,74 +107,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Outcome of a prediction request as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PredictionStatus {
-    Ok,
-    Error,
-}
-
-impl PredictionStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Error => "error",
-        }
-    }
-}
-
-/// One row of `predictions`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PredictionRecord {
-    pub id: String,
-    pub created_at: DateTime<Utc>,
-    pub model_version: String,
-    pub status: PredictionStatus,
-    pub label: Option<Label>,
-    pub p_dog: Option<f64>,
-    pub latency_ms: f64,
-    pub error_code: Option<String>,
-    pub file_ref: Option<String>,
-    /// The consented image kept for retraining (`<sha256>.<ext>` in the image folder).
-    #[serde(default)]
-    pub image_ref: Option<String>,
-}
-
-/// A consented image whose label a user gave or confirmed.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct LabelledImage {
-    pub prediction_id: String,
-    pub created_at: DateTime<Utc>,
-    pub image_ref: String,
-    pub label: Label,
-}
-
-/// Rows created before these instants are removed by the retention purge.
-#[derive(Debug, Clone, Copy)]
-pub struct PurgeCutoffs {
-    pub predictions: DateTime<Utc>,
-    pub feedback: DateTime<Utc>,
-    pub audit: DateTime<Utc>,
-}
-
-/// Rows removed by a purge or an erasure, per table.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct RemovedRows {
-    pub predictions: u64,
-    pub feedback: u64,
-    pub audit: u64,
-}
-
-/// One row of the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct AuditEntry {
-    pub at: DateTime<Utc>,
-    pub actor: String,
-    pub action: String,
-    pub detail: Option<String>,
-}
-
 /// Held while one process runs the retention purge (PostgreSQL advisory lock; replicas
 /// sharing the database skip their run while another holds it). Dropping it without
 /// `release` closes its connection, which releases the lock too.
@@ -186,43 +123,6 @@ impl PurgeLock {
             let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(PURGE_LOCK_KEY).execute(&mut *conn).await;
         }
     }
-}
-
-/// A prediction as listed on the dashboard: the row plus its feedback verdict, if any.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct RecentPrediction {
-    #[serde(flatten)]
-    pub record: PredictionRecord,
-    /// `Some(true)` = the user said it was right.
-    pub feedback_positive: Option<bool>,
-}
-
-/// Who wrote a feedback row: the seed's body or ours keyed by prediction id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FeedbackSource {
-    Seed,
-    V2,
-}
-
-/// One row of `feedback`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct FeedbackRecord {
-    pub id: String,
-    pub prediction_id: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub positive: bool,
-    pub true_label: Option<Label>,
-    pub p_dog: Option<f64>,
-    pub comment: Option<String>,
-    pub source: FeedbackSource,
-}
-
-/// Whether feedback was new or replaced earlier feedback on the same prediction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FeedbackOutcome {
-    Inserted,
-    Replaced,
 }
 
 /// Connection settings.
