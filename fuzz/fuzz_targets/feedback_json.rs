@@ -8,8 +8,9 @@ fuzz_target!(|data: &[u8]| {
     for content_type in [None, Some("application/json"), Some("text/plain")] {
         match parse_feedback(content_type, data) {
             Ok(ParsedFeedback::Prediction(checked)) => {
+                // The label is a `Label` by type: only "cat" or "dog" can get this far.
                 assert!(checked.correct.is_some() || checked.label.is_some());
-                assert!(checked.label.as_deref().is_none_or(|l| l == "cat" || l == "dog"));
+                assert_eq!(checked.prediction_id.as_str().parse().ok(), Some(checked.prediction_id.clone()));
             }
             Ok(ParsedFeedback::Seed { body, .. }) => {
                 assert!(body.resultat_prediction.is_none_or(|p| (0.0..=1.0).contains(&p)));

@@ -113,8 +113,8 @@ pub fn db(a: DbArgs) -> Result<()> {
             DbCommand::Erase { id, before } => {
                 anyhow::ensure!(!id.is_empty() || before.is_some(), "give --id ID (repeatable) or --before DATE");
                 for id in &id {
-                    let id = uuid::Uuid::parse_str(id).with_context(|| format!("{id} is not a prediction id"))?;
-                    let removed = retention::erase_id(holdings, &id.to_string(), None, now, &actor()).await?;
+                    let id: catsdogs_store::PredictionId = id.parse()?;
+                    let removed = retention::erase_id(holdings, id.as_str(), None, now, &actor()).await?;
                     println!("{}", serde_json::json!({"id": id.to_string(), "removed": removed}));
                 }
                 if let Some(day) = before {

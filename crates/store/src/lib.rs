@@ -24,8 +24,8 @@ pub use inference_log::{InferenceLog, LogFiles, LogRow};
 pub use metrics::{DayMetrics, WindowMetrics};
 pub use outbox::{OUTBOX_CAPACITY, Outbox};
 pub use records::{
-    AuditEntry, FeedbackOutcome, FeedbackRecord, FeedbackSource, LabelledImage, PredictionRecord, PredictionStatus,
-    PurgeCutoffs, RecentPrediction, RemovedRows,
+    AuditEntry, FeedbackOutcome, FeedbackRecord, FeedbackSource, InvalidPredictionId, LabelledImage, PredictionId,
+    PredictionRecord, PredictionStatus, PurgeCutoffs, RecentPrediction, RemovedRows,
 };
 pub use retention::{Holdings, Retention, RetentionError};
 

@@ -2,6 +2,63 @@
 use catsdogs_model::Label;
 use chrono::{DateTime, Utc};
 
+/// The id of a prediction: a random UUID, always in its canonical lower-case hyphenated
+/// form, so that the same prediction never has two spellings in the database, the logs
+/// and the image folder.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PredictionId(String);
+
+/// A string that is not a UUID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a prediction id (a UUID)")]
+pub struct InvalidPredictionId(pub String);
+
+impl PredictionId {
+    /// A fresh random id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The canonical text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for PredictionId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::str::FromStr for PredictionId {
+    type Err = InvalidPredictionId;
+    /// Accepts any UUID spelling (upper case, braces, no hyphens) and keeps the canonical one.
+    fn from_str(s: &str) -> Result<Self, InvalidPredictionId> {
+        uuid::Uuid::parse_str(s).map(|u| Self(u.to_string())).map_err(|_| InvalidPredictionId(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for PredictionId {
+    type Error = InvalidPredictionId;
+    fn try_from(s: String) -> Result<Self, InvalidPredictionId> {
+        s.parse()
+    }
+}
+
+impl From<PredictionId> for String {
+    fn from(id: PredictionId) -> String {
+        id.0
+    }
+}
+
+impl std::fmt::Display for PredictionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
 /// Outcome of a prediction request as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{Extension, State};
 use catsdogs_core::registry::RegistryError;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// The versions before and after a reload.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReloadReport {
     pub previous_version: String,
     pub model_version: String,
@@ -39,7 +39,7 @@ pub async fn reload_model(
 }
 
 /// One version in the model registry.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ModelVersion {
     pub version: String,
     #[schema(value_type = String)]
@@ -65,7 +65,7 @@ pub struct ModelVersion {
 }
 
 /// A promotion or rollback, from the registry's log.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PromotionEntry {
     pub at: String,
     pub version: String,
@@ -76,7 +76,7 @@ pub struct PromotionEntry {
 }
 
 /// The registry's versions and history.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ModelsReport {
     /// The registry directory, or `null` when the model is not served from one.
     pub registry: Option<String>,

@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use catsdogs_model::Label;
-use catsdogs_store::{FeedbackOutcome, FeedbackRecord, FeedbackSource, PredictionStatus};
+use catsdogs_store::{FeedbackOutcome, FeedbackRecord, FeedbackSource, PredictionId, PredictionStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -52,7 +52,7 @@ pub enum FeedbackBody {
 }
 
 /// Response: the seed's fields plus ours.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct FeedbackResponse {
     /// Always `received`.
     pub status: String,
@@ -121,8 +121,7 @@ pub enum ParsedFeedback {
 /// Our body after its checks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckedFeedback {
-    /// The prediction id in canonical UUID form.
-    pub prediction_id: String,
+    pub prediction_id: PredictionId,
     pub correct: Option<bool>,
     pub label: Option<Label>,
     pub comment: Option<String>,
@@ -180,9 +179,10 @@ pub fn parse_feedback(content_type: Option<&str>, body: &[u8]) -> Result<ParsedF
 pub fn check_prediction_feedback(body: PredictionFeedback) -> Result<CheckedFeedback, ApiError> {
     let comment = check_comment(body.comment)?;
     let label = body.label.as_deref().map(parse_label).transpose()?;
-    let prediction_id = uuid::Uuid::parse_str(&body.prediction_id)
-        .map_err(|_| ApiError::not_found("unknown_prediction", "no prediction has this id"))?
-        .to_string();
+    let prediction_id: PredictionId = body
+        .prediction_id
+        .parse()
+        .map_err(|_| ApiError::not_found("unknown_prediction", "no prediction has this id"))?;
     if body.correct.is_none() && label.is_none() {
         return Err(ApiError::unprocessable("invalid_body", "give `correct` or `label`"));
     }
@@ -257,11 +257,11 @@ pub(crate) async fn save_checked_feedback(
     let id = uuid::Uuid::new_v4().to_string();
     let timestamp = now.timestamp_millis() as f64 / 1e3;
     let CheckedFeedback { prediction_id: pid, correct, label, comment } = body;
-    let mut pred = state.store.get_prediction(&pid).await?;
+    let mut pred = state.store.get_prediction(pid.as_str()).await?;
     if pred.is_none() && !state.outbox.is_empty() {
         // The prediction may still be queued from a database outage: write the queue first.
         state.maintain_store().await;
-        pred = state.store.get_prediction(&pid).await?;
+        pred = state.store.get_prediction(pid.as_str()).await?;
     }
     let pred = pred.ok_or_else(|| ApiError::not_found("unknown_prediction", "no prediction has this id"))?;
     if pred.status != PredictionStatus::Ok {
@@ -279,7 +279,7 @@ pub(crate) async fn save_checked_feedback(
     };
     let rec = FeedbackRecord {
         id: id.clone(),
-        prediction_id: Some(pid.clone()),
+        prediction_id: Some(pid.to_string()),
         created_at: now,
         positive,
         true_label: Some(true_label),
@@ -295,7 +295,7 @@ pub(crate) async fn save_checked_feedback(
         feedback: None,
         resultat_prediction: None,
         input_user: None,
-        prediction_id: Some(pid),
+        prediction_id: Some(pid.into()),
         positive,
         label: Some(true_label),
         replaced: outcome == FeedbackOutcome::Replaced,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use catsdogs_model::Architecture;
@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// The seed's `/health` body, plus whether the database answers.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SeedHealth {
     /// `healthy` when the model is loaded and the database reachable, else `degraded`.
     pub status: String,
@@ -23,7 +23,7 @@ pub struct SeedHealth {
 }
 
 /// Model part of the readiness report.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ModelHealth {
     pub loaded: bool,
     pub version: Option<String>,
@@ -32,7 +32,7 @@ pub struct ModelHealth {
 }
 
 /// Database part of the readiness report.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct StoreHealth {
     /// `sqlite` or `postgres`.
     pub kind: String,
@@ -46,7 +46,7 @@ pub struct StoreHealth {
 }
 
 /// Liveness and readiness.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct HealthReport {
     /// `ready` or `not_ready`.
     pub status: String,
@@ -123,7 +123,7 @@ pub async fn seed_health(State(state): State<AppState>) -> Json<SeedHealth> {
 }
 
 /// The seed's `/api/info` fields plus the model card's essentials.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct InfoResponse {
     pub model_loaded: bool,
     /// Name of the model directory (not its absolute path).

@@ -347,7 +347,7 @@ pub async fn predict(
     let Some(upload) = form.uploads.pop() else {
         return Err(ApiError::bad_request("missing_file", "the form has no `file` field"));
     };
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = catsdogs_store::PredictionId::new().to_string();
     let bytes = match upload.bytes {
         Ok(b) => b,
         Err(e) => {
@@ -447,7 +447,7 @@ pub(crate) async fn classify_uploads(
     }
     let mut items = Vec::with_capacity(results.len());
     for ((name, r), bytes) in names.into_iter().zip(results).zip(kept) {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = catsdogs_store::PredictionId::new().to_string();
         let r = r.unwrap_or_else(|| Err(ApiError::internal("file was not classified")));
         match r {
             Ok(p) => {

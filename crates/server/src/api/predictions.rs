@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{Extension, Path, State};
 use catsdogs_store::{FeedbackRecord, PredictionRecord};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
@@ -25,7 +25,7 @@ pub struct PredictionExport {
 }
 
 /// What an erasure removed.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErasureReport {
     pub id: String,
     pub predictions: u64,
@@ -36,8 +36,8 @@ pub struct ErasureReport {
 }
 
 fn parse_id(id: &str) -> Result<String, ApiError> {
-    uuid::Uuid::parse_str(id)
-        .map(|u| u.to_string())
+    id.parse::<catsdogs_store::PredictionId>()
+        .map(String::from)
         .map_err(|_| ApiError::not_found("unknown_prediction", "no prediction has this id"))
 }
 

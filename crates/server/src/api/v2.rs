@@ -31,7 +31,7 @@ use crate::state::AppState;
 pub const MODEL_NAME: &str = "catsdogs";
 
 /// `{"live": true}` / `{"ready": bool}`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct HealthStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live: Option<bool>,
@@ -42,13 +42,13 @@ pub struct HealthStatus {
 }
 
 /// Error body of the protocol's routes: `{"error": "<code>: <message>"}`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ProtocolError {
     pub error: String,
 }
 
 /// A tensor's name, type and shape (`-1`: any size).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TensorMetadata {
     pub name: String,
     pub datatype: String,
@@ -56,7 +56,7 @@ pub struct TensorMetadata {
 }
 
 /// `GET /v2/models/{name}`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ModelMetadata {
     pub name: String,
     pub versions: Vec<String>,
@@ -66,7 +66,7 @@ pub struct ModelMetadata {
 }
 
 /// `GET /v2`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ServerMetadata {
     pub name: String,
     pub version: String,
@@ -102,7 +102,7 @@ pub struct InferRequest {
 }
 
 /// One output tensor.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OutputTensor {
     pub name: String,
     pub datatype: String,
@@ -112,7 +112,7 @@ pub struct OutputTensor {
 }
 
 /// Inference response.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct InferResponse {
     pub model_name: String,
     pub model_version: String,
@@ -472,7 +472,7 @@ pub async fn infer(
     let mut preds: Vec<Classified> = Vec::with_capacity(results.len());
     let mut first_error = None;
     for r in results {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = catsdogs_store::PredictionId::new().to_string();
         match r {
             Ok(p) => {
                 record(&state, &id, "", Ok(&p), ms, None).await;
