@@ -5,20 +5,21 @@
 //! 200 answer and one feedback row per accepted feedback, and nothing may answer 5xx
 //! (apart from feedback's documented 503 while PostgreSQL is down). Then the faults:
 //! `kill -9` of an SQLite-backed server under load, and PostgreSQL stopped and
-//! restarted under load without restarting catsdogs.
-#[allow(dead_code)] // shared with the server tests; this test uses part of it
-#[path = "../../server/tests/support/pg.rs"]
-mod pg;
-mod support;
-
+//! restarted under load without restarting catsdogs (its outage lasts at least three of
+//! the store's acquire timeouts, 27 s of load in all). The clients target the server on
+//! loopback and stop by themselves (at their deadline, or when the server is gone).
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use catsdogs_store::StoreOptions;
+use catsdogs_testkit::pg::PgCluster;
 use sqlx::Row;
-use support::{Refused, feedback, predict};
 
+use crate::helpers::{Api, Refused, Server, png, shared_secrets};
+
+/// How long each steady load runs: `CATSDOGS_LOAD_SECS` (10 by default, 3 at least).
 fn load_secs() -> u64 {
     std::env::var("CATSDOGS_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10).max(3)
 }
@@ -37,12 +38,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn count(&mut self, route: &'static str, outcome: &Result<(), Refused>) {
-        let status = match outcome {
-            Ok(()) => 200,
-            Err(Refused::Status(s)) => *s,
-            Err(Refused::Transport(_)) => 0,
-        };
+    fn count(&mut self, route: &'static str, status: u16) {
         *self.statuses.entry((route, status)).or_default() += 1;
     }
 
@@ -61,35 +57,28 @@ async fn run_load(base: &str, clients: usize, until: Instant) -> Tally {
     let tally = Arc::new(Mutex::new(Tally::default()));
     let mut workers = Vec::new();
     for w in 0..clients {
-        let (c, base, tally) = (support::client(), base.to_string(), tally.clone());
+        let (api, tally) = (Api::new(base), tally.clone());
         workers.push(tokio::spawn(async move {
             let mut n: u32 = 0;
             while Instant::now() < until {
                 n += 1;
-                let outcome = predict(&c, &base, support::png(w as u32 * 1000 + n % 50)).await;
-                let dead = matches!(outcome, Err(Refused::Transport(_)));
-                let id = {
-                    let mut t = tally.lock().expect("tally");
-                    t.count("predict", &outcome.as_ref().map(|_| ()).map_err(Clone::clone));
-                    outcome.ok()
+                let outcome = api.predict(png(w as u32 * 1000 + n % 50)).await;
+                let status = outcome.as_ref().map_or_else(Refused::status, |_| 200);
+                tally.lock().expect("tally").count("predict", status);
+                let id = match outcome {
+                    Ok(p) => p.id,
+                    Err(Refused::Transport(_)) => break,
+                    Err(Refused::Status(_)) => continue,
                 };
-                if dead {
-                    break;
-                }
-                let Some(id) = id else { continue };
                 tally.lock().expect("tally").predictions.insert(id.clone());
                 if n.is_multiple_of(2) {
                     continue;
                 }
                 let correct = !n.is_multiple_of(3);
-                let outcome = feedback(&c, &base, &id, correct).await;
+                let outcome = api.feedback(&id, correct).await;
+                let status = outcome.as_ref().map_or_else(Refused::status, |()| 200);
                 let mut t = tally.lock().expect("tally");
-                t.count("feedback", &outcome);
-                let status = match &outcome {
-                    Ok(()) => 200,
-                    Err(Refused::Status(s)) => *s,
-                    Err(Refused::Transport(_)) => 0,
-                };
+                t.count("feedback", status);
                 t.feedback_log.push((Instant::now(), status));
                 if outcome.is_ok() {
                     t.feedback.insert(id, correct);
@@ -152,18 +141,19 @@ fn report(name: &str, t: &Tally, secs: f64) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_load_then_kill_9_loses_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let secrets = support::shared_secrets(dir.path());
-    let data = dir.path().join("data");
+/// A fresh SQLite-backed server, ready.
+async fn sqlite_server(dir: &Path) -> (Server, std::path::PathBuf) {
+    let data = dir.join("data");
     std::fs::create_dir_all(&data).expect("data dir");
-    let url = sqlite_url(&data);
-    let server = support::start(None, &data, &secrets);
-    let c = support::client();
-    support::wait_ready(&c, &server.base).await;
+    let server = Server::start(None, &data, &shared_secrets(dir));
+    server.api().wait_ready().await;
+    (server, data)
+}
 
-    // Steady load: every answer accounted for, row by row.
+/// Steady load: every answer accounted for, row by row.
+pub async fn sqlite_rows_match_every_answer_under_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, data) = sqlite_server(dir.path()).await;
     let secs = load_secs();
     let tally = run_load(&server.base, 8, Instant::now() + Duration::from_secs(secs)).await;
     report("sqlite load", &tally, secs as f64);
@@ -175,12 +165,17 @@ async fn sqlite_load_then_kill_9_loses_nothing() {
         tally.statuses
     );
     assert!(tally.predictions.len() >= 20, "too little load: {:?}", tally.statuses);
-    let rows = read_rows(&url).await;
+    let rows = read_rows(&sqlite_url(&data)).await;
     assert_eq!(rows.ok, tally.predictions, "prediction rows differ from the 200 answers");
     assert_eq!(rows.errors, 0);
     assert_eq!(rows.feedback, tally.feedback, "feedback rows differ from the accepted feedback");
+}
 
-    // kill -9 under load: every acknowledged write survives (SQLite in WAL mode).
+/// kill -9 under load: every acknowledged write survives (SQLite in WAL mode), and the
+/// restarted server works.
+pub async fn sqlite_kill_9_under_load_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, data) = sqlite_server(dir.path()).await;
     let until = Instant::now() + Duration::from_secs(30);
     let base = server.base.clone();
     let load = tokio::spawn(async move { run_load(&base, 4, until).await });
@@ -190,45 +185,51 @@ async fn sqlite_load_then_kill_9_loses_nothing() {
     report("sqlite kill -9", &killed, 2.5);
     assert!(killed.predictions.len() >= 4, "too little load before the kill: {:?}", killed.statuses);
     assert!(killed.server_errors(&[]).is_empty(), "5xx before the kill: {:?}", killed.statuses);
-    let server = support::start(None, &data, &secrets);
-    support::wait_ready(&c, &server.base).await;
-    let rows = read_rows(&url).await;
+
+    let restarted = Server::start(None, &data, &shared_secrets(dir.path()));
+    let api = restarted.api();
+    api.wait_ready().await;
+    let rows = read_rows(&sqlite_url(&data)).await;
     let missing: Vec<_> = killed.predictions.difference(&rows.ok).collect();
     assert!(missing.is_empty(), "acknowledged predictions lost by kill -9: {missing:?}");
     for (id, verdict) in &killed.feedback {
         assert_eq!(rows.feedback.get(id), Some(verdict), "acknowledged feedback on {id} lost by kill -9");
     }
-    // And the restarted server works.
-    let id = predict(&c, &server.base, support::png(7)).await.expect("predict after restart");
-    feedback(&c, &server.base, &id, true).await.expect("feedback after restart");
+    let p = api.predict(png(7)).await.expect("predict after restart");
+    api.feedback(&p.id, true).await.expect("feedback after restart");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_outage_under_load() {
-    let Some(pg) = pg::PgCluster::start_or_skip("the PostgreSQL outage test") else { return };
+/// PostgreSQL is stopped for the middle third of the load and restarted, catsdogs is not:
+/// predictions never fail, feedback answers 503 during the outage only and recovers, the
+/// rows are queued meanwhile, and once the queue is written the database matches the
+/// answers exactly. One scenario: each check needs the whole outage (60 s in CI).
+pub async fn postgres_outage_under_load_queues_rows_and_loses_none() {
+    let pg = PgCluster::start_for_test();
     let url = pg.create_db("outage").expect("createdb");
     let dir = tempfile::tempdir().expect("tempdir");
-    let secrets = support::shared_secrets(dir.path());
-    let server = support::start(Some(&url), &dir.path().join("data"), &secrets);
-    let c = support::client();
-    support::wait_ready(&c, &server.base).await;
+    let server = Server::start(Some(&url), &dir.path().join("data"), &shared_secrets(dir.path()));
+    let api = server.api();
+    api.wait_ready().await;
 
-    // Load for `secs`; PostgreSQL is down for its middle third.
-    let secs = load_secs().max(9);
+    // Load for `secs`; PostgreSQL is down for its middle third. A request waits up to the
+    // store's acquire timeout for a connection before it is refused: an outage shorter than
+    // a few of those may end before any feedback is refused (503), so it lasts 3 at least.
+    let acquire = StoreOptions::default().acquire_timeout;
+    let third = Duration::from_secs(load_secs()).div_f64(3.0).max(acquire * 3);
+    let secs = (third * 3).as_secs_f64();
     let start = Instant::now();
     let base = server.base.clone();
-    let load = tokio::spawn(async move { run_load(&base, 4, start + Duration::from_secs(secs)).await });
-    let third = Duration::from_secs(secs) / 3;
+    let load = tokio::spawn(async move { run_load(&base, 4, start + third * 3).await });
     tokio::time::sleep(third).await;
     // Taken before the stop: connections drop while pg_ctl waits for the shutdown.
     let down_at = Instant::now();
     pg.stop_server().expect("stop PostgreSQL");
     tokio::time::sleep(third).await;
-    let (_, health) = support::get(&c, &server.base, "/api/health").await;
+    let health = api.health().await;
     pg.start_server().expect("start PostgreSQL");
     let up_at = Instant::now();
     let tally = load.await.expect("load");
-    report("postgres outage", &tally, secs as f64);
+    report("postgres outage", &tally, secs);
 
     // Predictions never failed; feedback got 503 during the outage only, then recovered.
     assert!(tally.server_errors(&[("feedback", 503)]).is_empty(), "unexpected 5xx: {:?}", tally.statuses);
@@ -253,8 +254,7 @@ async fn postgres_outage_under_load() {
     // Once the queue is written, the database matches the answers exactly.
     let mut pending = u64::MAX;
     for _ in 0..100 {
-        let (_, h) = support::get(&c, &server.base, "/api/health").await;
-        pending = h["store"]["pending_rows"].as_u64().unwrap_or(u64::MAX);
+        pending = api.health().await["store"]["pending_rows"].as_u64().unwrap_or(u64::MAX);
         if pending == 0 {
             break;
         }
