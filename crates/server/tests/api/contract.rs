@@ -1,32 +1,21 @@
 //! Contract test: schemathesis (from PyPI) generates requests from `/openapi.json` and
 //! checks the running server's answers: no 5xx, every status documented, bodies and
-//! content types matching the schema.
-mod support;
-
+//! content types matching the schema. Registered with `Need::Schemathesis`.
 use std::path::PathBuf;
 
-use support::{TOKEN, TestApp};
+use crate::helpers::{TOKEN, TestApp};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openapi_contract_holds_under_schemathesis() {
-    let st = std::env::var_os("CATSDOGS_SCHEMATHESIS").map(PathBuf::from).filter(|p| p.exists());
-    let Some(st) = st else {
-        assert!(
-            std::env::var("CATSDOGS_REQUIRE_SCHEMATHESIS").as_deref() != Ok("1"),
-            "CATSDOGS_SCHEMATHESIS must point to the `st` executable"
-        );
-        eprintln!("SKIPPED: set CATSDOGS_SCHEMATHESIS to schemathesis' `st` (pip install schemathesis)");
-        return;
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = format!("sqlite://{}?mode=rwc", dir.path().join("contract.db").display());
-    let app = TestApp::spawn(&db, dir.path().join("data"), None).await;
+pub async fn the_openapi_contract_holds_under_schemathesis() {
+    let st = std::env::var_os("CATSDOGS_SCHEMATHESIS").map(PathBuf::from).expect("CATSDOGS_SCHEMATHESIS");
+    let app = TestApp::spawn().await;
     let spec = app.url("/openapi.json");
-    let work = dir.path().to_path_buf();
+    let work = app.dir.as_ref().expect("temp dir").path().to_path_buf();
+    // schemathesis sends the token itself: the header goes on its command line.
+    let auth = format!("Authorization: Bearer {TOKEN}");
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(&st)
             .current_dir(&work)
-            .args(["run", &spec, "-H", &format!("Authorization: Bearer {TOKEN}")])
+            .args(["run", &spec, "-H", &auth])
             .args([
                 "--checks",
                 "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
