@@ -4,7 +4,7 @@
 //! brackets on its line and again in a `SKIPPED` line, never as passed. Where `.ci/run`
 //! sets the matching `CATSDOGS_REQUIRE_*=1`, a missing need fails the test instead.
 //!
-//! ```ignore
+//! ```text
 //! fn main() -> std::process::ExitCode {
 //!     catsdogs_testkit::run(vec![
 //!         catsdogs_testkit::sync_test!(preprocess::any_shape_becomes_the_input_size),
