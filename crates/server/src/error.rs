@@ -93,8 +93,9 @@ impl From<catsdogs_core::ClassifyError> for ApiError {
         use catsdogs_model::preprocess::PreprocessError as P;
         let code = e.code();
         let status = match &e {
-            E::Input(P::UnsupportedFormat) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            E::Input(P::Empty) => StatusCode::BAD_REQUEST,
+            // A multipart body whose file is not an image is a bad request (the seed's 400);
+            // 415 stays for a body that is not multipart at all.
+            E::Input(P::UnsupportedFormat | P::Empty) => StatusCode::BAD_REQUEST,
             E::Input(_) => StatusCode::UNPROCESSABLE_ENTITY,
             E::NoModel(_) | E::Overloaded | E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             E::Inference(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -124,7 +124,6 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/api/metrics/daily", get(api::metrics::daily))
         .route("/api/metrics/7d", get(api::metrics::last_7_days))
-        .route("/api/info", get(api::health::info))
         .route("/api/predictions/{id}", get(api::predictions::export).delete(api::predictions::erase))
         .route("/api/admin/model/reload", post(api::admin::reload_model))
         .route("/api/admin/models", get(api::admin::list_models))
@@ -148,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::map_response(api::v2::protocol_error_shape));
     let public = Router::new()
         .route("/api/health", get(api::health::api_health))
+        .route("/api/info", get(api::health::info))
         .route("/health", get(api::health::seed_health))
         .merge(pages::routes(state.clone()));
     Router::new()

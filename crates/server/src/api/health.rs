@@ -8,9 +8,6 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use catsdogs_model::Architecture;
-
-use crate::error::ApiError;
 use crate::state::AppState;
 
 /// The seed's `/health` body, plus whether the database answers.
@@ -122,49 +119,41 @@ pub async fn seed_health(State(state): State<AppState>) -> Json<SeedHealth> {
     })
 }
 
-/// The seed's `/api/info` fields plus the model card's essentials.
+/// The version of the seed's API that this service implements (`/api/info`'s `version`).
+pub const SEED_API_VERSION: &str = "1.0.0";
+
+/// The seed's `GET /api/info`: public, because the seed's clients call it without a token to
+/// check that the model is loaded. The seed's fields, the service and model versions beside
+/// them, and nothing else (operators find the model card on `/info` and the dashboard).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct InfoResponse {
     pub model_loaded: bool,
-    /// Name of the model directory (not its absolute path).
-    pub model_path: String,
-    /// Service version.
+    /// The seed API version implemented.
+    #[schema(example = "1.0.0")]
     pub version: String,
+    /// Weights of the served model (0 without a model).
     pub parameters: usize,
+    /// The served model's name (its directory's name), never a filesystem path.
+    #[schema(example = "effnet-lite0")]
+    pub model_path: String,
+    /// This service's version.
+    pub service_version: String,
+    /// The served model's version (from its card).
     pub model_version: Option<String>,
-    #[schema(value_type = Option<String>)]
-    pub architecture: Option<Architecture>,
-    pub backend: Option<String>,
-    pub input_size: Option<u32>,
-    pub classes: Vec<String>,
-    /// Validation metrics from the model card.
-    #[schema(value_type = Object)]
-    pub validation: Option<serde_json::Value>,
 }
 
-/// Model information.
-#[utoipa::path(
-    get, path = "/api/info", tag = "health",
-    responses(
-        (status = 200, body = InfoResponse),
-        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
-pub async fn info(State(state): State<AppState>) -> Result<Json<InfoResponse>, ApiError> {
-    let loaded = state.loaded_model();
-    let m = loaded.as_ref();
-    let dir_name = state.cfg.model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(Json(InfoResponse {
+/// Whether the model is loaded, and which (the seed's route; no token needed).
+#[utoipa::path(get, path = "/api/info", tag = "health", responses((status = 200, body = InfoResponse)))]
+pub async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
+    let m = state.loaded_model();
+    let model_path = state.cfg.model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Json(InfoResponse {
         model_loaded: m.is_some(),
-        model_path: dir_name,
-        version: env!("CARGO_PKG_VERSION").into(),
-        parameters: m.map(|m| m.card.parameters).unwrap_or(0),
+        version: SEED_API_VERSION.into(),
+        parameters: m.as_ref().map_or(0, |m| m.card.parameters),
+        model_path,
+        service_version: env!("CARGO_PKG_VERSION").into(),
         model_version: m.map(|m| m.card.version.clone()),
-        architecture: m.map(|m| m.card.architecture),
-        backend: m.map(|m| m.backend_kind().to_string()),
-        input_size: m.map(|m| m.card.preprocessing.config.size),
-        classes: m.map(|m| m.card.classes.iter().map(|c| c.to_string()).collect()).unwrap_or_default(),
-        validation: m.and_then(|m| m.card.validation.as_ref()).and_then(|v| serde_json::to_value(v).ok()),
-    }))
+    })
 }

@@ -428,7 +428,7 @@ fn pixel_images(
         (status = 401, description = "Missing or invalid token", body = ProtocolError),
         (status = 404, description = "Unknown model", body = ProtocolError),
         (status = 413, description = "Too many images or a file over the limit", body = ProtocolError),
-        (status = 415, description = "An element is not a supported image", body = ProtocolError),
+        (status = 400, description = "An element is not a supported image, or the request is malformed", body = ProtocolError),
         (status = 422, description = "An image is corrupt or has too many pixels", body = ProtocolError),
         (status = 503, description = "No model loaded", body = ProtocolError),
     ),

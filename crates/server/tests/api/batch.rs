@@ -16,7 +16,7 @@ pub async fn a_bad_file_does_not_fail_the_others_in_a_batch() {
         ])
         .await;
     let statuses: Vec<u16> = b.results.iter().map(|i| i.status).collect();
-    assert_eq!(statuses, [200, 415, 200]);
+    assert_eq!(statuses, [200, 400, 200]);
     assert_eq!((b.succeeded, b.failed), (2, 1));
     assert_eq!(b.results[1].error.as_ref().map(|e| e.code.as_str()), Some("unsupported_media_type"));
     let first = b.results[0].result.as_ref().expect("first result");

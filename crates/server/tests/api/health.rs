@@ -34,3 +34,27 @@ pub async fn info_describes_the_loaded_model() {
     assert!(!info.version.is_empty() && !info.model_path.is_empty());
     app.stop().await;
 }
+
+/// The seed's clients call `/api/info` without a token to check the model is loaded: it
+/// answers them with the seed's fields and the versions, and no filesystem path.
+pub async fn info_is_public_with_the_seed_fields_and_no_path() {
+    let app = TestApp::spawn().await;
+    let r = app.get_anonymous("/api/info").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: serde_json::Value = r.json().await.expect("json");
+    let mut keys: Vec<&str> = body.as_object().expect("object").keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["model_loaded", "model_path", "model_version", "parameters", "service_version", "version"]);
+    assert_eq!(body["version"], "1.0.0", "the seed API version");
+    assert_eq!(body["service_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(body["model_loaded"], true);
+    let model_path = body["model_path"].as_str().expect("model_path");
+    assert!(!model_path.contains('/') && !model_path.is_empty(), "{model_path}");
+    let card = app.state.loaded_model().expect("loaded");
+    assert_eq!(body["model_version"].as_str(), Some(card.card.version.as_str()));
+    let model_dir = app.state.cfg.model_dir.canonicalize().expect("model dir");
+    for dir in [&model_dir, &app.data_dir] {
+        assert!(!body.to_string().contains(dir.to_string_lossy().as_ref()), "{body} shows {}", dir.display());
+    }
+    app.stop().await;
+}

@@ -85,7 +85,7 @@ pub async fn hostile_uploads_get_their_documented_status() {
             "text named .jpg",
             "file",
             b"just some text, not a photo".to_vec(),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            StatusCode::BAD_REQUEST,
             Some("unsupported_media_type"),
         ),
         ("truncated JPEG", "file", truncated_jpeg, StatusCode::UNPROCESSABLE_ENTITY, Some("corrupt_image")),

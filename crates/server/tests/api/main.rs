@@ -32,6 +32,7 @@ fn main() -> std::process::ExitCode {
         async_test!(health::postgres::readiness_reports_the_model_and_a_reachable_store).needs(&[Postgres]),
         async_test!(health::the_seed_health_route_says_healthy_with_the_model_loaded),
         async_test!(health::info_describes_the_loaded_model),
+        async_test!(health::info_is_public_with_the_seed_fields_and_no_path),
         // Authentication.
         async_test!(auth::a_request_without_a_token_is_401_with_a_bearer_challenge),
         async_test!(auth::a_wrong_scheme_or_token_is_401_unauthorized),
@@ -44,7 +45,7 @@ fn main() -> std::process::ExitCode {
         async_test!(predict::sqlite::the_stored_row_holds_a_pseudonym_not_the_file_name),
         async_test!(predict::postgres::the_stored_row_holds_a_pseudonym_not_the_file_name).needs(&[Postgres]),
         async_test!(predict::every_format_is_sniffed_from_its_content_whatever_name_and_type),
-        async_test!(predict::a_text_file_is_refused_with_415),
+        async_test!(predict::a_text_file_is_refused_with_400_unsupported_media_type),
         async_test!(predict::a_truncated_image_is_refused_with_422),
         async_test!(predict::an_empty_file_is_refused_with_400),
         async_test!(predict::a_file_over_the_size_limit_is_refused_with_413),

@@ -34,7 +34,7 @@ pub async fn prometheus_counters_move_with_known_requests() {
         ids.push(p.id);
     }
     let r = app.post_predict("bad.png", b"not an image".to_vec(), "image/png").await;
-    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     for (id, correct) in [(&ids[0], true), (&ids[1], false)] {
         app.feedback(&json!({"prediction_id": id, "correct": correct})).await;
     }
@@ -52,7 +52,7 @@ pub async fn prometheus_counters_move_with_known_requests() {
         3.0,
         "{after}"
     );
-    assert_eq!(delta(r#"catsdogs_http_requests_total{route="/api/predict",method="POST",status="415"}"#), 1.0);
+    assert_eq!(delta(r#"catsdogs_http_requests_total{route="/api/predict",method="POST",status="400"}"#), 1.0);
     for stage in ["queue", "decode", "model", "total"] {
         let series = format!(r#"catsdogs_prediction_duration_seconds_count{{stage="{stage}"}}"#);
         assert!(delta(&series) >= 3.0, "{series} moved by {}", delta(&series));

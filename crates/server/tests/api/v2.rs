@@ -175,7 +175,7 @@ pub async fn malformed_inference_requests_get_the_protocol_error_shape() {
         ),
         (
             json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(b"text")]}]}),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            StatusCode::BAD_REQUEST,
         ),
         (
             json!({"inputs": [{"name": "pixels", "shape": [2, 2, 4], "datatype": "UINT8", "data": vec![0; 16]}]}),
@@ -229,7 +229,7 @@ pub async fn protocol_inferences_are_stored_like_api_predictions() {
     assert_eq!(infer_uint8_json_pixels(&app).await.status(), StatusCode::OK);
     assert_eq!(infer_fp32_binary_pixels(&app).await.status(), StatusCode::OK);
     let text = json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(b"text")]}]});
-    assert_eq!(infer_json(&app, &text).await.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(infer_json(&app, &text).await.status(), StatusCode::BAD_REQUEST);
     app.predict("x.png").await;
     app.state.maintain_store().await;
     assert_eq!(app.state.store.count_rows("predictions").await.expect("count"), 8);
