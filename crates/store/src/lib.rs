@@ -10,6 +10,7 @@ pub mod outbox;
 mod records;
 pub mod retention;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use catsdogs_model::Label;
@@ -42,6 +43,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported DATABASE_URL {0:?} (expected sqlite://... or postgres://...)")]
     UnsupportedUrl(String),
+    #[error("invalid DATABASE_URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("the SQLite database {path} cannot be created or opened for writing: {source}")]
+    SqliteFile { path: PathBuf, source: std::io::Error },
     #[error("stored row is malformed: {0}")]
     Malformed(String),
 }
@@ -185,11 +190,46 @@ fn prediction_from_row(row: &sqlx::any::AnyRow) -> Result<PredictionRecord, Stor
     })
 }
 
+/// Makes a SQLite URL work on a fresh machine: the database file and its folder are
+/// created when missing (`mode=rwc` unless the URL sets a mode), and a path that can never
+/// be written is an error now rather than a readiness check that stays red forever.
+fn prepare_sqlite(url: &str) -> Result<String, StoreError> {
+    use std::str::FromStr;
+    let invalid = |reason: String| StoreError::InvalidUrl { url: redact_url(url), reason };
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(|e| invalid(e.to_string()))?;
+    let path = options.get_filename().to_path_buf();
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let mode = query.split('&').find_map(|kv| kv.strip_prefix("mode="));
+    if path.as_os_str() == ":memory:" || mode == Some("memory") || mode == Some("ro") {
+        return Ok(url.to_string());
+    }
+    if path.as_os_str().is_empty() {
+        return Err(invalid("no database file named".into()));
+    }
+    let file_error = |source| StoreError::SqliteFile { path: path.clone(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(file_error)?;
+    }
+    std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(file_error)?;
+    Ok(match mode {
+        Some(_) => url.to_string(),
+        None if query.is_empty() => format!("{}?mode=rwc", url.trim_end_matches('?')),
+        None => format!("{url}&mode=rwc"),
+    })
+}
+
 impl Store {
     /// Creates the pool without connecting: the service starts even when the database is down.
     pub fn open(url: &str, opts: &StoreOptions) -> Result<Self, StoreError> {
         install_default_drivers();
         let kind = DbKind::from_url(url)?;
+        let prepared;
+        let url = if kind == DbKind::Sqlite {
+            prepared = prepare_sqlite(url)?;
+            prepared.as_str()
+        } else {
+            url
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(if kind == DbKind::Sqlite { opts.max_connections.min(4) } else { opts.max_connections })
             .acquire_timeout(opts.acquire_timeout)
@@ -667,6 +707,28 @@ mod tests {
     #[test]
     fn rejects_unknown_scheme() {
         assert!(matches!(DbKind::from_url("mysql://x"), Err(StoreError::UnsupportedUrl(_))));
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_url_to_a_new_file_creates_it_and_its_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("new/folder/catsdogs.db");
+        // The README's form: no `mode=rwc`.
+        let store = Store::open(&format!("sqlite://{}", path.display()), &StoreOptions::default()).expect("open");
+        store.migrate().await.expect("migrate a fresh file");
+        assert!(path.is_file());
+        store.close().await;
+    }
+
+    #[test]
+    fn a_sqlite_path_that_can_never_be_written_fails_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocker = dir.path().join("a-file");
+        std::fs::write(&blocker, b"not a folder").expect("write");
+        let url = format!("sqlite://{}/x.db", blocker.display());
+        let err = Store::open(&url, &StoreOptions::default()).err().expect("refused at open");
+        assert!(matches!(err, StoreError::SqliteFile { .. }), "{err}");
+        assert!(err.to_string().contains("cannot be created or opened for writing"), "{err}");
     }
 
     fn row(id: &str, file_ref: &str, created_at: DateTime<Utc>) -> PredictionRecord {

@@ -58,3 +58,32 @@ pub async fn info_is_public_with_the_seed_fields_and_no_path() {
     }
     app.stop().await;
 }
+
+/// The README's `DATABASE_URL=sqlite:///some/new.db` (no `mode=rwc`) on a fresh machine:
+/// the file and its folder are created and the service becomes ready.
+pub async fn a_sqlite_url_to_a_new_file_becomes_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("fresh/folder/new.db");
+    let app = TestApp::spawn_at(&format!("sqlite://{}", db.display()), &dir.path().join("data"), |_| {}).await;
+    let report = app.wait_ready(true).await;
+    assert!(report.ready);
+    assert!(db.is_file(), "{} was not created", db.display());
+    app.stop().await;
+}
+
+/// A database URL that can never work stops the start with a message naming the problem.
+pub async fn a_database_url_that_can_never_work_fails_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"not a folder").expect("write");
+    for (url, says) in [
+        (format!("sqlite://{}/x.db", blocker.display()), "cannot be created or opened for writing"),
+        ("mysql://localhost/db".to_string(), "unsupported DATABASE_URL"),
+    ] {
+        let mut cfg = catsdogs_server::ServerConfig::new(catsdogs_testkit::seed_cnn_dir(), dir.path().join("data"));
+        cfg.database_url = Some(url.clone());
+        cfg.tokens = vec![crate::helpers::TOKEN.into()];
+        let err = catsdogs_server::build(cfg).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(says), "{url}: {err:?}");
+    }
+}
