@@ -48,6 +48,20 @@ pub enum StartError {
     Store(#[from] catsdogs_store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
+    #[error(
+        "an API token from {source_name} has {len} characters: tokens must have at least {MIN_TOKEN_LEN} \
+         (a short token can be guessed); generate one with `openssl rand -hex 24`"
+    )]
+    WeakToken { source_name: String, len: usize },
+}
+
+/// Shortest API token accepted, from any source (flag, environment, `.env`, secrets file).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Refuses a token shorter than [`MIN_TOKEN_LEN`], naming where it came from (never the token).
+fn check_token_strength(token: &str, source_name: &str) -> Result<(), StartError> {
+    let len = token.chars().count();
+    if len < MIN_TOKEN_LEN { Err(StartError::WeakToken { source_name: source_name.into(), len }) } else { Ok(()) }
 }
 
 /// A built service: state plus routes.
@@ -69,8 +83,12 @@ pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> 
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source })?;
     let secrets = cfg.secrets_dir.clone().unwrap_or_else(|| cfg.data_dir.clone());
     let (tokens, source) = if cfg.tokens.iter().any(|t| !t.trim().is_empty()) {
+        for t in cfg.tokens.iter().filter(|t| !t.trim().is_empty()) {
+            check_token_strength(t.trim(), "API_TOKEN / --api-token")?;
+        }
         (auth::Tokens::new(&cfg.tokens), TokenSource::Configured(cfg.tokens.len()))
     } else {
+        // The secrets file refuses secrets shorter than 32 characters itself.
         let (token, path, created) = auth::load_or_create_secret(&secrets, "api-token")?;
         (auth::Tokens::new(&[token]), TokenSource::File { path, created })
     };

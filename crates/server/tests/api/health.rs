@@ -87,3 +87,28 @@ pub async fn a_database_url_that_can_never_work_fails_at_start() {
         assert!(err.contains(says), "{url}: {err:?}");
     }
 }
+
+/// `API_TOKEN=abc` (or a short token in the secrets file) stops the start with the rule,
+/// never echoing the token.
+pub async fn a_token_shorter_than_16_characters_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |data: &str| {
+        let mut cfg = catsdogs_server::ServerConfig::new(catsdogs_testkit::seed_cnn_dir(), dir.path().join(data));
+        cfg.database_url = Some(format!("sqlite://{}", dir.path().join(data).join("db.sqlite").display()));
+        cfg
+    };
+    let mut cfg = config("flag");
+    cfg.tokens = vec!["abc".into()];
+    let err = catsdogs_server::build(cfg).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("at least 16") && err.contains("API_TOKEN") && !err.contains("abc"), "{err:?}");
+
+    let data = dir.path().join("file");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("api-token"), "short-secret").expect("write");
+    let err = catsdogs_server::build(config("file")).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("api-token") && err.contains("shorter than") && !err.contains("short-secret"), "{err:?}");
+
+    let mut cfg = config("ok");
+    cfg.tokens = vec!["0123456789abcdef".into()];
+    assert!(catsdogs_server::build(cfg).await.is_ok(), "16 characters are enough");
+}
