@@ -173,7 +173,7 @@ impl Classifier {
     pub fn new(cfg: EngineConfig, model: Result<LoadedModel, String>) -> Self {
         let (serving, model_error) = match model {
             Ok(m) => (Some(Serving::new(m, cfg.batching)), None),
-            Err(e) => (None, Some(e)),
+            Err(e) => (None, Some(without_paths(&e))),
         };
         let decode_slots = Arc::new(Semaphore::new(cfg.max_concurrent_decodes.max(1)));
         Self {
@@ -219,7 +219,8 @@ impl Classifier {
         self.serving().ok().map(|s| s.model.clone())
     }
 
-    /// Why no model is loaded (or why the last reload failed).
+    /// Why no model is loaded, with filesystem paths cut to their last component: the
+    /// reason reaches the public (readiness, 503 answers); the server log has the full one.
     pub fn model_error(&self) -> Option<String> {
         self.model_error.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
@@ -320,6 +321,31 @@ impl Classifier {
     }
 }
 
+/// `text` with every absolute path cut to `…/<last component>`, so that an error can be
+/// shown to anyone without revealing where the service is installed.
+pub fn without_paths(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('/') {
+        // A path starts a word: at the beginning, or after a space, quote, '(' or '='.
+        let at_word_start = start == 0 || rest[..start].ends_with([' ', '"', '\'', '(', '=', '[', ',']);
+        if !at_word_start {
+            out.push_str(&rest[..=start]);
+            rest = &rest[start + 1..];
+            continue;
+        }
+        out.push_str(&rest[..start]);
+        let path_len = rest[start..].find([' ', '"', '\'', ')', ',', ';', ']']).unwrap_or(rest.len() - start);
+        let path = &rest[start..start + path_len];
+        let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+        out.push_str("…/");
+        out.push_str(last);
+        rest = &rest[start + path_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A preprocessing failure of one input.
 fn input_error(e: InferenceError) -> ClassifyError {
     match e {
@@ -339,4 +365,25 @@ fn forward_pass(model: Arc<LoadedModel>) -> Arc<RunBatch<RgbImage, Prediction>> 
         metrics::histogram!("catsdogs_batch_size").record(images.len() as f64);
         out
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_paths;
+
+    #[test]
+    fn absolute_paths_are_cut_to_their_last_component() {
+        assert_eq!(
+            without_paths("model file missing: /srv/app/models/effnet-lite0/model.json"),
+            "model file missing: …/model.json"
+        );
+        assert_eq!(
+            without_paths("looked for \"/opt/ort/libonnxruntime.so\", /usr/lib/libonnxruntime.so)"),
+            "looked for \"…/libonnxruntime.so\", …/libonnxruntime.so)"
+        );
+        assert_eq!(
+            without_paths("no model: seed-cnn/model.json and 3/4 done"),
+            "no model: seed-cnn/model.json and 3/4 done"
+        );
+    }
 }

@@ -14,7 +14,9 @@ pub mod registry;
 
 pub use backend_candle::CandleBackend;
 pub use backend_ort::{OrtBackend, find_onnxruntime_library, ort_err, ort_session, session_builder};
-pub use engine::{Classified, Classifier, ClassifyError, EngineConfig, ImageInput, ModelChange, StageTimings};
+pub use engine::{
+    Classified, Classifier, ClassifyError, EngineConfig, ImageInput, ModelChange, StageTimings, without_paths,
+};
 pub use model::{LoadedModel, Prediction};
 
 /// Makes glibc keep freed memory instead of returning it to the kernel. Page faults dominate

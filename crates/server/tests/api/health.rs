@@ -112,3 +112,25 @@ pub async fn a_token_shorter_than_16_characters_is_refused_at_start() {
     cfg.tokens = vec!["0123456789abcdef".into()];
     assert!(catsdogs_server::build(cfg).await.is_ok(), "16 characters are enough");
 }
+
+/// Without a model, the public readiness report and a client's 503 say why without
+/// revealing where the service is installed.
+pub async fn a_missing_model_is_explained_without_any_absolute_path() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let model_dir = empty.path().join("no-model-here");
+    std::fs::create_dir_all(&model_dir).expect("mkdir");
+    let dir = model_dir.clone();
+    let app = TestApp::spawn_with(move |cfg| cfg.model_dir = dir).await;
+    let (status, report) = app.health().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let why = report.model.error.clone().expect("the report says why");
+    assert!(why.contains("model.json"), "{why}");
+    let r = app.post_predict("x.png", crate::helpers::image_bytes(image::ImageFormat::Png), "image/png").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = r.text().await.expect("body");
+    for shown in [why.as_str(), body.as_str()] {
+        assert!(!shown.contains(empty.path().to_string_lossy().as_ref()), "{shown}");
+        assert!(!shown.contains("/tmp"), "{shown}");
+    }
+    app.stop().await;
+}

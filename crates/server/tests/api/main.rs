@@ -36,6 +36,7 @@ fn main() -> std::process::ExitCode {
         async_test!(health::a_sqlite_url_to_a_new_file_becomes_ready),
         async_test!(health::a_database_url_that_can_never_work_fails_at_start),
         async_test!(health::a_token_shorter_than_16_characters_is_refused_at_start),
+        async_test!(health::a_missing_model_is_explained_without_any_absolute_path),
         // Authentication.
         async_test!(auth::a_request_without_a_token_is_401_with_a_bearer_challenge),
         async_test!(auth::a_wrong_scheme_or_token_is_401_unauthorized),
