@@ -43,7 +43,6 @@ pub struct StageTimings {
 /// One classified input.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Classified {
-    pub label: Label,
     pub p_dog: f32,
     /// ImageNet probability mass on cat and dog classes (models with an ImageNet head).
     pub cat_or_dog_score: Option<f32>,
@@ -57,7 +56,6 @@ pub struct Classified {
 impl Classified {
     fn new(p: Prediction, model_version: Arc<str>, timings: StageTimings) -> Self {
         Self {
-            label: p.label(),
             p_dog: p.p_dog,
             cat_or_dog_score: p.cat_or_dog_score,
             is_cat_or_dog: p.is_cat_or_dog,
@@ -69,6 +67,11 @@ impl Classified {
     /// P(cat) = 1 - P(dog).
     pub fn p_cat(&self) -> f32 {
         1.0 - self.p_dog
+    }
+
+    /// The answer at the 0.5 threshold.
+    pub fn label(&self) -> Label {
+        Label::from_p_dog(self.p_dog)
     }
 }
 
@@ -160,7 +163,7 @@ impl Serving {
 pub struct Classifier {
     cfg: EngineConfig,
     serving: RwLock<Option<Arc<Serving>>>,
-    /// Why no model is loaded, or why the last reload failed.
+    /// Why no model is loaded (set when the engine starts without one, cleared by a reload).
     model_error: Mutex<Option<String>>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
@@ -233,7 +236,7 @@ impl Classifier {
 
     /// Loads the configured model directory again and swaps it in without dropping
     /// requests: those already decoding or queued finish on the model they started with.
-    /// On failure the old model stays, and the error is kept for readiness.
+    /// On failure the old model stays and the error is returned (and logged).
     pub async fn reload(&self) -> Result<ModelChange, String> {
         let _one = self.reloading.lock().await;
         let previous = self.model().map(|m| (m.card.version.clone(), m.card.architecture));
@@ -287,35 +290,34 @@ impl Classifier {
         let decode = started.elapsed();
         metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "decode").record(decode.as_secs_f64());
 
-        let mut results: Vec<Result<Classified, ClassifyError>> = Vec::with_capacity(decoded.len());
-        let mut pending = Vec::new();
-        for (slot, r) in decoded.into_iter().enumerate() {
-            let img = match r {
-                Ok(img) => img,
-                Err(e) => {
-                    results.push(Err(input_error(e)));
-                    continue;
-                }
-            };
-            results.push(Err(ClassifyError::ShuttingDown));
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            match serving.batcher.submit(img, Box::new(move |r| drop(tx.send(r)))) {
-                Ok(()) => pending.push((slot, rx)),
-                Err(e) => results[slot] = Err(e.into()),
-            }
-        }
+        // Every decoded image is queued before any answer is awaited, so they can share a batch.
+        let queued: Vec<Result<_, ClassifyError>> = decoded
+            .into_iter()
+            .map(|r| {
+                let img = r.map_err(input_error)?;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                serving.batcher.submit(img, Box::new(move |r| drop(tx.send(r))))?;
+                Ok(rx)
+            })
+            .collect();
         drop(arrival);
-        for (slot, rx) in pending {
-            results[slot] = match rx.await {
-                Ok(Ok((p, t))) => {
-                    metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "queue")
-                        .record(t.queue.as_secs_f64());
-                    let timings = StageTimings { decode, queue: t.queue, forward: t.forward, batch_size: t.batch_size };
-                    Ok(Classified::new(p, serving.version.clone(), timings))
-                }
-                Ok(Err(e)) => Err(e.into()),
-                Err(_) => Err(ClassifyError::Inference("the inference worker dropped the request".into())),
+        let mut results = Vec::with_capacity(queued.len());
+        for q in queued {
+            let answer = match q {
+                Err(e) => Err(e),
+                Ok(rx) => match rx.await {
+                    Ok(Ok((p, t))) => {
+                        metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "queue")
+                            .record(t.queue.as_secs_f64());
+                        let timings =
+                            StageTimings { decode, queue: t.queue, forward: t.forward, batch_size: t.batch_size };
+                        Ok(Classified::new(p, serving.version.clone(), timings))
+                    }
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(_) => Err(ClassifyError::Inference("the inference worker dropped the request".into())),
+                },
             };
+            results.push(answer);
         }
         Ok(results)
     }

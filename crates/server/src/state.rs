@@ -91,7 +91,7 @@ impl Shared {
         self.engine.model()
     }
 
-    /// Why no model is loaded (or why the last reload failed).
+    /// Why no model is loaded (paths cut; a failed reload answers its caller instead).
     pub fn model_error(&self) -> Option<String> {
         self.engine.model_error()
     }

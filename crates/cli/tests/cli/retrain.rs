@@ -230,37 +230,35 @@ pub fn retrain_scores_a_one_example_holdout_without_a_roc_curve() {
     assert!(cand2.join("roc_fixed.svg").is_file() && !cand2.join("roc_feedback.svg").exists());
 }
 
-pub fn retrain_names_a_base_missing_from_the_registry() {
+/// `catsdogs retrain --base BASE` on a registry holding only `registered` (a seed-CNN card),
+/// with the training folder as feedback (it has no manifest): must fail; returns stderr.
+fn failed_retrain(base: &str, registered: Option<&str>) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let (train, registry) = (dir.path().join("train"), dir.path().join("registry"));
     coloured_set(&train, 2);
     std::fs::create_dir_all(&registry).expect("mkdir");
-    let out = output(catsdogs().args(["retrain", "--registry", arg(&registry), "--base", "none"]).args([
+    if let Some(version) = registered {
+        std::fs::create_dir_all(registry.join(version)).expect("mkdir");
+        std::fs::copy(seed_cnn_dir().join("model.json"), registry.join(version).join("model.json")).expect("copy");
+    }
+    let out = output(catsdogs().args(["retrain", "--registry", arg(&registry), "--base", base]).args([
         "--data",
         arg(&train),
         "--feedback",
         arg(&train),
     ]));
     assert!(!out.status.success());
-    let err = stderr(&out);
+    stderr(&out)
+}
+
+pub fn retrain_names_a_base_missing_from_the_registry() {
+    let err = failed_retrain("none", None);
     assert!(err.contains("none is not in the registry"), "{err}");
 }
 
 /// A feedback folder without the export's manifest: the error says how to make one.
 pub fn retrain_without_an_exported_feedback_set_says_how_to_make_one() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (train, registry) = (dir.path().join("train"), dir.path().join("registry"));
-    coloured_set(&train, 2);
-    std::fs::create_dir_all(registry.join("m")).expect("mkdir");
-    std::fs::copy(seed_cnn_dir().join("model.json"), registry.join("m/model.json")).expect("copy");
-    let out = output(catsdogs().args(["retrain", "--registry", arg(&registry), "--base", "m"]).args([
-        "--data",
-        arg(&train),
-        "--feedback",
-        arg(&train),
-    ]));
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = failed_retrain("m", Some("m"));
     assert!(err.contains("catsdogs data export"), "{err}");
 }
 

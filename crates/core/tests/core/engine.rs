@@ -73,7 +73,7 @@ pub async fn a_bad_input_fails_alone() {
     assert_eq!(results[1].as_ref().err(), Some(&ClassifyError::Input(PreprocessError::UnsupportedFormat)));
     assert_eq!(results[2].as_ref().err(), Some(&ClassifyError::Input(PreprocessError::Empty)));
     let ok = results[0].as_ref().expect("ok");
-    assert_eq!(ok.label, catsdogs_model::Label::from_p_dog(ok.p_dog));
+    assert_eq!(ok.label(), catsdogs_model::Label::from_p_dog(ok.p_dog));
     assert!(ok.timings.batch_size >= 1);
 }
 

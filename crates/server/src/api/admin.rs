@@ -4,12 +4,11 @@
 use axum::Json;
 use axum::extract::{Extension, State};
 use catsdogs_core::registry::RegistryError;
+use catsdogs_model::Architecture;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
-use catsdogs_model::Architecture;
-
 use crate::error::ApiError;
 use crate::state::AppState;
 

@@ -97,12 +97,12 @@ fn looks_like_file_name(s: &str) -> bool {
         && [".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"].iter().any(|e| lower.ends_with(e))
 }
 
+/// `cat` or `dog` in any case; surrounding spaces are refused as before.
 fn parse_label(l: &str) -> Result<Label, ApiError> {
-    if l.trim() != l {
-        return Err(ApiError::unprocessable("invalid_body", format!("label must be \"cat\" or \"dog\", got {l:?}")));
-    }
-    l.parse()
-        .map_err(|_| ApiError::unprocessable("invalid_body", format!("label must be \"cat\" or \"dog\", got {l:?}")))
+    l.parse::<Label>()
+        .ok()
+        .filter(|_| l.trim() == l)
+        .ok_or_else(|| ApiError::unprocessable("invalid_body", format!("label must be \"cat\" or \"dog\", got {l:?}")))
 }
 
 fn count_feedback(positive: bool) {

@@ -1,10 +1,10 @@
 //! `POST /api/predict` and `POST /api/predict/batch`.
+use std::time::Instant;
+
 use axum::Json;
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
-use std::time::Instant;
-
 use catsdogs_core::{Classified, ImageInput};
 use catsdogs_model::Label;
 use catsdogs_store::{PredictionRecord, PredictionStatus};
@@ -110,10 +110,10 @@ fn response(id: String, filename: String, p: &Classified, latency_ms: f64, image
     PredictResponse {
         id,
         filename,
-        prediction: p.label.title().into(),
+        prediction: p.label().title().into(),
         confidence: pct(p_dog.max(p_cat)),
         probabilities: Probabilities { cat: pct(p_cat), dog: pct(p_dog) },
-        label: p.label,
+        label: p.label(),
         p_dog,
         p_cat,
         model_version: p.model_version.to_string(),
@@ -303,7 +303,7 @@ pub(crate) async fn record(
     image_ref: Option<String>,
 ) {
     let (status, label, p_dog, error_code, model_version) = match outcome {
-        Ok(p) => (PredictionStatus::Ok, Some(p.label), Some(f64::from(p.p_dog)), None, p.model_version.to_string()),
+        Ok(p) => (PredictionStatus::Ok, Some(p.label()), Some(f64::from(p.p_dog)), None, p.model_version.to_string()),
         // No forward pass: the row names the model served when the request failed.
         Err(e) => (PredictionStatus::Error, None, None, Some(e.code.to_string()), state.model_version()),
     };

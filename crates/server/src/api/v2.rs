@@ -507,7 +507,7 @@ pub async fn infer(
                 name: "label".into(),
                 datatype: "BYTES".into(),
                 shape: vec![n],
-                data: preds.iter().map(|p| Value::from(p.label.as_str())).collect(),
+                data: preds.iter().map(|p| Value::from(p.label().as_str())).collect(),
             },
         ],
     }))
