@@ -83,6 +83,78 @@ pub struct ServeArgs {
     /// Images that may wait for the model at once; beyond, requests get 503 + Retry-After.
     #[arg(long, env = "CATSDOGS_QUEUE_CAPACITY", default_value_t = 256)]
     pub queue_capacity: usize,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Limits against abusive clients (see docs/reliability.md, "Limits").
+#[derive(Args)]
+pub struct LimitArgs {
+    /// Upload bytes held in memory at once across all requests, in MiB; beyond, uploads get
+    /// 503 `overloaded` with Retry-After.
+    #[arg(long, env = "CATSDOGS_UPLOAD_BUDGET_MIB", default_value_t = 256.0)]
+    pub upload_budget_mib: f64,
+    /// Files per request from the web page's visitor sessions.
+    #[arg(long, env = "CATSDOGS_VISITOR_MAX_FILES", default_value_t = 4)]
+    pub visitor_max_files: usize,
+    /// Largest file from a visitor session, in MiB.
+    #[arg(long, env = "CATSDOGS_VISITOR_MAX_UPLOAD_MIB", default_value_t = 10.0)]
+    pub visitor_max_upload_mib: f64,
+    /// Visitor calls (API and forms) per session: `PER_MINUTE[:BURST]`.
+    #[arg(long, env = "CATSDOGS_RATE_LIMIT_VISITOR", default_value = "30:20")]
+    pub rate_limit_visitor: catsdogs_server::limits::RateLimit,
+    /// New sessions per client address: `PER_MINUTE[:BURST]`.
+    #[arg(long, env = "CATSDOGS_RATE_LIMIT_SESSIONS", default_value = "30:60")]
+    pub rate_limit_sessions: catsdogs_server::limits::RateLimit,
+    /// Calls per API token, `PER_MINUTE[:BURST]` (default: token clients are not limited).
+    #[arg(long, env = "CATSDOGS_RATE_LIMIT_TOKEN")]
+    pub rate_limit_token: Option<catsdogs_server::limits::RateLimit>,
+    /// Wrong tokens on /login from one address within 15 minutes before a lockout.
+    #[arg(long, env = "CATSDOGS_LOGIN_MAX_FAILURES", default_value_t = 5)]
+    pub login_max_failures: u32,
+    /// First sign-in lockout in seconds; each further one doubles, up to --login-lockout-max-s.
+    #[arg(long, env = "CATSDOGS_LOGIN_LOCKOUT_S", default_value_t = 60)]
+    pub login_lockout_s: u64,
+    #[arg(long, env = "CATSDOGS_LOGIN_LOCKOUT_MAX_S", default_value_t = 900)]
+    pub login_lockout_max_s: u64,
+    /// Proxies (addresses or CIDR ranges, comma-separated) whose X-Forwarded-For is believed
+    /// for the client address; from anyone else the header is ignored.
+    #[arg(long, env = "CATSDOGS_TRUSTED_PROXY", value_delimiter = ',')]
+    pub trusted_proxy: Vec<ipnet::IpNet>,
+    /// Consented images kept per visitor session and day.
+    #[arg(long, env = "CATSDOGS_IMAGES_PER_SESSION", default_value_t = 20)]
+    pub images_per_session: u32,
+    /// Disk space all kept images may take, in MiB; beyond, images are not kept
+    /// (`image_kept: false`) and predictions still answer.
+    #[arg(long, env = "CATSDOGS_IMAGES_MAX_MIB", default_value_t = 2048)]
+    pub images_max_mib: u64,
+}
+
+/// MiB given as a decimal number, in bytes (saturating; the server's checks name a value
+/// out of range).
+fn mib(v: f64) -> usize {
+    if v.is_finite() && v > 0.0 { (v * 1024.0 * 1024.0) as usize } else { 0 }
+}
+
+impl LimitArgs {
+    fn config(self) -> catsdogs_server::limits::LimitsConfig {
+        let defaults = catsdogs_server::limits::LimitsConfig::default();
+        catsdogs_server::limits::LimitsConfig {
+            upload_budget_bytes: mib(self.upload_budget_mib),
+            visitor_max_files: self.visitor_max_files,
+            visitor_max_upload_bytes: mib(self.visitor_max_upload_mib),
+            visitor_rate: self.rate_limit_visitor,
+            token_rate: self.rate_limit_token,
+            session_rate: self.rate_limit_sessions,
+            login_max_failures: self.login_max_failures,
+            login_lockout: std::time::Duration::from_secs(self.login_lockout_s),
+            login_lockout_max: std::time::Duration::from_secs(self.login_lockout_max_s),
+            trusted_proxies: self.trusted_proxy,
+            images_per_session_per_day: self.images_per_session,
+            images_max_total_bytes: self.images_max_mib.saturating_mul(1024 * 1024),
+            ..defaults
+        }
+    }
 }
 
 /// `catsdogs healthcheck`: for container health checks where no curl is installed.
@@ -144,31 +216,33 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     cfg.database_url = a.database_url.or_else(seed_database_url);
     cfg.backend = a.backend;
     cfg.tokens = a.api_token.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
-    anyhow::ensure!(a.max_upload_mib > 0.0, "--max-upload-mib must be positive");
-    cfg.max_upload_bytes = (a.max_upload_mib * 1024.0 * 1024.0) as usize;
-    cfg.max_batch_files = a.max_batch_files.max(1);
+    cfg.max_upload_bytes = mib(a.max_upload_mib);
+    cfg.max_batch_files = a.max_batch_files;
     cfg.tta_flip = a.tta_flip;
     cfg.secure_cookies = a.secure_cookies;
     cfg.retention = a.retention.into();
     cfg.secrets_dir = a.secrets_dir;
-    cfg.request_timeout = std::time::Duration::from_secs(a.request_timeout_s.max(1));
-    cfg.header_read_timeout = std::time::Duration::from_secs(a.header_timeout_s.max(1));
-    cfg.purge_interval = std::time::Duration::from_secs(a.purge_every_min.max(1) * 60);
+    cfg.request_timeout = std::time::Duration::from_secs(a.request_timeout_s);
+    cfg.header_read_timeout = std::time::Duration::from_secs(a.header_timeout_s);
+    cfg.purge_interval = std::time::Duration::from_secs(a.purge_every_min.saturating_mul(60));
+    cfg.limits = a.limits.config();
     if a.no_inference_log {
         cfg.inference_log_dir = None;
     } else if let Some(dir) = a.inference_log_dir {
         cfg.inference_log_dir = Some(dir);
     }
     cfg.batching = catsdogs_core::batcher::BatcherConfig {
-        max_batch: a.max_batch.max(1),
+        max_batch: a.max_batch,
         max_wait: std::time::Duration::from_millis(a.batch_wait_ms),
-        queue_capacity: a.queue_capacity.max(1),
+        queue_capacity: a.queue_capacity,
         workers: 1,
     };
     if let Some(t) = a.threads {
-        cfg.inference_threads = t.max(1);
+        cfg.inference_threads = t;
         cfg.max_concurrent_inferences = t.max(1);
     }
+    // Settings that cannot work stop here, before anything is bound or opened.
+    cfg.validate().context("invalid configuration")?;
     let rt =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     rt.block_on(async move {

@@ -47,6 +47,20 @@ document.documentElement.classList.add('js');
     card.body.append(p);
   }
 
+  // Busy answers (429 over the rate limit, 503 overloaded) say when to come back in
+  // Retry-After: wait that long (at most a minute) and try again, a few times.
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  async function fetchPolitely(url, options, onWait) {
+    for (let attempt = 0; ; attempt += 1) {
+      const resp = await fetch(url, options);
+      const retryAfter = Number(resp.headers.get('Retry-After'));
+      const busy = resp.status === 429 || resp.status === 503;
+      if (!busy || attempt >= 3 || !(retryAfter > 0) || retryAfter > 60) return resp;
+      if (onWait) onWait(retryAfter);
+      await sleep(retryAfter * 1000);
+    }
+  }
+
   async function errorMessage(resp) {
     try {
       const j = await resp.json();
@@ -111,12 +125,12 @@ document.documentElement.classList.add('js');
       wrong.disabled = true;
       status.textContent = 'Sending…';
       try {
-        const resp = await fetch('/api/feedback', {
+        const resp = await fetchPolitely('/api/feedback', {
           method: 'POST',
           credentials: 'same-origin',
           headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
           body: JSON.stringify(Object.assign({ prediction_id: r.id }, body)),
-        });
+        }, (s) => { status.textContent = 'Busy; sending again in ' + s + ' s…'; });
         if (!resp.ok) { status.textContent = 'Not saved: ' + await errorMessage(resp); return; }
         for (const b of [right, wrong]) b.setAttribute('aria-pressed', String(b === button));
         status.textContent = body.correct ? 'Thanks! Feedback saved.' : 'Thanks! Noted: it is a ' + other + '.';
@@ -136,9 +150,9 @@ document.documentElement.classList.add('js');
     data.append('file', file, file.name || 'pasted-image');
     if (document.getElementById('consent').checked) data.append('consent', 'true');
     try {
-      const resp = await fetch('/api/predict', {
+      const resp = await fetchPolitely('/api/predict', {
         method: 'POST', body: data, credentials: 'same-origin', headers: { 'X-CSRF-Token': csrf },
-      });
+      }, (s) => { card.verdict.textContent = 'Busy; trying again in ' + s + ' s…'; });
       if (!resp.ok) { fail(card, await errorMessage(resp)); return; }
       showResult(card, await resp.json());
     } catch (_) {

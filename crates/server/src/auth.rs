@@ -21,10 +21,32 @@ pub struct Tokens {
     digests: Vec<[u8; 32]>,
 }
 
-/// Who made an authenticated request, as written in logs and the audit log.
+/// Who made an authenticated request: `fingerprint` is what logs and the audit log write.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub fingerprint: String,
+    pub kind: CallerKind,
+}
+
+/// What kind of client a caller is: limits and ownership rules differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallerKind {
+    /// A bearer token (a service or an operator's script).
+    Token,
+    /// An operator's browser session (signed in with a token).
+    Operator,
+    /// The web page of anyone: smaller uploads, rate limited, sees only its own predictions.
+    Visitor { session_id: String },
+}
+
+impl Caller {
+    /// The visitor session behind the call, if it is one.
+    pub fn visitor_session(&self) -> Option<&str> {
+        match &self.kind {
+            CallerKind::Visitor { session_id } => Some(session_id),
+            _ => None,
+        }
+    }
 }
 
 /// A short, non-secret name for a token: the first 4 bytes of its SHA-256, in hex.
@@ -48,7 +70,7 @@ impl Tokens {
         for known in &self.digests {
             ok |= known.ct_eq(&d);
         }
-        bool::from(ok).then(|| Caller { fingerprint: fingerprint(&d) })
+        bool::from(ok).then(|| Caller { fingerprint: fingerprint(&d), kind: CallerKind::Token })
     }
 
     /// Fingerprints of the accepted tokens, sorted.
@@ -133,7 +155,9 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, access: SessionAccess) -
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| ApiError::unauthorized("Authorization must use the Bearer scheme"))?;
-        return state.tokens.check(token.trim()).ok_or_else(|| ApiError::unauthorized("invalid token"));
+        let caller = state.tokens.check(token.trim()).ok_or_else(|| ApiError::unauthorized("invalid token"))?;
+        state.limits.token_call(&caller.fingerprint)?;
+        return Ok(caller);
     }
     let missing = "missing Authorization header; send `Authorization: Bearer <token>`";
     let session =
@@ -143,8 +167,13 @@ pub fn authorize(state: &AppState, headers: &HeaderMap, access: SessionAccess) -
         return Err(ApiError::unauthorized("browser session without a valid X-CSRF-Token header"));
     }
     match (session.operator(), access) {
-        (Some(fp), _) if state.tokens.has_fingerprint(fp) => Ok(Caller { fingerprint: format!("session-{fp}") }),
-        (_, SessionAccess::Visitor) => Ok(Caller { fingerprint: "page-visitor".into() }),
+        (Some(fp), _) if state.tokens.has_fingerprint(fp) => {
+            Ok(Caller { fingerprint: format!("session-{fp}"), kind: CallerKind::Operator })
+        }
+        (_, SessionAccess::Visitor) => {
+            state.limits.visitor_call(&session.id)?;
+            Ok(Caller { fingerprint: "page-visitor".into(), kind: CallerKind::Visitor { session_id: session.id } })
+        }
         _ => Err(ApiError::unauthorized(missing)),
     }
 }

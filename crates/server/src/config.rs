@@ -59,8 +59,29 @@ pub struct ServerConfig {
     pub header_read_timeout: std::time::Duration,
     /// How often pending rows are retried while the database is down.
     pub retry_interval: std::time::Duration,
+    /// Rate limits, the upload budget and visitor quotas.
+    pub limits: crate::limits::LimitsConfig,
     pub clock: Clock,
 }
+
+/// A setting that cannot work, found at start (the message names the setting).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{setting} must be {rule}, got {value}")]
+    OutOfRange { setting: &'static str, rule: &'static str, value: String },
+    #[error(
+        "the upload budget ({budget} bytes) is smaller than one largest upload ({upload} bytes): no upload could \
+         ever be read; raise --upload-budget-mib or lower --max-upload-mib"
+    )]
+    BudgetBelowUpload { budget: usize, upload: usize },
+    #[error(transparent)]
+    Limits(#[from] crate::limits::LimitsError),
+}
+
+/// Largest single upload accepted by configuration (the body limits are computed from it).
+pub const MAX_UPLOAD_BYTES_CEILING: usize = 1 << 30;
+/// Most files in one request accepted by configuration.
+pub const MAX_BATCH_FILES_CEILING: usize = 1024;
 
 impl ServerConfig {
     /// What the serving engine needs of this configuration.
@@ -101,6 +122,7 @@ impl ServerConfig {
             retention: catsdogs_store::Retention::default(),
             purge_interval: std::time::Duration::from_secs(3600),
             retry_interval: std::time::Duration::from_secs(2),
+            limits: crate::limits::LimitsConfig::default(),
             clock: system_clock(),
         }
     }
@@ -118,6 +140,67 @@ impl ServerConfig {
             }
         };
         Some(catsdogs_core::registry::Registry::new(dir))
+    }
+
+    /// (files per request, bytes per file) for a caller: visitors get the smaller of their
+    /// own limits and the general ones.
+    pub fn upload_limits(&self, visitor: bool) -> (usize, usize) {
+        if visitor {
+            (
+                self.limits.visitor_max_files.min(self.max_batch_files),
+                self.limits.visitor_max_upload_bytes.min(self.max_upload_bytes),
+            )
+        } else {
+            (self.max_batch_files, self.max_upload_bytes)
+        }
+    }
+
+    /// Checks sizes, counts and durations before anything starts, so a setting that cannot
+    /// work is an error naming it instead of a service that misbehaves (body limits that
+    /// overflow, a zero timeout, a budget that no upload fits in). The database URL is
+    /// checked by the store when it opens.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use std::time::Duration;
+        fn range<T: PartialOrd + std::fmt::Debug>(
+            setting: &'static str,
+            rule: &'static str,
+            value: T,
+            ok: impl FnOnce(&T) -> bool,
+        ) -> Result<(), ConfigError> {
+            if ok(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRange { setting, rule, value: format!("{value:?}") })
+            }
+        }
+        let l = &self.limits;
+        range("--max-upload-mib", "between 1 byte and 1 GiB", self.max_upload_bytes, |v| {
+            (1..=MAX_UPLOAD_BYTES_CEILING).contains(v)
+        })?;
+        range("--max-batch-files", "between 1 and 1024", self.max_batch_files, |v| {
+            (1..=MAX_BATCH_FILES_CEILING).contains(v)
+        })?;
+        range("--visitor-max-files", "at least 1", l.visitor_max_files, |v| *v >= 1)?;
+        range("--visitor-max-upload-mib", "at least 1 byte", l.visitor_max_upload_bytes, |v| *v >= 1)?;
+        let positive = |setting, d: Duration| range(setting, "longer than zero", d, |d| !d.is_zero());
+        positive("--request-timeout-s", self.request_timeout)?;
+        positive("--header-timeout-s", self.header_read_timeout)?;
+        positive("--purge-every-min", self.purge_interval)?;
+        positive("--login-lockout-s", l.login_lockout)?;
+        positive("login window", l.login_window)?;
+        range("--login-lockout-max-s", "at least --login-lockout-s", l.login_lockout_max, |d| *d >= l.login_lockout)?;
+        range("--login-max-failures", "at least 1", l.login_max_failures, |v| *v >= 1)?;
+        range("--max-batch", "between 1 and 1024", self.batching.max_batch, |v| (1..=1024).contains(v))?;
+        range("--queue-capacity", "at least 1", self.batching.queue_capacity, |v| *v >= 1)?;
+        range("--threads", "at least 1", self.inference_threads, |v| *v >= 1)?;
+        if l.upload_budget_bytes < self.max_upload_bytes {
+            return Err(ConfigError::BudgetBelowUpload {
+                budget: l.upload_budget_bytes,
+                upload: self.max_upload_bytes,
+            });
+        }
+        crate::limits::Limits::new(l.clone())?;
+        Ok(())
     }
 
     /// The database URL actually used.

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod charts;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod pages;
 pub mod session;
 pub mod state;
@@ -46,6 +47,8 @@ pub enum StartError {
     Secret(#[from] auth::TokenFileError),
     #[error(transparent)]
     Store(#[from] catsdogs_store::StoreError),
+    #[error("invalid configuration: {0}")]
+    Config(#[from] config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error(
@@ -79,8 +82,11 @@ pub enum TokenSource {
 
 /// Loads the model, opens the store and assembles the routes.
 pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> {
-    std::fs::create_dir_all(&cfg.data_dir)
+    cfg.validate()?;
+    let limits = limits::Limits::new(cfg.limits.clone()).map_err(config::ConfigError::from)?;
+    catsdogs_store::private::create_dir_all(&cfg.data_dir)
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source })?;
+    make_private(&cfg);
     let secrets = cfg.secrets_dir.clone().unwrap_or_else(|| cfg.data_dir.clone());
     let (tokens, source) = if cfg.tokens.iter().any(|t| !t.trim().is_empty()) {
         for t in cfg.tokens.iter().filter(|t| !t.trim().is_empty()) {
@@ -112,7 +118,8 @@ pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> 
     let url = cfg.effective_database_url();
     let store = Store::open(&url, &StoreOptions::default())?;
     tracing::info!(url = %redact_url(&url), "store configured");
-    let state: AppState = Arc::new(Shared::new(cfg, model, store, tokens, pseudonym_key, session_key));
+    let state: AppState = Arc::new(Shared::new(cfg, model, store, tokens, pseudonym_key, session_key, limits));
+    state.measure_images().await;
     match state.outbox.restore(&state.spill_path()) {
         Ok(0) => {}
         Ok(n) => tracing::info!(rows = n, "restored prediction rows saved at the last shutdown"),
@@ -125,6 +132,30 @@ pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> 
     }
     let router = router(state.clone());
     Ok((App { state, router }, source))
+}
+
+/// Makes what the service keeps readable by its own user only (folders 0700, files 0600),
+/// fixing what an older version or a copy left readable. A folder whose modes cannot be
+/// changed (a shared mount owned by someone else) is reported, not fatal.
+fn make_private(cfg: &ServerConfig) {
+    let mut roots = vec![cfg.data_dir.clone()];
+    roots.extend(cfg.inference_log_dir.clone());
+    if let Some(url) = &cfg.database_url
+        && let Some(file) = catsdogs_store::sqlite_file(url)
+    {
+        roots.extend(["", "-wal", "-shm"].map(|suffix| {
+            let mut name = file.clone().into_os_string();
+            name.push(suffix);
+            std::path::PathBuf::from(name)
+        }));
+    }
+    for root in roots {
+        match catsdogs_store::private::make_private(&root) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(path = %root.display(), changed = n, "made files private (0600) and folders 0700"),
+            Err(e) => tracing::warn!(path = %root.display(), error = %e, "cannot make the files private"),
+        }
+    }
 }
 
 /// All routes.
@@ -250,13 +281,24 @@ pub async fn run(
         tokio::spawn(async move {
             loop {
                 scheduled_purge(&state).await;
+                state.measure_images().await;
                 tokio::time::sleep(state.cfg.purge_interval).await;
+            }
+        })
+    };
+    let pruning = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                state.limits.prune(std::time::Instant::now());
             }
         })
     };
     let served = serve_connections(listener, app.router, state.cfg.header_read_timeout, shutdown).await;
     maintenance.abort();
     purging.abort();
+    pruning.abort();
     state.inference_log.flush().await;
     // Last chance to write queued rows; what cannot be written is kept on disk for the next start.
     let _ = tokio::time::timeout(Duration::from_secs(5), state.maintain_store()).await;
@@ -288,9 +330,9 @@ async fn serve_connections(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -301,7 +343,14 @@ async fn serve_connections(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        // Every request learns its connection's peer (rate limits per client address).
+        let service = hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(limits::PeerAddr(peer));
+                req
+            },
+        ));
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)

@@ -7,7 +7,7 @@ use axum::Form;
 use axum::Router;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Extension, Multipart, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -18,9 +18,10 @@ use sha2::{Digest, Sha256};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::api::feedback::{PredictionFeedback, check_prediction_feedback, save_checked_feedback};
-use crate::api::predict::{FormError, classify_uploads, read_uploads};
+use crate::api::predict::{FormError, UploadRules, classify_uploads, read_uploads};
 use crate::charts::{self, Series, Unit};
 use crate::error::ApiError;
+use crate::limits::{PeerAddr, Refusal};
 use crate::session::{self, OPERATOR_TTL_S, Role, Session};
 use crate::state::AppState;
 
@@ -136,6 +137,21 @@ fn message(state: &AppState, session: &Session, status: StatusCode, heading: &st
     render(state, session, status, "message.html", "", context! { heading, message => text, kind })
 }
 
+/// A message page for a refused request, with `Retry-After` when the error carries one
+/// (429 over a rate limit, 503 over the upload budget).
+fn refused(state: &AppState, session: &Session, heading: &str, e: ApiError) -> Response {
+    let mut resp = message(state, session, e.status, heading, &e.message);
+    if let Some(secs) = e.retry_after {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+/// The answer to a client address that opens sessions faster than allowed (no cookie is set).
+pub(crate) fn too_many_sessions(state: &AppState, session: &Session, refusal: Refusal) -> Response {
+    refused(state, session, "Too many requests", refusal.into())
+}
+
 fn csrf_failure(state: &AppState, session: &Session) -> Response {
     message(
         state,
@@ -148,11 +164,13 @@ fn csrf_failure(state: &AppState, session: &Session) -> Response {
 
 async fn home(State(state): State<AppState>, Extension(session): Extension<Session>) -> Response {
     let cfg = &state.cfg;
+    // The page states the limits of this session (visitors have smaller ones).
+    let (max_files, max_bytes) = cfg.upload_limits(session.operator().is_none());
     let ctx = context! {
         model_loaded => state.loaded_model().is_some(),
-        max_upload_bytes => cfg.max_upload_bytes,
-        max_upload_mib => format!("{:.0}", cfg.max_upload_bytes as f64 / 1048576.0),
-        max_files => cfg.max_batch_files,
+        max_upload_bytes => max_bytes,
+        max_upload_mib => format!("{:.0}", max_bytes as f64 / 1048576.0),
+        max_files,
         retention_days => cfg.retention.predictions_days,
     };
     render(&state, &session, StatusCode::OK, "home.html", "home", ctx)
@@ -164,12 +182,19 @@ async fn classify_form(
     Extension(session): Extension<Session>,
     mp: Result<Multipart, MultipartRejection>,
 ) -> Response {
-    let failed = |e: ApiError| message(&state, &session, e.status, "Could not classify", &e.message);
+    let failed = |e: ApiError| refused(&state, &session, "Could not classify", e);
+    let visitor = session.operator().is_none().then_some(session.id.as_str());
+    if let Some(id) = visitor
+        && let Err(r) = state.limits.visitor_call(id)
+    {
+        return failed(r.into());
+    }
     let Ok(mp) = mp else {
         return failed(ApiError::bad_request("invalid_multipart", "the form was not sent as multipart/form-data"));
     };
     let check = |t: &str| state.sessions.csrf_ok(&session, t);
-    let form = match read_uploads(mp, state.cfg.max_upload_bytes, state.cfg.max_batch_files, Some(&check)).await {
+    let rules = UploadRules::for_caller(&state, visitor.is_some(), usize::MAX);
+    let form = match read_uploads(mp, rules, &state.limits, Some(&check)).await {
         Ok(f) => f,
         Err(FormError::Csrf) => return csrf_failure(&state, &session),
         Err(FormError::Api(e)) => return failed(e),
@@ -183,7 +208,7 @@ async fn classify_form(
     if let Err(e) = state.model() {
         return failed(e);
     }
-    match classify_uploads(&state, form.uploads, form.consent).await {
+    match classify_uploads(&state, form.uploads, form.consent, visitor).await {
         Ok((items, _)) => render(&state, &session, StatusCode::OK, "results.html", "home", context! { items }),
         Err(e) => failed(e),
     }
@@ -209,13 +234,19 @@ async fn feedback_form(
     if !state.sessions.csrf_ok(&session, &form.csrf) {
         return csrf_failure(&state, &session);
     }
+    let visitor = session.operator().is_none().then_some(session.id.as_str());
+    if let Some(id) = visitor
+        && let Err(r) = state.limits.visitor_call(id)
+    {
+        return refused(&state, &session, "Feedback not saved", r.into());
+    }
     let (correct, label) = match form.verdict.as_str() {
         "correct" => (Some(true), None),
         other => (None, Some(other.to_string())),
     };
     let body = PredictionFeedback { prediction_id: form.prediction_id, correct, label, comment: None };
     let saved = match check_prediction_feedback(body) {
-        Ok(checked) => save_checked_feedback(&state, checked).await,
+        Ok(checked) => save_checked_feedback(&state, checked, visitor).await,
         Err(e) => Err(e),
     };
     match saved {
@@ -227,7 +258,7 @@ async fn feedback_form(
             };
             message(&state, &session, StatusCode::OK, "Feedback saved", &text)
         }
-        Err(e) => message(&state, &session, e.status, "Feedback not saved", &e.message),
+        Err(e) => refused(&state, &session, "Feedback not saved", e),
     }
 }
 
@@ -432,9 +463,15 @@ struct LoginForm {
     next: Option<String>,
 }
 
+/// Signs an operator in. Guessing is bounded per client address: after
+/// `login_max_failures` wrong tokens within the window, the address gets 429 with
+/// `Retry-After` for the lockout (doubling with each lockout, up to the maximum), whatever
+/// token it sends, a correct one included; nothing sleeps on the server.
 async fn login(
     State(state): State<AppState>,
     Extension(session): Extension<Session>,
+    peer: Option<Extension<PeerAddr>>,
+    headers: HeaderMap,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let Ok(Form(form)) = form else {
@@ -444,11 +481,29 @@ async fn login(
         return csrf_failure(&state, &session);
     }
     let next = safe_next(form.next.as_deref());
+    let client = state.limits.client_ip(peer.map(|Extension(p)| p), &headers);
+    let now = std::time::Instant::now();
+    let locked = |retry_after: std::time::Duration| {
+        let secs = crate::limits::retry_after_secs(retry_after);
+        let error = format!("Too many failed sign-ins from your address; try again in {secs} s.");
+        let ctx = context! { next => next.clone(), hours => OPERATOR_TTL_S / 3600, error };
+        let mut resp = render(&state, &session, StatusCode::TOO_MANY_REQUESTS, "login.html", "dashboard", ctx);
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        resp
+    };
+    if let Err(Refusal::RateLimited { retry_after }) = state.limits.login_allowed(client, now) {
+        return locked(retry_after);
+    }
     let Some(caller) = state.tokens.check(form.token.trim()) else {
-        tracing::warn!("operator sign-in with an invalid token");
+        tracing::warn!(client = %client, "operator sign-in with an invalid token");
+        if let Some(lockout) = state.limits.login_failed(client, now) {
+            tracing::warn!(client = %client, seconds = lockout.as_secs(), "sign-in locked out for this address");
+            return locked(lockout);
+        }
         let ctx = context! { next, hours => OPERATOR_TTL_S / 3600, error => "That token is not valid." };
         return render(&state, &session, StatusCode::UNAUTHORIZED, "login.html", "dashboard", ctx);
     };
+    state.limits.login_succeeded(client);
     let now = (state.cfg.clock)();
     // A fresh session id on every privilege change (no session fixation).
     let op = state.sessions.issue(Role::Operator { fingerprint: caller.fingerprint.clone() }, now);

@@ -188,6 +188,15 @@ pub async fn ensure_session(State(state): State<AppState>, mut req: Request, nex
         Some(s) => (s, false),
         None => (state.sessions.issue(Role::Visitor, now), true),
     };
+    if fresh {
+        // New sessions are limited per client address: each one is a fresh allowance of
+        // visitor calls, so unlimited sessions would undo the per-session limits.
+        let peer = req.extensions().get::<crate::limits::PeerAddr>().copied();
+        let client = state.limits.client_ip(peer, req.headers());
+        if let Err(refusal) = state.limits.new_session(client) {
+            return crate::pages::too_many_sessions(&state, &session, refusal);
+        }
+    }
     req.extensions_mut().insert(session.clone());
     let mut resp = next.run(req).await;
     // A handler that issued its own session (login, logout) has already set the cookie.

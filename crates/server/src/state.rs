@@ -13,6 +13,7 @@ use sha2::Sha256;
 use crate::auth::Tokens;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+use crate::limits::Limits;
 use crate::session::SessionKeys;
 
 /// Cheap to clone; every handler gets one.
@@ -39,6 +40,8 @@ pub struct Shared {
     pub started: Instant,
     /// Predictions answered since start (whether or not they reached the database).
     pub predictions_served: AtomicU64,
+    /// Rate limits, the upload budget and the quotas.
+    pub limits: Limits,
 }
 
 impl Shared {
@@ -54,6 +57,7 @@ impl Shared {
         tokens: Tokens,
         pseudonym_key: [u8; 32],
         session_key: [u8; 32],
+        limits: Limits,
     ) -> Self {
         let engine = Classifier::new(cfg.engine_config(), model);
         let cfg_secure = cfg.secure_cookies;
@@ -73,6 +77,7 @@ impl Shared {
             images,
             started: Instant::now(),
             predictions_served: AtomicU64::new(0),
+            limits,
         }
     }
 
@@ -142,6 +147,25 @@ impl Shared {
             .map(|e| format!(".{}", e.to_ascii_lowercase()))
             .unwrap_or_default();
         Some(format!("upload-{}{ext}", hex::encode(&digest[..8])))
+    }
+
+    /// Who owns a visitor's prediction, as stored with it: a keyed hash of the session id
+    /// (never the id itself, which is the visitor's credential). Only that session may give
+    /// feedback on the prediction.
+    pub fn session_owner(&self, session_id: &str) -> String {
+        // HMAC accepts keys of any length: this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.pseudonym_key).unwrap_or_else(|_| unreachable!());
+        mac.update(b"owner|");
+        mac.update(session_id.as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
+    /// Re-measures the disk space of kept images (after a purge or an erasure freed some).
+    pub async fn measure_images(&self) {
+        let images = self.images.clone();
+        if let Ok(bytes) = tokio::task::spawn_blocking(move || images.total_bytes()).await {
+            self.limits.set_images_bytes(bytes);
+        }
     }
 
     /// Writes a prediction row (and its inference-log line), or queues the row when the

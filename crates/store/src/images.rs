@@ -68,9 +68,9 @@ impl ImageStore {
             return Ok(image_ref);
         }
         let parent = path.parent().unwrap_or(&self.dir);
-        std::fs::create_dir_all(parent)?;
+        crate::private::create_dir_all(parent)?;
         let tmp = parent.join(format!(".{image_ref}.{}.tmp", uuid::Uuid::new_v4()));
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = crate::private::create_new(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)?;
@@ -108,6 +108,19 @@ impl ImageStore {
             }
         }
         Ok(removed)
+    }
+
+    /// Disk space of the stored images, in bytes.
+    pub fn total_bytes(&self) -> u64 {
+        let Ok(shards) = std::fs::read_dir(&self.dir) else { return 0 };
+        shards
+            .flatten()
+            .filter_map(|s| std::fs::read_dir(s.path()).ok())
+            .flat_map(|files| files.flatten())
+            .filter(|f| valid_ref(&f.file_name().to_string_lossy()))
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// Number of stored images.

@@ -10,7 +10,7 @@
 //!   exclusive lock on `.lock`, which `catsdogs db` also takes: the server and the command
 //!   line never rewrite a file at the same time.
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -97,8 +97,8 @@ impl LogFiles {
 
     /// Runs `f` holding the exclusive lock shared with other processes.
     fn locked<T>(&self, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
-        std::fs::create_dir_all(&self.dir)?;
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(self.dir.join(".lock"))?;
+        crate::private::create_dir_all(&self.dir)?;
+        let lock = crate::private::options().create(true).truncate(false).write(true).open(self.dir.join(".lock"))?;
         lock.lock()?;
         let r = f();
         let _ = lock.unlock();
@@ -131,7 +131,7 @@ impl LogFiles {
     pub fn append(&self, row: &LogRow) -> std::io::Result<()> {
         self.locked(|| {
             let path = self.path_for(row.time.date_naive());
-            let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+            let mut f = crate::private::append(&path)?;
             let mut text = String::new();
             if f.metadata()?.len() == 0 {
                 text.push_str(HEADER);
@@ -169,7 +169,7 @@ impl LogFiles {
             return Ok(removed);
         }
         let tmp = path.with_extension("csv.tmp");
-        std::fs::write(&tmp, format!("{HEADER}\n{kept}"))?;
+        crate::private::write(&tmp, format!("{HEADER}\n{kept}"))?;
         std::fs::rename(&tmp, path)?;
         Ok(removed)
     }

@@ -7,6 +7,7 @@ pub mod images;
 pub mod inference_log;
 pub mod metrics;
 pub mod outbox;
+pub mod private;
 mod records;
 pub mod retention;
 
@@ -187,7 +188,19 @@ fn prediction_from_row(row: &sqlx::any::AnyRow) -> Result<PredictionRecord, Stor
         error_code: row.try_get("error_code")?,
         file_ref: row.try_get("file_ref")?,
         image_ref: row.try_get("image_ref")?,
+        owner: row.try_get("owner")?,
     })
+}
+
+/// The database file a SQLite URL names (`None` for other databases and in-memory ones).
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    use std::str::FromStr;
+    if DbKind::from_url(url).ok()? != DbKind::Sqlite {
+        return None;
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    let path = options.get_filename();
+    (path.as_os_str() != ":memory:" && !path.as_os_str().is_empty()).then(|| path.to_path_buf())
 }
 
 /// Makes a SQLite URL work on a fresh machine: the database file and its folder are
@@ -208,9 +221,10 @@ fn prepare_sqlite(url: &str) -> Result<String, StoreError> {
     }
     let file_error = |source| StoreError::SqliteFile { path: path.clone(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(file_error)?;
+        private::create_dir_all(dir).map_err(file_error)?;
     }
-    std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(file_error)?;
+    // SQLite gives the WAL and shared-memory files the database file's mode: 0600 here.
+    private::options().read(true).write(true).create(true).truncate(false).open(&path).map_err(file_error)?;
     Ok(match mode {
         Some(_) => url.to_string(),
         None if query.is_empty() => format!("{}?mode=rwc", url.trim_end_matches('?')),
@@ -289,8 +303,8 @@ impl Store {
     pub async fn insert_prediction(&self, r: &PredictionRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO predictions (id, created_at_ms, day, model_version, status, label, p_dog, latency_ms, \
-             error_code, file_ref, image_ref) VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS DOUBLE PRECISION), $8, $9, \
-             $10, $11)",
+             error_code, file_ref, image_ref, owner) VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS DOUBLE PRECISION), \
+             $8, $9, $10, $11, $12)",
         )
         .bind(&r.id)
         .bind(r.created_at.timestamp_millis())
@@ -303,6 +317,7 @@ impl Store {
         .bind(r.error_code.clone())
         .bind(r.file_ref.clone())
         .bind(r.image_ref.clone())
+        .bind(r.owner.clone())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -311,7 +326,7 @@ impl Store {
     pub async fn get_prediction(&self, id: &str) -> Result<Option<PredictionRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT id, created_at_ms, model_version, status, label, p_dog, latency_ms, error_code, file_ref, \
-             image_ref FROM predictions WHERE id = $1",
+             image_ref, owner FROM predictions WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -374,7 +389,7 @@ impl Store {
     pub async fn recent_predictions(&self, limit: u32) -> Result<Vec<RecentPrediction>, StoreError> {
         let rows = sqlx::query(
             "SELECT p.id, p.created_at_ms, p.model_version, p.status, p.label, p.p_dog, p.latency_ms, \
-             p.error_code, p.file_ref, p.image_ref, \
+             p.error_code, p.file_ref, p.image_ref, p.owner, \
              CAST(CASE WHEN f.id IS NULL THEN -1 WHEN f.positive THEN 1 ELSE 0 END AS BIGINT) AS verdict \
              FROM predictions p LEFT JOIN feedback f ON f.prediction_id = p.id \
              ORDER BY p.created_at_ms DESC, p.id LIMIT $1",
@@ -743,6 +758,7 @@ mod tests {
             error_code: None,
             file_ref: Some(file_ref.into()),
             image_ref: None,
+            owner: None,
         }
     }
 

@@ -86,7 +86,7 @@ impl Outbox {
             text.push('\n');
         }
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let mut f = crate::private::append(path)?;
         f.write_all(text.as_bytes())?;
         Ok(rows.len())
     }

@@ -92,6 +92,10 @@ pub struct PredictionRecord {
     /// The consented image kept for retraining (`<sha256>.<ext>` in the image folder).
     #[serde(default)]
     pub image_ref: Option<String>,
+    /// Keyed hash of the visitor session that made it (`None` for token clients): only that
+    /// session may give feedback on it.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// A consented image whose label a user gave or confirmed.

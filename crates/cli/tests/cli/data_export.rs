@@ -98,6 +98,7 @@ fn past_prediction(now: DateTime<Utc>, days_ago: i64) -> PredictionRecord {
         error_code: None,
         file_ref: None,
         image_ref: None,
+        owner: None,
     }
 }
 

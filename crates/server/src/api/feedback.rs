@@ -5,13 +5,14 @@
 //! feedback has no prediction id and is always a new row.
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use catsdogs_model::Label;
 use catsdogs_store::{FeedbackOutcome, FeedbackRecord, FeedbackSource, PredictionId, PredictionStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -201,20 +202,29 @@ pub fn check_prediction_feedback(body: PredictionFeedback) -> Result<CheckedFeed
         (status = 409, description = "The prediction failed; nothing to judge", body = crate::error::ErrorBody),
         (status = 415, description = "Content-Type is not JSON", body = crate::error::ErrorBody),
         (status = 422, description = "Fields missing or invalid", body = crate::error::ErrorBody),
+        (status = 429, description = "Over the rate limit or a visitor's daily feedback quota (`rate_limited`)", body = crate::error::ErrorBody),
         (status = 503, description = "Database unavailable", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn feedback(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<FeedbackResponse>, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("invalid"));
+    let visitor = caller.visitor_session();
     let (body, positive, comment) = match parse_feedback(content_type, &body)? {
-        ParsedFeedback::Prediction(checked) => return save_checked_feedback(&state, checked).await.map(Json),
+        ParsedFeedback::Prediction(checked) => {
+            return save_checked_feedback(&state, checked, visitor).await.map(Json);
+        }
         ParsedFeedback::Seed { body, positive, comment } => (body, positive, comment),
     };
+    if let Some(session) = visitor {
+        check_visitor_comment(&state, comment.as_deref())?;
+        state.limits.seed_feedback(session)?;
+    }
     let now = (state.cfg.clock)();
     let id = uuid::Uuid::new_v4().to_string();
     let timestamp = now.timestamp_millis() as f64 / 1e3;
@@ -248,11 +258,28 @@ pub async fn feedback(
     }))
 }
 
+/// Visitors' comments are shorter than token clients' (anyone can open a session).
+fn check_visitor_comment(state: &AppState, comment: Option<&str>) -> Result<(), ApiError> {
+    let max = state.cfg.limits.visitor_comment_chars;
+    match comment {
+        Some(c) if c.chars().count() > max => {
+            Err(ApiError::unprocessable("invalid_body", format!("comment longer than {max} characters")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Stores checked feedback on one prediction (the API's body and the page's plain form).
+/// A visitor session may judge only the predictions it made itself: any other id answers
+/// 404 exactly as an unknown one does, so a visitor learns nothing about others' uploads.
 pub(crate) async fn save_checked_feedback(
     state: &AppState,
     body: CheckedFeedback,
+    visitor_session: Option<&str>,
 ) -> Result<FeedbackResponse, ApiError> {
+    if visitor_session.is_some() {
+        check_visitor_comment(state, body.comment.as_deref())?;
+    }
     let now = (state.cfg.clock)();
     let id = uuid::Uuid::new_v4().to_string();
     let timestamp = now.timestamp_millis() as f64 / 1e3;
@@ -263,7 +290,10 @@ pub(crate) async fn save_checked_feedback(
         state.maintain_store().await;
         pred = state.store.get_prediction(pid.as_str()).await?;
     }
-    let pred = pred.ok_or_else(|| ApiError::not_found("unknown_prediction", "no prediction has this id"))?;
+    let owner = visitor_session.map(|s| state.session_owner(s));
+    let pred = pred
+        .filter(|p| owner.is_none() || p.owner == owner)
+        .ok_or_else(|| ApiError::not_found("unknown_prediction", "no prediction has this id"))?;
     if pred.status != PredictionStatus::Ok {
         return Err(ApiError::new(StatusCode::CONFLICT, "prediction_failed", "that request produced no prediction"));
     }

@@ -3,7 +3,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
-use axum::extract::{Multipart, State};
+use axum::extract::{Extension, Multipart, State};
 use axum::http::StatusCode;
 use catsdogs_core::{Classified, ImageInput};
 use catsdogs_model::Label;
@@ -11,7 +11,9 @@ use catsdogs_store::{PredictionRecord, PredictionStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorDetail};
+use crate::limits::{Limits, Refusal, UploadLease};
 use crate::state::AppState;
 
 /// The seed's percentages, formatted as strings.
@@ -139,6 +141,15 @@ pub(crate) enum FieldError {
     TooLarge(usize),
     /// The multipart stream itself is broken: nothing after this point can be read.
     Malformed(String),
+    /// The server holds as many upload bytes as its budget allows: the request stops here.
+    OverBudget,
+}
+
+impl FieldError {
+    /// Whether nothing after this error can be read.
+    fn is_fatal(&self) -> bool {
+        matches!(self, Self::Malformed(_) | Self::OverBudget)
+    }
 }
 
 impl From<FieldError> for ApiError {
@@ -148,6 +159,7 @@ impl From<FieldError> for ApiError {
             FieldError::Malformed(why) => {
                 ApiError::bad_request("invalid_multipart", format!("malformed multipart body: {why}"))
             }
+            FieldError::OverBudget => Refusal::UploadBudget.into(),
         }
     }
 }
@@ -189,16 +201,40 @@ fn multipart_error(e: MultipartError, limit: usize) -> FieldError {
     }
 }
 
-/// Reads one field, refusing more than `limit` bytes.
-async fn read_limited(mut field: Field<'_>, limit: usize) -> Result<Vec<u8>, FieldError> {
+/// Reads one field, refusing more than `limit` bytes. With a budget, every chunk is
+/// counted against the process-wide upload budget as it arrives, before it is kept.
+async fn read_limited(
+    mut field: Field<'_>,
+    limit: usize,
+    mut budget: Option<(&Limits, &mut UploadLease)>,
+) -> Result<Vec<u8>, FieldError> {
     let mut buf = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
         if buf.len() + chunk.len() > limit {
             return Err(FieldError::TooLarge(limit));
         }
+        if let Some((limits, lease)) = budget.as_mut() {
+            limits.take_upload_bytes(lease, chunk.len()).map_err(|_| FieldError::OverBudget)?;
+        }
         buf.extend_from_slice(&chunk);
     }
     Ok(buf)
+}
+
+/// How much one request may upload: files and bytes per file (smaller for visitors).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UploadRules {
+    pub max_files: usize,
+    pub max_bytes: usize,
+}
+
+impl UploadRules {
+    /// The rules for a caller: a visitor session gets the visitor limits; `max_files` caps
+    /// the count further (1 for `/api/predict`).
+    pub fn for_caller(state: &AppState, visitor: bool, max_files: usize) -> Self {
+        let (files, bytes) = state.cfg.upload_limits(visitor);
+        Self { max_files: files.min(max_files), max_bytes: bytes }
+    }
 }
 
 /// A file read from the form, or why it could not be read.
@@ -213,6 +249,8 @@ pub(crate) struct UploadForm {
     pub uploads: Vec<Upload>,
     pub csrf: Option<String>,
     pub consent: bool,
+    /// The upload budget these files hold until the request ends.
+    pub lease: UploadLease,
 }
 
 /// Checks the page form's CSRF token.
@@ -224,11 +262,12 @@ pub(crate) type CsrfCheck<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
 /// form is refused before any upload is buffered.
 pub(crate) async fn read_uploads(
     mut mp: Multipart,
-    limit: usize,
-    max_files: usize,
+    rules: UploadRules,
+    limits: &Limits,
     csrf_check: Option<CsrfCheck<'_>>,
 ) -> Result<UploadForm, FormError> {
-    let mut out = UploadForm { uploads: Vec::new(), csrf: None, consent: false };
+    let UploadRules { max_files, max_bytes: limit } = rules;
+    let mut out = UploadForm { uploads: Vec::new(), csrf: None, consent: false, lease: UploadLease::default() };
     loop {
         let field = match mp.next_field().await {
             Ok(Some(f)) => f,
@@ -238,7 +277,7 @@ pub(crate) async fn read_uploads(
         match field.name() {
             Some("file" | "files") => {}
             Some("csrf") => {
-                let token = String::from_utf8_lossy(&read_limited(field, 256).await?).into_owned();
+                let token = String::from_utf8_lossy(&read_limited(field, 256, None).await?).into_owned();
                 if csrf_check.is_some_and(|ok| !ok(&token)) {
                     return Err(FormError::Csrf);
                 }
@@ -246,7 +285,7 @@ pub(crate) async fn read_uploads(
                 continue;
             }
             Some("consent") => {
-                let v = String::from_utf8_lossy(&read_limited(field, 16).await?).trim().to_ascii_lowercase();
+                let v = String::from_utf8_lossy(&read_limited(field, 16, None).await?).trim().to_ascii_lowercase();
                 out.consent = matches!(v.as_str(), "true" | "1" | "on" | "yes");
                 continue;
             }
@@ -256,11 +295,6 @@ pub(crate) async fn read_uploads(
             return Err(FormError::Csrf);
         }
         let filename = field.file_name().unwrap_or_default().to_string();
-        let bytes = read_limited(field, limit).await;
-        // A browser form submits an unnamed empty part when no file was chosen.
-        if filename.is_empty() && matches!(&bytes, Ok(b) if b.is_empty()) {
-            continue;
-        }
         if out.uploads.len() == max_files {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -269,7 +303,15 @@ pub(crate) async fn read_uploads(
             )
             .into());
         }
-        let fatal = matches!(&bytes, Err(FieldError::Malformed(_)));
+        let bytes = read_limited(field, limit, Some((limits, &mut out.lease))).await;
+        if matches!(bytes, Err(FieldError::OverBudget)) {
+            return Err(FieldError::OverBudget.into());
+        }
+        // A browser form submits an unnamed empty part when no file was chosen.
+        if filename.is_empty() && matches!(&bytes, Ok(b) if b.is_empty()) {
+            continue;
+        }
+        let fatal = bytes.as_ref().is_err_and(FieldError::is_fatal);
         out.uploads.push(Upload { filename, bytes: bytes.map_err(ApiError::from) });
         if fatal {
             break;
@@ -278,11 +320,19 @@ pub(crate) async fn read_uploads(
     Ok(out)
 }
 
-/// Keeps a consented image; a failure is logged, never fails the prediction.
-pub(crate) async fn keep_image(state: &AppState, bytes: Vec<u8>) -> Option<String> {
+/// Keeps a consented image within the quotas (per visitor session and in total); over a
+/// quota or on a failure (logged) the image is not kept, and the prediction still answers.
+pub(crate) async fn keep_image(state: &AppState, bytes: Vec<u8>, visitor_session: Option<&str>) -> Option<String> {
+    let len = bytes.len();
+    if !state.limits.may_keep_image(visitor_session, len) {
+        return None;
+    }
     let images = state.images.clone();
     match tokio::task::spawn_blocking(move || images.save(&bytes)).await {
-        Ok(Ok(r)) => Some(r),
+        Ok(Ok(r)) => {
+            state.limits.image_kept(len);
+            Some(r)
+        }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot keep the consented image");
             None
@@ -301,6 +351,7 @@ pub(crate) async fn record(
     outcome: Result<&Classified, &ApiError>,
     latency_ms: f64,
     image_ref: Option<String>,
+    visitor_session: Option<&str>,
 ) {
     let (status, label, p_dog, error_code, model_version) = match outcome {
         Ok(p) => (PredictionStatus::Ok, Some(p.label()), Some(f64::from(p.p_dog)), None, p.model_version.to_string()),
@@ -318,6 +369,7 @@ pub(crate) async fn record(
         error_code,
         file_ref: state.pseudonymise((!filename.is_empty()).then_some(filename)),
         image_ref,
+        owner: visitor_session.map(|s| state.session_owner(s)),
     };
     state.record_prediction(rec).await;
 }
@@ -334,17 +386,20 @@ pub(crate) async fn record(
         (status = 400, description = "The file is not a supported image (`unsupported_media_type`)", body = crate::error::ErrorBody),
         (status = 415, description = "Not a multipart/form-data body", body = crate::error::ErrorBody),
         (status = 422, description = "Corrupt image or too many pixels", body = crate::error::ErrorBody),
-        (status = 503, description = "No model loaded", body = crate::error::ErrorBody),
+        (status = 429, description = "Over the rate limit (`rate_limited`, with `Retry-After`)", body = crate::error::ErrorBody),
+        (status = 503, description = "No model loaded, or the upload budget is in use (`overloaded`, with `Retry-After`)", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn predict(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     mp: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<PredictResponse>, ApiError> {
     state.model()?;
-    let limit = state.cfg.max_upload_bytes;
-    let mut form = read_uploads(mp.map_err(multipart_rejection)?, limit, 1, None).await?;
+    let visitor = caller.visitor_session();
+    let rules = UploadRules::for_caller(&state, visitor.is_some(), 1);
+    let mut form = read_uploads(mp.map_err(multipart_rejection)?, rules, &state.limits, None).await?;
     let Some(upload) = form.uploads.pop() else {
         return Err(ApiError::bad_request("missing_file", "the form has no `file` field"));
     };
@@ -352,7 +407,7 @@ pub async fn predict(
     let bytes = match upload.bytes {
         Ok(b) => b,
         Err(e) => {
-            record(&state, &id, &upload.filename, Err(&e), 0.0, None).await;
+            record(&state, &id, &upload.filename, Err(&e), 0.0, None, visitor).await;
             return Err(e);
         }
     };
@@ -363,16 +418,16 @@ pub async fn predict(
     match outcome {
         Ok(p) => {
             let image_ref = match kept {
-                Some(b) => keep_image(&state, b).await,
+                Some(b) => keep_image(&state, b, visitor).await,
                 None => None,
             };
             let image_kept = image_ref.is_some();
-            record(&state, &id, &upload.filename, Ok(&p), ms, image_ref).await;
+            record(&state, &id, &upload.filename, Ok(&p), ms, image_ref, visitor).await;
             Ok(Json(response(id, upload.filename, &p, ms, image_kept)))
         }
         Err(e) => {
             let e = ApiError::from(e);
-            record(&state, &id, &upload.filename, Err(&e), ms, None).await;
+            record(&state, &id, &upload.filename, Err(&e), ms, None, visitor).await;
             Err(e)
         }
     }
@@ -388,22 +443,24 @@ pub async fn predict(
         (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
         (status = 413, description = "Too many files or request too large", body = crate::error::ErrorBody),
         (status = 415, description = "Not a multipart/form-data body", body = crate::error::ErrorBody),
-        (status = 503, description = "No model loaded", body = crate::error::ErrorBody),
+        (status = 429, description = "Over the rate limit (`rate_limited`, with `Retry-After`)", body = crate::error::ErrorBody),
+        (status = 503, description = "No model loaded, or the upload budget is in use (`overloaded`, with `Retry-After`)", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn predict_batch(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     mp: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<BatchResponse>, ApiError> {
     state.model()?;
-    let form =
-        read_uploads(mp.map_err(multipart_rejection)?, state.cfg.max_upload_bytes, state.cfg.max_batch_files, None)
-            .await?;
+    let visitor = caller.visitor_session();
+    let rules = UploadRules::for_caller(&state, visitor.is_some(), usize::MAX);
+    let form = read_uploads(mp.map_err(multipart_rejection)?, rules, &state.limits, None).await?;
     if form.uploads.is_empty() {
         return Err(ApiError::bad_request("missing_file", "the form has no `file` field"));
     }
-    let (items, ms) = classify_uploads(&state, form.uploads, form.consent).await?;
+    let (items, ms) = classify_uploads(&state, form.uploads, form.consent, visitor).await?;
     let failed = items.iter().filter(|i| i.error.is_some()).count();
     Ok(Json(BatchResponse { succeeded: items.len() - failed, results: items, failed, latency_ms: ms }))
 }
@@ -415,6 +472,7 @@ pub(crate) async fn classify_uploads(
     state: &AppState,
     uploads: Vec<Upload>,
     consent: bool,
+    visitor_session: Option<&str>,
 ) -> Result<(Vec<BatchItem>, f64), ApiError> {
     let mut files = Vec::new();
     let mut kept: Vec<Option<Vec<u8>>> = Vec::with_capacity(uploads.len());
@@ -453,16 +511,16 @@ pub(crate) async fn classify_uploads(
         match r {
             Ok(p) => {
                 let image_ref = match bytes {
-                    Some(b) => keep_image(state, b).await,
+                    Some(b) => keep_image(state, b, visitor_session).await,
                     None => None,
                 };
                 let image_kept = image_ref.is_some();
-                record(state, &id, &name, Ok(&p), ms, image_ref).await;
+                record(state, &id, &name, Ok(&p), ms, image_ref, visitor_session).await;
                 let res = response(id, name.clone(), &p, ms, image_kept);
                 items.push(BatchItem { filename: name, result: Some(res), error: None, status: 200 });
             }
             Err(e) => {
-                record(state, &id, &name, Err(&e), ms, None).await;
+                record(state, &id, &name, Err(&e), ms, None, visitor_session).await;
                 items.push(BatchItem {
                     filename: name,
                     result: None,

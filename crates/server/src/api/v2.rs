@@ -430,7 +430,7 @@ fn pixel_images(
         (status = 413, description = "Too many images or a file over the limit", body = ProtocolError),
         (status = 400, description = "An element is not a supported image, or the request is malformed", body = ProtocolError),
         (status = 422, description = "An image is corrupt or has too many pixels", body = ProtocolError),
-        (status = 503, description = "No model loaded", body = ProtocolError),
+        (status = 503, description = "No model loaded, or the upload budget is in use", body = ProtocolError),
     ),
     security(("bearer" = [])))]
 pub async fn infer(
@@ -441,6 +441,9 @@ pub async fn infer(
 ) -> Result<Json<InferResponse>, ApiError> {
     check_model(&name)?;
     state.model()?;
+    // Counted once read (the route's body limit bounds it): the JSON body is not streamed.
+    let mut lease = crate::limits::UploadLease::default();
+    state.limits.take_upload_bytes(&mut lease, body.len())?;
     let (json, binary) = split_body(&headers, &body)?;
     let req: InferRequest =
         serde_json::from_slice(json).map_err(|e| invalid(format!("body is not an inference request: {e}")))?;
@@ -475,12 +478,12 @@ pub async fn infer(
         let id = catsdogs_store::PredictionId::new().to_string();
         match r {
             Ok(p) => {
-                record(&state, &id, "", Ok(&p), ms, None).await;
+                record(&state, &id, "", Ok(&p), ms, None, None).await;
                 preds.push(p);
             }
             Err(e) => {
                 let e = ApiError::from(e);
-                record(&state, &id, "", Err(&e), ms, None).await;
+                record(&state, &id, "", Err(&e), ms, None, None).await;
                 first_error.get_or_insert(e);
             }
         }

@@ -396,6 +396,13 @@ impl Session {
         req.send().await.expect("send")
     }
 
+    /// A prediction made by this session (it alone may then give feedback on it).
+    pub async fn predict(&self) -> PredictResponse {
+        let r = self.post_predict(Some(&self.csrf)).await;
+        assert_eq!(r.status(), StatusCode::OK, "visitor predict");
+        r.json().await.expect("prediction")
+    }
+
     /// `POST /api/feedback` with the session cookie and its CSRF header.
     pub async fn post_feedback(&self, body: &Value) -> reqwest::Response {
         let req = self.client.post(self.url("/api/feedback")).header("X-CSRF-Token", &self.csrf);

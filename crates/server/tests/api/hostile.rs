@@ -306,3 +306,290 @@ async fn raw_upload(addr: String, len: usize, stall: Duration) -> Option<u16> {
     .ok()
     .flatten()
 }
+
+/// 100 rapid predictions from one visitor session: the burst passes, then 429 with
+/// `Retry-After` and the JSON error shape; a token client is not limited meanwhile.
+pub async fn rapid_visitor_predictions_see_429_with_retry_after() {
+    let app = TestApp::spawn().await;
+    let visitor = app.visitor().await;
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..100 {
+        let r = visitor.post_predict(Some(&visitor.csrf)).await;
+        match r.status() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                let retry: u64 = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .expect("Retry-After in seconds");
+                assert!((1..=60).contains(&retry), "Retry-After {retry}");
+                assert_eq!(outcome(r).await, (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited".into())));
+                limited += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(ok >= 20, "the burst of 20 passes, {ok} did");
+    assert!(limited >= 50, "most of 100 rapid calls are refused, {limited} were");
+    for _ in 0..30 {
+        still_works(&app).await;
+    }
+    app.stop().await;
+}
+
+/// 30 wrong tokens on `/login` from one address: 401 until the limit, then 429 with
+/// `Retry-After`, even for the right token; once the delay has passed the right token works.
+pub async fn wrong_sign_ins_are_locked_out_and_the_right_token_works_after_the_delay() {
+    let app = TestApp::spawn_with(|cfg| {
+        cfg.limits.login_lockout = Duration::from_secs(1);
+        cfg.limits.login_lockout_max = Duration::from_secs(2);
+    })
+    .await;
+    let visitor = app.visitor().await;
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let r = visitor.sign_in(&format!("wrong-token-number-{i:02}"), &visitor.csrf, "/dashboard").await;
+        statuses.push(r.status());
+    }
+    let unauthorized = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    let limited = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!(unauthorized, 4, "four wrong tokens are answered 401: {statuses:?}");
+    assert!(limited >= 20, "then the address is locked out: {statuses:?}");
+    let r = visitor.sign_in(TOKEN, &visitor.csrf, "/dashboard").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "the right token waits for the lockout too");
+    let retry: u64 = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).expect("Retry-After");
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    let r = visitor.sign_in(TOKEN, &visitor.csrf, "/dashboard").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "the right token once the delay has passed");
+    app.stop().await;
+}
+
+/// A visitor may give feedback only on its own predictions: another session's id, or a
+/// token client's, answers 404 as an unknown id does; token clients keep full access.
+pub async fn a_visitor_gives_feedback_only_on_its_own_predictions() {
+    let app = TestApp::spawn().await;
+    let (a, b) = (app.visitor().await, app.visitor().await);
+    let mine = a.predict().await.id;
+    let by_token = app.predict("t.png").await.id;
+    let verdict = |id: &str| serde_json::json!({"prediction_id": id, "label": "cat"});
+    for (who, id) in [(&b, &mine), (&a, &by_token)] {
+        let r = who.post_feedback(&verdict(id)).await;
+        assert_eq!(outcome(r).await, (StatusCode::NOT_FOUND, Some("unknown_prediction".into())));
+    }
+    let unknown = catsdogs_store::PredictionId::new().to_string();
+    let r = b.post_feedback(&verdict(&unknown)).await;
+    assert_eq!(outcome(r).await, (StatusCode::NOT_FOUND, Some("unknown_prediction".into())), "same as unknown");
+    assert_eq!(a.post_feedback(&verdict(&mine)).await.status(), StatusCode::OK);
+    assert_eq!(app.post_feedback(&verdict(&mine)).await.status(), StatusCode::OK, "a token reaches every row");
+    // The page's plain form follows the same rule.
+    let form = [("csrf", b.csrf.as_str()), ("prediction_id", mine.as_str()), ("verdict", "dog")];
+    assert_eq!(b.post_form("/feedback", &form).await.status(), StatusCode::NOT_FOUND);
+    // The row holds a keyed hash of the session, never the session id (which is a credential).
+    let row = app.state.store.get_prediction(&mine).await.expect("read").expect("row");
+    let owner = row.owner.expect("a visitor's prediction has an owner");
+    assert_eq!(owner.len(), 32);
+    assert!(app.state.store.get_prediction(&by_token).await.expect("read").expect("row").owner.is_none());
+    app.stop().await;
+}
+
+/// Visitors get smaller requests than token clients: fewer files, smaller files, shorter
+/// comments, and a daily quota of seed-style feedback.
+pub async fn visitor_requests_are_smaller_than_token_requests() {
+    let app = TestApp::spawn_with(|cfg| {
+        cfg.limits.visitor_max_files = 2;
+        cfg.limits.visitor_max_upload_bytes = 8 * 1024;
+        cfg.limits.visitor_seed_feedback_per_day = 3;
+    })
+    .await;
+    let visitor = app.visitor().await;
+    let three = || (0..3).fold(Form::new(), |f, i| f.part("file", crate::helpers::image_part(&format!("{i}.png"))));
+    let r = visitor.client.post(visitor.url("/api/predict/batch")).header("X-CSRF-Token", &visitor.csrf);
+    let r = r.multipart(three()).send().await.expect("batch");
+    assert_eq!(outcome(r).await, (StatusCode::PAYLOAD_TOO_LARGE, Some("too_many_files".into())));
+    let r = app.try_post_batch_form(three()).await.expect("batch");
+    assert_eq!(r.status(), StatusCode::OK, "a token client sends 3");
+    let big = Part::bytes(vec![7u8; 16 * 1024]).file_name("big.png");
+    let r = visitor.client.post(visitor.url("/api/predict")).header("X-CSRF-Token", &visitor.csrf);
+    let r = r.multipart(Form::new().part("file", big)).send().await.expect("predict");
+    assert_eq!(outcome(r).await, (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large".into())));
+    let long = "x".repeat(501);
+    let seed = |comment: &str| serde_json::json!({"feedback": "positive", "input_user": comment});
+    let r = visitor.post_feedback(&seed(&long)).await;
+    assert_eq!(outcome(r).await, (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_body".into())));
+    assert_eq!(app.post_feedback(&seed(&long)).await.status(), StatusCode::OK, "a token client's 501 characters");
+    for _ in 0..3 {
+        assert_eq!(visitor.post_feedback(&seed("nice")).await.status(), StatusCode::OK);
+    }
+    let r = visitor.post_feedback(&seed("nice")).await;
+    assert_eq!(outcome(r).await, (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited".into())));
+    app.stop().await;
+}
+
+/// Upload bytes in flight are bounded across requests: while a stalled upload holds most
+/// of the budget, another upload gets 503 `overloaded` with `Retry-After`; once the stalled
+/// one is gone, uploads pass again.
+pub async fn the_upload_budget_is_shared_by_all_requests() {
+    let app = TestApp::spawn_with(|cfg| cfg.limits.upload_budget_bytes = MAX_UPLOAD).await;
+    let addr = app.addr();
+    let held = 200 * 1024;
+    let holder = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        let head = format!(
+            "POST /api/predict HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {}\r\n\r\n",
+            MAX_UPLOAD
+        );
+        s.write_all(head.as_bytes()).expect("head");
+        s.write_all(b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.bin\"\r\n\r\n").expect("part");
+        s.write_all(&vec![1u8; held]).expect("body");
+        s.flush().expect("flush");
+        s
+    })
+    .await
+    .expect("holder");
+    let in_flight = || app.state.limits.upload_bytes_in_flight();
+    for _ in 0..100 {
+        if in_flight() >= held {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(in_flight() >= held, "the stalled upload holds its bytes: {}", in_flight());
+    let r = post_file(&app, "file", "second.bin", vec![2u8; 100 * 1024]).await;
+    assert_eq!(r.headers().get("retry-after").map(|v| v.to_str().unwrap_or_default().to_string()), Some("1".into()));
+    assert_eq!(outcome(r).await, (StatusCode::SERVICE_UNAVAILABLE, Some("overloaded".into())));
+    drop(holder);
+    for _ in 0..100 {
+        if in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(in_flight(), 0, "a cut upload gives its bytes back");
+    still_works(&app).await;
+    app.stop().await;
+}
+
+/// Consented images have a quota per visitor session and in total: over it the prediction
+/// still answers 200 with `image_kept: false`; the space used is reported in `/metrics`.
+pub async fn consented_images_beyond_the_quotas_are_not_kept() {
+    let app = TestApp::spawn_alone(|cfg| cfg.limits.images_per_session_per_day = 2).await;
+    let visitor = app.visitor().await;
+    let mut kept = Vec::new();
+    for i in 0..3u8 {
+        let img = image::DynamicImage::ImageRgb8(RgbImage::from_pixel(40, 30, Rgb([i * 60, 90, 30])));
+        let png = encode(img, ImageFormat::Png);
+        let form = Form::new().part("file", Part::bytes(png).file_name("c.png")).text("consent", "true");
+        let r = visitor.client.post(visitor.url("/api/predict")).header("X-CSRF-Token", &visitor.csrf);
+        let r = r.multipart(form).send().await.expect("predict");
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: serde_json::Value = r.json().await.expect("json");
+        kept.push(body["image_kept"].as_bool().expect("image_kept"));
+    }
+    assert_eq!(kept, [true, true, false]);
+    let metrics = app.scrape().await;
+    let used = app.state.images.total_bytes();
+    assert!(used > 0);
+    assert!(metrics.contains(&format!("catsdogs_images_bytes {used}")), "{metrics}");
+    assert!(metrics.contains("catsdogs_images_refused_total{quota=\"session\"} 1"), "{metrics}");
+    app.stop().await;
+    let app = TestApp::spawn_with(|cfg| cfg.limits.images_max_total_bytes = 1).await;
+    let form = Form::new().part("file", crate::helpers::image_part("t.png")).text("consent", "true");
+    let body: serde_json::Value = app.post_predict_form(form).await.json().await.expect("json");
+    assert_eq!(body["image_kept"], false, "over the total quota, even for a token client");
+    app.stop().await;
+}
+
+/// Nothing the service writes can be read by other users: the data directory is 0700 and
+/// every file in it (database, WAL, logs, images, spilled rows, secrets) 0600, including a
+/// file an older version left world-readable.
+pub async fn no_file_the_service_writes_is_readable_by_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("logs")).expect("data");
+    std::fs::write(data.join("logs/inference-2026-01-01.csv"), "old\n").expect("old log");
+    for p in [data.clone(), data.join("logs"), data.join("logs/inference-2026-01-01.csv")] {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let url = format!("sqlite://{}", data.join("catsdogs.db").display());
+    let app = TestApp::spawn_at(&url, &data, |_| {}).await;
+    let form = Form::new().part("file", crate::helpers::image_part("k.png")).text("consent", "true");
+    assert_eq!(app.post_predict_form(form).await.status(), StatusCode::OK);
+    app.predict("p.png").await;
+    app.stop().await;
+    let mut seen = 0;
+    let mut stack = vec![data.clone()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).expect("meta");
+        let mode = meta.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", p.display());
+        seen += 1;
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&p).expect("dir").map(|e| e.expect("entry").path()));
+        }
+    }
+    assert!(seen >= 8, "database, logs, images and secrets were checked ({seen} entries)");
+    assert!(data.join("images").is_dir());
+}
+
+/// `X-Forwarded-For` decides the client address only when the peer is a trusted proxy:
+/// otherwise a client writing a new address on each request still meets its limit.
+pub async fn forwarded_for_from_an_untrusted_peer_does_not_dodge_the_limit() {
+    let fresh_sessions = |app: &TestApp| {
+        let client = reqwest::Client::new();
+        let url = app.url("/");
+        async move {
+            let mut statuses = Vec::new();
+            for i in 0..6 {
+                let r = client.get(&url).header("x-forwarded-for", format!("198.51.100.{i}")).send().await;
+                statuses.push(r.expect("home").status());
+            }
+            statuses
+        }
+    };
+    let limit = |cfg: &mut catsdogs_server::ServerConfig| {
+        cfg.limits.session_rate = catsdogs_server::limits::RateLimit { per_minute: 1, burst: 3 };
+    };
+    let app = TestApp::spawn_with(limit).await;
+    let statuses = fresh_sessions(&app).await;
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 3, "{statuses:?}");
+    assert_eq!(statuses[5], StatusCode::TOO_MANY_REQUESTS);
+    app.stop().await;
+    let app = TestApp::spawn_with(|cfg| {
+        limit(cfg);
+        cfg.limits.trusted_proxies = vec!["127.0.0.1/32".parse().expect("net")];
+    })
+    .await;
+    let statuses = fresh_sessions(&app).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "behind a trusted proxy: {statuses:?}");
+    app.stop().await;
+}
+
+/// Settings that cannot work stop the start with a message naming the setting: sizes that
+/// would overflow the body limits, zero durations, a budget no upload fits in, a zero rate.
+pub async fn settings_that_cannot_work_are_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    type Edit = fn(&mut catsdogs_server::ServerConfig);
+    let cases: [(Edit, &str); 6] = [
+        (|c| c.max_upload_bytes = usize::MAX, "--max-upload-mib"),
+        (|c| c.max_batch_files = 0, "--max-batch-files"),
+        (|c| c.request_timeout = Duration::ZERO, "--request-timeout-s"),
+        (|c| c.limits.upload_budget_bytes = 1024, "upload budget"),
+        (|c| c.limits.visitor_rate.per_minute = 0, "rate limit"),
+        (|c| c.batching.max_batch = 0, "--max-batch"),
+    ];
+    for (edit, says) in cases {
+        let data = dir.path().join("data");
+        let mut cfg = catsdogs_server::ServerConfig::new(catsdogs_testkit::seed_cnn_dir(), data);
+        cfg.tokens = vec![TOKEN.into()];
+        edit(&mut cfg);
+        let err = catsdogs_server::build(cfg).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("invalid configuration") && err.contains(says), "{says}: {err:?}");
+    }
+}

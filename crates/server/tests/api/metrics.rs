@@ -81,6 +81,7 @@ async fn insert_known_rows(store: &Store) {
             error_code: label.is_none().then(|| "corrupt_image".into()),
             file_ref: None,
             image_ref: None,
+            owner: None,
         }
     };
     let rows = [

@@ -84,7 +84,7 @@ pub async fn the_api_accepts_a_session_only_with_its_csrf_token() {
 pub async fn a_csrf_token_without_its_session_cookie_is_refused() {
     let app = TestApp::spawn().await;
     let visitor = app.visitor().await;
-    let id = app.predict("a.png").await.id;
+    let id = visitor.predict().await.id;
     let body = json!({"prediction_id": id, "correct": true});
     assert_eq!(visitor.post_feedback(&body).await.status(), StatusCode::OK);
     let no_cookies = Session { client: reqwest::Client::new(), ..visitor };

@@ -31,6 +31,7 @@ async fn retention(db_url: &str) {
         error_code: None,
         file_ref: None,
         image_ref: None,
+        owner: None,
     };
     let old = pred(1, 181);
     let young = pred(2, 179);
