@@ -67,4 +67,11 @@ pub fn compose_runs_two_apps_a_database_and_a_proxy() {
 pub fn nginx_balances_both_apps() {
     let nginx = read("deploy/nginx.conf");
     assert!(nginx.contains("server app1:8000") && nginx.contains("server app2:8000"));
+    // Its own per-address limits, the sign-in one inside the /login location, answered 429.
+    let login = nginx.split("location = /login {").nth(1).and_then(|rest| rest.split('}').next()).unwrap_or_default();
+    assert!(login.contains("limit_req zone=login"), "nginx does not limit /login");
+    assert!(nginx.contains("limit_req_status 429") && nginx.contains("limit_conn per_client"));
+    // The replicas believe nginx's X-Forwarded-For, so their limits apply per client.
+    assert!(read("deploy/compose.yaml").contains("CATSDOGS_TRUSTED_PROXY:"));
+    assert!(read("deploy/k8s/configmap.yaml").contains("CATSDOGS_TRUSTED_PROXY:"));
 }
