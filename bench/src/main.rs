@@ -6,13 +6,17 @@
 //! 2. end to end `POST /api/predict` on real photos at 1/8/64 clients: `catsdogs serve`
 //!    per model with dynamic batching on and off, and the seed's FastAPI + Keras service;
 //!    peak RSS and cold start of each server;
-//! 3. seed-CNN training images/s: candle vs Keras vs PyTorch.
+//! 3. seed-CNN training images/s: candle vs Keras vs PyTorch;
+//! 4. phone-size photos (small, 1 MP, 12 MP JPEGs) at 1/16/64 clients: catsdogs, the
+//!    LitServe + ONNX Runtime peer serving the same graph, and the seed service; decode
+//!    times and the ceiling they imply.
 //!
 //! The Python side (bench/reference/) runs in a venv the harness creates; `--no-reference`
 //! skips it.
 mod forward;
 mod reference;
 mod serve;
+mod sizes;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -63,6 +67,21 @@ struct Args {
     /// Skip the Python references (no venv needed).
     #[arg(long)]
     no_reference: bool,
+    /// Photo-size classes of section 4 (small, 1mp, 12mp).
+    #[arg(long, value_delimiter = ',', default_value = "small,1mp,12mp")]
+    sizes: Vec<sizes::SizeClass>,
+    /// Concurrent clients of section 4.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    size_clients: Vec<usize>,
+    /// The model catsdogs and the LitServe peer serve in section 4.
+    #[arg(long, default_value = "models/effnet-lite0")]
+    size_model: PathBuf,
+    /// Photos per class in section 4 (upscaled copies are generated from them).
+    #[arg(long, default_value_t = 12)]
+    size_per_class: usize,
+    /// Only section 4 (phone-size photos).
+    #[arg(long)]
+    only_sizes: bool,
     /// Markdown report written here too.
     #[arg(long, default_value = "bench/results/latest.md")]
     out: PathBuf,
@@ -280,6 +299,30 @@ fn training_section(args: &Args, python: Option<&PathBuf>, report: &mut String) 
     Ok(())
 }
 
+/// Section 4: phone-size photos.
+async fn sizes_section(args: &Args, python: Option<&PathBuf>, report: &mut String) -> Result<()> {
+    if args.sizes.is_empty() {
+        return Ok(());
+    }
+    let small = serve::load_photos(&args.photos, args.size_per_class)?;
+    let model = forward::load(&args.size_model, args.threads)?;
+    let model_img_s = forward::catsdogs_backend(&model, args.forward_secs)?.batch32_img_s;
+    drop(model);
+    let seed_model = args.models.iter().find(|m| m.ends_with("seed-cnn")).map(PathBuf::as_path);
+    let a = sizes::SizesArgs {
+        catsdogs: &args.catsdogs,
+        model: &args.size_model,
+        seed_model,
+        python,
+        classes: &args.sizes,
+        clients: &args.size_clients,
+        secs: args.secs,
+        max_batch: args.max_batch,
+        model_img_s,
+    };
+    sizes::section(&a, &small, report).await
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     // The same allocator settings as the `catsdogs` binary, so the training row measures
@@ -292,9 +335,12 @@ async fn main() -> Result<()> {
          taken in this run on this machine.\n\n",
         machine()
     );
-    forward_section(&args, python.as_ref(), &mut report)?;
-    e2e_section(&args, python.as_ref(), &mut report).await?;
-    training_section(&args, python.as_ref(), &mut report)?;
+    if !args.only_sizes {
+        forward_section(&args, python.as_ref(), &mut report)?;
+        e2e_section(&args, python.as_ref(), &mut report).await?;
+        training_section(&args, python.as_ref(), &mut report)?;
+    }
+    sizes_section(&args, python.as_ref(), &mut report).await?;
     println!("{report}");
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;

@@ -43,6 +43,8 @@ pub enum Api {
     Catsdogs,
     /// The seed: `{"prediction": "Cat"|"Dog", ...}`.
     Seed,
+    /// The LitServe peer: `POST /predict`, no token, `{"label": "cat"|"dog", ...}`.
+    LitServe,
 }
 
 /// A server process under test, killed on drop.
@@ -103,6 +105,33 @@ impl Server {
         Self::spawn(cmd, port, Api::Seed, dir, probe).await
     }
 
+    /// The LitServe + ONNX Runtime peer (`bench/reference/litserve_peer.py`) on `model`.
+    pub async fn litserve_peer(python: &Path, model: &Path, probe: &Photo) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let mut cmd = Command::new(python);
+        cmd.arg("bench/reference/litserve_peer.py")
+            .args(["--port", &port.to_string()])
+            .arg("--model-dir")
+            .arg(model)
+            .env("TMPDIR", dir.path());
+        Self::spawn(cmd, port, Api::LitServe, dir, probe).await
+    }
+
+    /// Peak resident memory of the server and its child processes (LitServe runs its
+    /// workers in child processes), in MiB.
+    pub fn peak_rss_tree_mib(&self) -> f64 {
+        let own = self.peak_rss_mib();
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.child.id()))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .filter_map(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+            .filter_map(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            .sum::<f64>();
+        own + children / 1024.0
+    }
+
     async fn spawn(mut cmd: Command, port: u16, api: Api, dir: tempfile::TempDir, probe: &Photo) -> Result<Self> {
         let started = Instant::now();
         let child = cmd
@@ -134,18 +163,18 @@ fn free_port() -> Result<u16> {
 /// One prediction; the label answered, lower case.
 pub async fn predict(c: &reqwest::Client, base: &str, api: Api, photo: &Photo) -> Result<String> {
     let part = reqwest::multipart::Part::bytes(photo.bytes.clone()).file_name("photo.jpg").mime_str("image/jpeg")?;
-    let r = c
-        .post(format!("{base}/api/predict"))
-        .bearer_auth(TOKEN)
-        .multipart(reqwest::multipart::Form::new().part("file", part))
-        .send()
-        .await?;
+    let form = reqwest::multipart::Form::new().part("file", part);
+    let r = match api {
+        Api::LitServe => c.post(format!("{base}/predict")).multipart(form),
+        Api::Catsdogs | Api::Seed => c.post(format!("{base}/api/predict")).bearer_auth(TOKEN).multipart(form),
+    };
+    let r = r.send().await?;
     if !r.status().is_success() {
         bail!("status {}", r.status());
     }
     let v: serde_json::Value = r.json().await?;
     let field = match api {
-        Api::Catsdogs => "label",
+        Api::Catsdogs | Api::LitServe => "label",
         Api::Seed => "prediction",
     };
     Ok(v[field].as_str().unwrap_or_default().to_ascii_lowercase())

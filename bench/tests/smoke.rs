@@ -27,6 +27,7 @@ fn harness_produces_a_table() {
         .arg(&photos)
         .args(["--per-class", "4", "--models", "models/seed-cnn", "--clients", "1,4", "--secs", "1"])
         .args(["--forward-secs", "0.2", "--train-secs", "0.5", "--no-reference"])
+        .args(["--sizes", "1mp", "--size-clients", "2", "--size-per-class", "2", "--size-model", "models/seed-cnn"])
         .arg("--out")
         .arg(&out)
         .status()
@@ -49,4 +50,9 @@ fn harness_produces_a_table() {
     }
     let training = table.lines().find(|l| l.starts_with("| catsdogs (candle)")).expect("training row");
     assert!(cols(training)[2].parse::<f64>().is_ok_and(|r| r > 0.0), "{training}");
+    // Section 4: generated 1 MP JPEGs, served without errors, with their decode time.
+    let sized = table.lines().find(|l| l.starts_with("| 1 MP JPEG") && l.contains("| catsdogs |")).expect("1 MP row");
+    let c = cols(sized);
+    assert!(c[2].parse::<f64>().is_ok_and(|kib| kib > 20.0), "upscaled JPEGs are larger: {sized}");
+    assert!(c[8].parse::<f64>().is_ok_and(|r| r > 0.0) && c[12] == "0", "{sized}");
 }

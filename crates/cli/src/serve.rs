@@ -83,6 +83,14 @@ pub struct ServeArgs {
     /// Images that may wait for the model at once; beyond, requests get 503 + Retry-After.
     #[arg(long, env = "CATSDOGS_QUEUE_CAPACITY", default_value_t = 256)]
     pub queue_capacity: usize,
+    /// Memory one image's decode may take, in MiB (JPEGs count at the DCT scale they are
+    /// decoded at); beyond, 422 `image_too_large`.
+    #[arg(long, env = "CATSDOGS_MAX_DECODE_MIB", default_value_t = 128)]
+    pub max_decode_mib: u64,
+    /// Memory all decodes in flight may take together, in MiB; a decode waits up to 1 s for
+    /// room, then 503 `overloaded`.
+    #[arg(long, env = "CATSDOGS_DECODE_BUDGET_MIB", default_value_t = 384)]
+    pub decode_budget_mib: u64,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -226,6 +234,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     cfg.header_read_timeout = std::time::Duration::from_secs(a.header_timeout_s);
     cfg.purge_interval = std::time::Duration::from_secs(a.purge_every_min.saturating_mul(60));
     cfg.limits = a.limits.config();
+    cfg.max_decode_bytes = a.max_decode_mib.saturating_mul(1 << 20);
+    cfg.decode_budget_bytes = a.decode_budget_mib.saturating_mul(1 << 20);
     if a.no_inference_log {
         cfg.inference_log_dir = None;
     } else if let Some(dir) = a.inference_log_dir {

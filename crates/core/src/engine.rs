@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use catsdogs_model::Label;
 use catsdogs_model::card::Architecture;
-use catsdogs_model::preprocess::PreprocessError;
+use catsdogs_model::preprocess::{self, PreprocessError};
 use image::RgbImage;
 use tokio::sync::Semaphore;
 
@@ -139,9 +139,22 @@ pub struct EngineConfig {
     /// Classify each image and its mirror image, and average.
     pub tta_flip: bool,
     pub batching: BatcherConfig,
-    /// Requests decoding at once (the CPU work outside the model).
+    /// Images decoding at once (the CPU work outside the model).
     pub max_concurrent_decodes: usize,
+    /// Memory one image's decode may take (bytes, after JPEG DCT scaling); beyond, the
+    /// image is refused (`image_too_large`).
+    pub max_decode_bytes: u64,
+    /// Memory all decodes in flight may take together (bytes): a decode waits for room up
+    /// to [`DECODE_BUDGET_WAIT`], then is refused as [`ClassifyError::Overloaded`].
+    pub decode_budget_bytes: u64,
 }
+
+/// Defaults sized for a 1 GiB container: one image at most 128 MiB (a 40-megapixel RGB
+/// PNG; a 16-bit PNG of that size is refused), all decodes 384 MiB.
+pub const DEFAULT_MAX_DECODE_BYTES: u64 = 128 << 20;
+pub const DEFAULT_DECODE_BUDGET_BYTES: u64 = 384 << 20;
+/// Longest a decode waits for room in the decode budget.
+pub const DECODE_BUDGET_WAIT: Duration = Duration::from_secs(1);
 
 /// The model being served and the batcher that runs it, swapped together by a reload.
 pub struct Serving {
@@ -168,6 +181,8 @@ pub struct Classifier {
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
     decode_slots: Arc<Semaphore>,
+    /// Bytes of decode memory (see [`EngineConfig::decode_budget_bytes`]).
+    decode_budget: Arc<Semaphore>,
 }
 
 impl Classifier {
@@ -179,12 +194,15 @@ impl Classifier {
             Err(e) => (None, Some(without_paths(&e))),
         };
         let decode_slots = Arc::new(Semaphore::new(cfg.max_concurrent_decodes.max(1)));
+        let budget = usize::try_from(cfg.decode_budget_bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        let decode_budget = Arc::new(Semaphore::new(budget));
         Self {
             cfg,
             serving: RwLock::new(serving),
             model_error: Mutex::new(model_error),
             reloading: tokio::sync::Mutex::new(()),
             decode_slots,
+            decode_budget,
         }
     }
 
@@ -268,25 +286,63 @@ impl Classifier {
         // Workers wait briefly for these images while they are decoded, to batch them
         // with others; the announcement ends once they are submitted.
         let arrival = serving.batcher.announce(inputs.len());
-        let permit = self.decode_slots.clone().acquire_owned().await.map_err(|_| ClassifyError::ShuttingDown)?;
         let started = Instant::now();
-        let decoded = tokio::task::spawn_blocking(move || {
-            // The slot is held by the work itself: a request that times out and is dropped
-            // does not free it while its decoding still runs.
-            let _permit = permit;
-            use rayon::prelude::*;
-            let prepare = |input: &ImageInput| match input {
-                ImageInput::Encoded(b) => model.preprocess(b),
-                ImageInput::Pixels(img) => model.preprocess_pixels(img),
+        // Each image is planned from its headers (size after DCT scaling, memory), reserves
+        // its memory in the decode budget and a decode slot, then decodes on the blocking
+        // pool; the images of one request decode in parallel within the slots.
+        let config = model.preprocess_config();
+        let mut decoding = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let model = model.clone();
+            let task = match input {
+                ImageInput::Encoded(bytes) => {
+                    let plan =
+                        preprocess::plan_decode(&bytes, config.max_pixels, preprocess::needed_short_side(&config))
+                            .and_then(|p| p.within(self.cfg.max_decode_bytes));
+                    let plan = match plan {
+                        Ok(p) => p,
+                        Err(e) => {
+                            decoding.push(Err(ClassifyError::Input(e)));
+                            continue;
+                        }
+                    };
+                    let memory = match self.reserve_decode_memory(plan.bytes).await {
+                        Ok(m) => m,
+                        Err(e) => {
+                            decoding.push(Err(e));
+                            continue;
+                        }
+                    };
+                    let slot = self.decode_slot().await?;
+                    tokio::task::spawn_blocking(move || {
+                        // Held by the work itself: a request that times out and is dropped
+                        // does not free them while its decoding still runs.
+                        let _held = (slot, memory);
+                        preprocess::decode_planned(&bytes, &plan)
+                            .and_then(|rgb| preprocess::preprocess_pixels(&rgb, &model.preprocess_config()))
+                            .map_err(InferenceError::from)
+                    })
+                }
+                ImageInput::Pixels(img) => {
+                    let slot = self.decode_slot().await?;
+                    tokio::task::spawn_blocking(move || {
+                        let _held = slot;
+                        model.preprocess_pixels(&img)
+                    })
+                }
             };
-            if inputs.len() == 1 {
-                inputs.iter().map(prepare).collect::<Vec<_>>()
-            } else {
-                inputs.par_iter().map(prepare).collect()
-            }
-        })
-        .await
-        .map_err(|e| ClassifyError::Inference(format!("decoding task failed: {e}")))?;
+            decoding.push(Ok(task));
+        }
+        let mut decoded = Vec::with_capacity(decoding.len());
+        for d in decoding {
+            decoded.push(match d {
+                Ok(task) => task
+                    .await
+                    .map_err(|e| ClassifyError::Inference(format!("decoding task failed: {e}")))?
+                    .map_err(input_error),
+                Err(e) => Err(e),
+            });
+        }
         let decode = started.elapsed();
         metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "decode").record(decode.as_secs_f64());
 
@@ -294,7 +350,7 @@ impl Classifier {
         let queued: Vec<Result<_, ClassifyError>> = decoded
             .into_iter()
             .map(|r| {
-                let img = r.map_err(input_error)?;
+                let img = r?;
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 serving.batcher.submit(img, Box::new(move |r| drop(tx.send(r))))?;
                 Ok(rx)
@@ -320,6 +376,34 @@ impl Classifier {
             results.push(answer);
         }
         Ok(results)
+    }
+}
+
+impl Classifier {
+    /// A decode slot (bounds the CPU spent decoding across requests).
+    async fn decode_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ClassifyError> {
+        self.decode_slots.clone().acquire_owned().await.map_err(|_| ClassifyError::ShuttingDown)
+    }
+
+    /// Reserves `bytes` of the decode budget, waiting up to [`DECODE_BUDGET_WAIT`]; a decode
+    /// that finds no room in time is refused as overloaded (503 + Retry-After upstream).
+    async fn reserve_decode_memory(&self, bytes: u64) -> Result<tokio::sync::OwnedSemaphorePermit, ClassifyError> {
+        let n = u32::try_from(bytes).map_err(|_| ClassifyError::Overloaded)?.max(1);
+        let wait = self.decode_budget.clone().acquire_many_owned(n);
+        match tokio::time::timeout(DECODE_BUDGET_WAIT, wait).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(ClassifyError::ShuttingDown),
+            Err(_) => {
+                metrics::counter!("catsdogs_decode_budget_refusals_total").increment(1);
+                Err(ClassifyError::Overloaded)
+            }
+        }
+    }
+
+    /// Decode memory reserved right now (bytes).
+    pub fn decode_memory_in_use(&self) -> u64 {
+        let total = usize::try_from(self.cfg.decode_budget_bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        total.saturating_sub(self.decode_budget.available_permits()) as u64
     }
 }
 

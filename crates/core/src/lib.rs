@@ -15,7 +15,8 @@ pub mod registry;
 pub use backend_candle::CandleBackend;
 pub use backend_ort::{OrtBackend, find_onnxruntime_library, ort_err, ort_session, session_builder};
 pub use engine::{
-    Classified, Classifier, ClassifyError, EngineConfig, ImageInput, ModelChange, StageTimings, without_paths,
+    Classified, Classifier, ClassifyError, DECODE_BUDGET_WAIT, DEFAULT_DECODE_BUDGET_BYTES, DEFAULT_MAX_DECODE_BYTES,
+    EngineConfig, ImageInput, ModelChange, StageTimings, without_paths,
 };
 pub use model::{LoadedModel, Prediction};
 

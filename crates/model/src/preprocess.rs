@@ -26,6 +26,9 @@ pub enum PreprocessError {
     /// Declared dimensions exceed the pixel budget (decompression-bomb guard).
     #[error("image is {width}x{height} pixels, more than the limit of {limit} pixels")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
+    /// Decoding would allocate more than one image may (the per-image memory budget).
+    #[error("decoding this image would take {bytes} bytes of memory, more than the limit of {limit}")]
+    DecodeTooLarge { bytes: u64, limit: u64 },
     /// Declared dimensions are zero.
     #[error("image has no pixels ({width}x{height})")]
     ZeroSize { width: u32, height: u32 },
@@ -43,7 +46,7 @@ impl PreprocessError {
         match self {
             Self::Empty => "empty_file",
             Self::UnsupportedFormat => "unsupported_media_type",
-            Self::TooManyPixels { .. } => "image_too_large",
+            Self::TooManyPixels { .. } | Self::DecodeTooLarge { .. } => "image_too_large",
             Self::ZeroSize { .. } => "empty_image",
             Self::Corrupt { .. } => "corrupt_image",
             Self::Resize(_) => "resize_failed",
@@ -89,48 +92,208 @@ fn format_name(format: ImageFormat) -> &'static str {
     }
 }
 
-/// Decodes an image file to upright RGB: first frame of animations, EXIF orientation
-/// applied, grey/CMYK/16-bit converted, transparency composited over white.
-pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PreprocessError> {
+/// JPEG DCT scale denominators libjpeg-turbo decodes at, smallest image first.
+const JPEG_SCALES: [u32; 4] = [8, 4, 2, 1];
+
+/// What decoding a file will produce and cost, read from its headers before any pixel is
+/// decoded: callers check and reserve memory with it ([`plan_decode`], then [`decode_planned`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DecodePlan {
+    format: ImageFormat,
+    /// Size stored in the file.
+    pub stored: (u32, u32),
+    /// Size the decoder produces (after JPEG DCT scaling, before EXIF orientation).
+    pub decoded: (u32, u32),
+    /// JPEG DCT scale denominator (1, 2, 4 or 8); 1 for other formats.
+    pub scale: u32,
+    /// Bytes the decode allocates at its peak (decoder output plus the RGB conversion).
+    pub bytes: u64,
+    orientation: image::metadata::Orientation,
+    /// Whether libjpeg-turbo decodes it (a JPEG in a colour space it converts to RGB);
+    /// otherwise the `image` crate decodes it at full size.
+    turbo: bool,
+    /// Whether a full-size decode would stay under the pixel limit: the fallback when
+    /// libjpeg-turbo refuses a file (or warns about it) that the `image` crate may read.
+    full_size_allowed: bool,
+    /// The pixel limit the plan was made under (bounds the decoders' allocations).
+    max_pixels: u64,
+}
+
+impl DecodePlan {
+    /// Refuses a decode that would allocate more than `max_bytes`.
+    pub fn within(self, max_bytes: u64) -> Result<Self, PreprocessError> {
+        if self.bytes > max_bytes {
+            return Err(PreprocessError::DecodeTooLarge { bytes: self.bytes, limit: max_bytes });
+        }
+        Ok(self)
+    }
+}
+
+/// The shortest side a decode must keep for `config`'s geometry: twice the resize target
+/// when the whole image is squashed, twice the short side before the centre crop otherwise.
+/// Twice, so the resize still averages at least two decoded pixels per model pixel in each
+/// direction: decoding a 12 MP photo for EfficientNet at 1/8 (378 px short side for 256)
+/// moved P(dog) by more than 0.02 for 4 of 200 real photos against a full decode, at 1/4
+/// for 2 (`crates/core/tests/core/decode.rs`). Smaller photos are never upsampled.
+pub fn needed_short_side(config: &PreprocessConfig) -> u32 {
+    2 * if config.center_crop_from > 0 { config.center_crop_from } else { config.size }
+}
+
+/// Reads the headers of an image file and decides how it will be decoded: JPEGs at the
+/// smallest DCT scale whose short side is still at least `min_short_side` (`u32::MAX`: full
+/// size). The pixel limit applies to the decoded size, so a 12-megapixel photo decoded at
+/// 1/8 costs 0.6 MB instead of 36 MB. Refuses empty, unknown, truncated, zero-size and
+/// over-limit images.
+pub fn plan_decode(bytes: &[u8], max_pixels: u64, min_short_side: u32) -> Result<DecodePlan, PreprocessError> {
     if bytes.is_empty() {
         return Err(PreprocessError::Empty);
     }
     let format = sniff_format(bytes).ok_or(PreprocessError::UnsupportedFormat)?;
-    let corrupt =
-        |e: image::ImageError| PreprocessError::Corrupt { format: format_name(format), reason: e.to_string() };
     if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
-        // The JPEG decoder fills a cut-off scan with grey and reports success: classifying
-        // half an image would be a confident answer about something else.
+        // Decoders fill a cut-off scan with grey and report success: classifying half an
+        // image would be a confident answer about something else.
         return Err(PreprocessError::Corrupt { format: "JPEG", reason: "no end-of-image marker (truncated)".into() });
     }
+    let decoder = image_decoder(bytes, format, max_pixels)?;
+    let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 {
+        return Err(PreprocessError::ZeroSize { width, height });
+    }
+    let native = decoder.total_bytes();
+    let colour = decoder.color_type();
+    let orientation = image_orientation(decoder);
+    let pixels = |(w, h): (u32, u32)| u64::from(w) * u64::from(h);
+    let full_size_allowed = pixels((width, height)) <= max_pixels;
+    let mut plan = DecodePlan {
+        format,
+        stored: (width, height),
+        decoded: (width, height),
+        scale: 1,
+        bytes: 0,
+        orientation,
+        turbo: false,
+        full_size_allowed,
+        max_pixels,
+    };
+    if format == ImageFormat::Jpeg && turbo_converts_to_rgb(bytes) {
+        let scaled = |d: u32| (width.div_ceil(d), height.div_ceil(d));
+        let scale = JPEG_SCALES.into_iter().find(|&d| scaled(d).0.min(scaled(d).1) >= min_short_side).unwrap_or(1);
+        plan.turbo = true;
+        plan.scale = scale;
+        plan.decoded = scaled(scale);
+        plan.bytes = pixels(plan.decoded) * 3;
+    } else {
+        // The decoder's own buffer, then the conversion: none for RGB8, an RGBA copy and
+        // the RGB result with transparency, the RGB result otherwise.
+        let wh = pixels(plan.decoded);
+        plan.bytes = match colour {
+            image::ColorType::Rgb8 => native,
+            c if c.has_alpha() => native.saturating_add(wh.saturating_mul(4)).max(wh.saturating_mul(7)),
+            _ => native.saturating_add(wh.saturating_mul(3)),
+        };
+    }
+    if orientation != image::metadata::Orientation::NoTransforms {
+        // Rotating or flipping writes a new image.
+        plan.bytes = plan.bytes.saturating_add(pixels(plan.decoded).saturating_mul(3));
+    }
+    let (w, h) = plan.decoded;
+    if pixels(plan.decoded) > max_pixels {
+        return Err(PreprocessError::TooManyPixels { width: w, height: h, limit: max_pixels });
+    }
+    Ok(plan)
+}
+
+/// The `image` crate's decoder for `bytes`, with allocation limits.
+fn image_decoder(
+    bytes: &[u8],
+    format: ImageFormat,
+    max_pixels: u64,
+) -> Result<Box<dyn image::ImageDecoder + '_>, PreprocessError> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     // Decoders may allocate a few buffers of the output size; 16 bytes a pixel covers RGBA16.
     limits.max_alloc = Some(max_pixels.saturating_mul(16).max(64 << 20));
     reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(corrupt)?;
-    let (width, height) = decoder.dimensions();
-    if width == 0 || height == 0 {
-        return Err(PreprocessError::ZeroSize { width, height });
-    }
-    if u64::from(width) * u64::from(height) > max_pixels {
-        return Err(PreprocessError::TooManyPixels { width, height, limit: max_pixels });
-    }
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let corrupt =
+        |e: image::ImageError| PreprocessError::Corrupt { format: format_name(format), reason: e.to_string() };
+    reader.into_decoder().map(|d| Box::new(d) as Box<dyn image::ImageDecoder + '_>).map_err(corrupt)
+}
+
+fn image_orientation(mut decoder: Box<dyn image::ImageDecoder + '_>) -> image::metadata::Orientation {
+    decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms)
+}
+
+/// Whether libjpeg-turbo reads this JPEG's header and can convert its colour space to RGB
+/// (CMYK and YCCK JPEGs go to the `image` crate, which converts them).
+fn turbo_converts_to_rgb(bytes: &[u8]) -> bool {
+    let Ok(mut d) = turbojpeg::Decompressor::new() else { return false };
+    d.read_header(bytes)
+        .is_ok_and(|h| !matches!(h.colorspace, turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK))
+}
+
+/// Decodes a planned file to upright RGB: first frame of animations, EXIF orientation
+/// applied, grey/CMYK/16-bit converted, transparency composited over white.
+pub fn decode_planned(bytes: &[u8], plan: &DecodePlan) -> Result<RgbImage, PreprocessError> {
+    let img = if plan.turbo {
+        match decode_turbo(bytes, plan.decoded) {
+            Ok(rgb) => DynamicImage::ImageRgb8(rgb),
+            // libjpeg-turbo also fails on files it only warns about (extraneous bytes, ...):
+            // the `image` crate gets its chance at full size when the pixel limit allows it.
+            Err(e) if !plan.full_size_allowed => return Err(e),
+            Err(_) => decode_image(bytes, plan.format, plan.max_pixels)?,
+        }
+    } else {
+        decode_image(bytes, plan.format, plan.max_pixels)?
+    };
+    let mut img = img;
+    img.apply_orientation(plan.orientation);
+    Ok(to_rgb_over_white(img))
+}
+
+/// libjpeg-turbo straight to RGB at `size` (the DCT scale that fits it).
+fn decode_turbo(bytes: &[u8], (width, height): (u32, u32)) -> Result<RgbImage, PreprocessError> {
+    let corrupt = |e: turbojpeg::Error| PreprocessError::Corrupt { format: "JPEG", reason: e.to_string() };
+    let (w, h) = (width as usize, height as usize);
+    let mut pixels = vec![0u8; w * h * 3];
+    let out = turbojpeg::Image {
+        pixels: &mut pixels[..],
+        width: w,
+        pitch: w * 3,
+        height: h,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    turbojpeg::Decompressor::new().map_err(corrupt)?.decompress(bytes, out).map_err(corrupt)?;
+    RgbImage::from_raw(width, height, pixels).ok_or_else(|| PreprocessError::Corrupt {
+        format: "JPEG",
+        reason: "decoded buffer does not match the image size".into(),
+    })
+}
+
+/// The `image` crate's decode at full size (PNG, GIF, WebP, BMP, CMYK JPEGs).
+fn decode_image(bytes: &[u8], format: ImageFormat, max_pixels: u64) -> Result<DynamicImage, PreprocessError> {
+    let corrupt =
+        |e: image::ImageError| PreprocessError::Corrupt { format: format_name(format), reason: e.to_string() };
+    let decoder = image_decoder(bytes, format, max_pixels)?;
     // A decoder bug must not take the caller down: the fuzzer found a progressive JPEG that
     // makes the JPEG decoder panic (fuzz/regressions/preprocess/jpeg-decoder-panic).
-    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| DynamicImage::from_decoder(decoder)));
-    let mut img = match decoded {
-        Ok(r) => r.map_err(corrupt)?,
-        Err(_) => {
-            return Err(PreprocessError::Corrupt {
-                format: format_name(format),
-                reason: "the decoder failed on this file".into(),
-            });
-        }
-    };
-    img.apply_orientation(orientation);
-    Ok(to_rgb_over_white(img))
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| DynamicImage::from_decoder(decoder))) {
+        Ok(r) => r.map_err(corrupt),
+        Err(_) => Err(PreprocessError::Corrupt {
+            format: format_name(format),
+            reason: "the decoder failed on this file".into(),
+        }),
+    }
+}
+
+/// Decodes an image file to upright RGB at full size (see [`decode_planned`]).
+pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PreprocessError> {
+    decode_rgb_at_least(bytes, max_pixels, u32::MAX)
+}
+
+/// Decodes an image file to upright RGB, JPEGs at the smallest DCT scale whose short side
+/// is at least `min_short_side` (see [`plan_decode`]).
+pub fn decode_rgb_at_least(bytes: &[u8], max_pixels: u64, min_short_side: u32) -> Result<RgbImage, PreprocessError> {
+    decode_planned(bytes, &plan_decode(bytes, max_pixels, min_short_side)?)
 }
 
 /// Whether a JPEG's last scan is followed by the end-of-image marker. Inside entropy-coded
@@ -199,9 +362,10 @@ pub fn bound_short_side(img: RgbImage, max_short_side: u32) -> Result<RgbImage, 
     Ok(dst)
 }
 
-/// The full inference path: file bytes -> `size x size` RGB pixels, HWC `u8`.
+/// The full inference path: file bytes -> `size x size` RGB pixels, HWC `u8`, decoded at
+/// the smallest scale the geometry allows.
 pub fn preprocess(bytes: &[u8], config: &PreprocessConfig) -> Result<RgbImage, PreprocessError> {
-    preprocess_pixels(&decode_rgb(bytes, config.max_pixels)?, config)
+    preprocess_pixels(&decode_rgb_at_least(bytes, config.max_pixels, needed_short_side(config))?, config)
 }
 
 /// The same path for images that arrive as pixels (tensor inputs of the inference

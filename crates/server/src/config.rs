@@ -61,6 +61,10 @@ pub struct ServerConfig {
     pub retry_interval: std::time::Duration,
     /// Rate limits, the upload budget and visitor quotas.
     pub limits: crate::limits::LimitsConfig,
+    /// Memory one image's decode may take, in bytes (after JPEG DCT scaling).
+    pub max_decode_bytes: u64,
+    /// Memory all decodes in flight may take together, in bytes.
+    pub decode_budget_bytes: u64,
     pub clock: Clock,
 }
 
@@ -93,6 +97,8 @@ impl ServerConfig {
             tta_flip: self.tta_flip,
             batching: self.batching,
             max_concurrent_decodes: self.max_concurrent_inferences,
+            max_decode_bytes: self.max_decode_bytes,
+            decode_budget_bytes: self.decode_budget_bytes,
         }
     }
 
@@ -123,6 +129,8 @@ impl ServerConfig {
             purge_interval: std::time::Duration::from_secs(3600),
             retry_interval: std::time::Duration::from_secs(2),
             limits: crate::limits::LimitsConfig::default(),
+            max_decode_bytes: catsdogs_core::DEFAULT_MAX_DECODE_BYTES,
+            decode_budget_bytes: catsdogs_core::DEFAULT_DECODE_BUDGET_BYTES,
             clock: system_clock(),
         }
     }
@@ -193,6 +201,10 @@ impl ServerConfig {
         range("--max-batch", "between 1 and 1024", self.batching.max_batch, |v| (1..=1024).contains(v))?;
         range("--queue-capacity", "at least 1", self.batching.queue_capacity, |v| *v >= 1)?;
         range("--threads", "at least 1", self.inference_threads, |v| *v >= 1)?;
+        range("--max-decode-mib", "at least 1 MiB", self.max_decode_bytes, |v| *v >= 1 << 20)?;
+        range("--decode-budget-mib", "at least --max-decode-mib", self.decode_budget_bytes, |v| {
+            *v >= self.max_decode_bytes
+        })?;
         if l.upload_budget_bytes < self.max_upload_bytes {
             return Err(ConfigError::BudgetBelowUpload {
                 budget: l.upload_budget_bytes,

@@ -107,7 +107,9 @@ pub fn decode_all(samples: &[Sample], max_pixels: u64, max_short_side: u32) -> D
         .par_iter()
         .map(|s| {
             let bytes = std::fs::read(&s.path).map_err(|e| (s.path.clone(), e.to_string()))?;
-            let img = preprocess::decode_rgb(&bytes, max_pixels)
+            // JPEGs decode at the smallest DCT scale that keeps the bound (the same decode
+            // as serving); bound_short_side then trims what is left.
+            let img = preprocess::decode_rgb_at_least(&bytes, max_pixels, max_short_side)
                 .and_then(|img| preprocess::bound_short_side(img, max_short_side))
                 .map_err(|e: PreprocessError| (s.path.clone(), e.to_string()))?;
             Ok((img, s.label, s.path.clone()))

@@ -229,7 +229,9 @@ const VIEW_AUGMENT: Augment =
 
 /// The centre view of a photo, its mirror image and `random` augmented crops.
 fn views_of(bytes: &[u8], cfg: &PreprocessConfig, views: Views, index: usize) -> Option<Vec<RgbImage>> {
-    let rgb = preprocess::decode_rgb(bytes, cfg.max_pixels).ok()?;
+    // Random crops keep at least ~0.58 of the short side; the decode keeps twice the
+    // geometry's need, so every view stays at full resolution.
+    let rgb = preprocess::decode_rgb_at_least(bytes, cfg.max_pixels, preprocess::needed_short_side(cfg)).ok()?;
     let centre = preprocess::preprocess_pixels(&rgb, cfg).ok()?;
     let mut out = Vec::with_capacity(2 + views.random);
     if views.flip {

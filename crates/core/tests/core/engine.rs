@@ -8,7 +8,7 @@ use catsdogs_core::batcher::BatcherConfig;
 use catsdogs_core::{BackendKind, Classifier, ClassifyError, EngineConfig, ImageInput};
 use catsdogs_model::preprocess::PreprocessError;
 
-fn config(model_dir: &Path) -> EngineConfig {
+pub fn config(model_dir: &Path) -> EngineConfig {
     EngineConfig {
         model_dir: model_dir.to_path_buf(),
         backend: BackendKind::Onnxruntime,
@@ -16,6 +16,8 @@ fn config(model_dir: &Path) -> EngineConfig {
         tta_flip: false,
         batching: BatcherConfig { max_batch: 4, max_wait: Duration::from_millis(2), queue_capacity: 64, workers: 1 },
         max_concurrent_decodes: 2,
+        max_decode_bytes: catsdogs_core::DEFAULT_MAX_DECODE_BYTES,
+        decode_budget_bytes: catsdogs_core::DEFAULT_DECODE_BUDGET_BYTES,
     }
 }
 

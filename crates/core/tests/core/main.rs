@@ -1,6 +1,7 @@
 //! The serving engine's tests, one binary: the backends against each other, and the
 //! engine's answers through reloads.
 mod backends;
+mod decode;
 mod engine;
 
 use catsdogs_testkit::Need::Photos;
@@ -15,5 +16,7 @@ fn main() -> std::process::ExitCode {
         async_test!(engine::answers_carry_the_version_of_the_model_that_computed_them),
         async_test!(engine::a_bad_input_fails_alone),
         async_test!(engine::without_a_model_every_request_says_why),
+        sync_test!(decode::scaled_decoding_of_12_megapixel_photos_keeps_the_answers).needs(&[Photos]),
+        async_test!(decode::decode_memory_is_bounded_across_requests),
     ])
 }

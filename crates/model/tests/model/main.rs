@@ -14,5 +14,7 @@ fn main() -> std::process::ExitCode {
         sync_test!(preprocess::no_prefix_or_bit_flip_panics),
         sync_test!(preprocess::any_shape_becomes_the_model_input_size),
         sync_test!(preprocess::fuzz_corpus_and_regressions_replay_without_panics),
+        sync_test!(preprocess::jpegs_decode_at_the_smallest_scale_the_geometry_allows),
+        sync_test!(preprocess::a_decode_over_the_memory_limit_is_refused_before_decoding),
     ])
 }

@@ -229,3 +229,64 @@ fn fuzz_inputs(target: &str, kind: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
         })
         .collect()
 }
+
+/// A `w x h` photo-like JPEG (smooth gradients plus a little noise), quality 90.
+fn photo_jpeg(w: u32, h: u32) -> Vec<u8> {
+    let img = RgbImage::from_fn(w, h, |x, y| {
+        let n = ((x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503)) >> 7) as u8 % 9;
+        Rgb([(x * 255 / w) as u8 ^ n, (y * 255 / h) as u8, ((x + y) % 256) as u8])
+    });
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&img).expect("encode");
+    out
+}
+
+/// JPEGs decode at the smallest DCT scale that keeps the short side the geometry needs;
+/// the pixel limit and the memory figure apply to that decoded size.
+pub fn jpegs_decode_at_the_smallest_scale_the_geometry_allows() {
+    let jpeg = photo_jpeg(2400, 1800);
+    let effnet = PreprocessConfig { size: 224, center_crop_from: 256, ..PreprocessConfig::default() };
+    let plan = preprocess::plan_decode(&jpeg, LIMIT, preprocess::needed_short_side(&effnet)).expect("plan");
+    // Twice the 256 px the crop needs: 1800 / 2 = 900 >= 512, 1800 / 4 = 450 < 512.
+    assert_eq!((plan.scale, plan.decoded, plan.bytes), (2, (1200, 900), 1200 * 900 * 3));
+    let seed = PreprocessConfig { size: 128, ..PreprocessConfig::default() };
+    let plan = preprocess::plan_decode(&jpeg, LIMIT, preprocess::needed_short_side(&seed)).expect("plan");
+    // Twice the 128 px of the squash: 1800 / 4 = 450 >= 256, 1800 / 8 = 225 < 256.
+    assert_eq!((plan.scale, plan.decoded), (4, (600, 450)));
+    let rgb = preprocess::decode_planned(&jpeg, &plan).expect("decode");
+    assert_eq!(rgb.dimensions(), (600, 450));
+    assert_eq!(preprocess::plan_decode(&jpeg, LIMIT, 225).expect("plan").scale, 8);
+    // Full size when asked, and a small JPEG is never upsampled.
+    assert_eq!(preprocess::plan_decode(&jpeg, LIMIT, u32::MAX).expect("plan").decoded, (2400, 1800));
+    let small = photo_jpeg(180, 180);
+    assert_eq!(preprocess::plan_decode(&small, LIMIT, 128).expect("plan").scale, 1);
+    // 4.3 Mpx stored, 270 kpx decoded: allowed under a 1 Mpx limit at 1/4, refused at full size.
+    assert!(preprocess::plan_decode(&jpeg, 1_000_000, 256).is_ok());
+    let err = preprocess::plan_decode(&jpeg, 1_000_000, u32::MAX).expect_err("full size over the limit");
+    assert_eq!(err.code(), "image_too_large");
+    // The scaled decode is the full decode, averaged: the model input barely differs.
+    let full = preprocess::preprocess_pixels(&decode_rgb(&jpeg, LIMIT).expect("full"), &effnet).expect("resize");
+    let scaled = preprocess(&jpeg, &effnet).expect("scaled");
+    let diff: f64 = full.as_raw().iter().zip(scaled.as_raw()).map(|(a, b)| f64::from(a.abs_diff(*b))).sum::<f64>()
+        / full.as_raw().len() as f64;
+    assert!(diff < 4.0, "mean absolute difference {diff}");
+}
+
+/// What a decode allocates is known before decoding: a 16-bit RGBA PNG declaring
+/// 6324 x 6324 pixels (40 Mpx, 320 MB decoded) is refused by the per-image memory limit
+/// before any pixel is read.
+pub fn a_decode_over_the_memory_limit_is_refused_before_decoding() {
+    let deep = DynamicImage::ImageRgba16(image::ImageBuffer::from_pixel(8, 8, Rgba([1u16, 2, 3, 65535])));
+    let mut png = encode(&deep, ImageFormat::Png);
+    png[16..20].copy_from_slice(&6324u32.to_be_bytes());
+    png[20..24].copy_from_slice(&6324u32.to_be_bytes());
+    let crc = crc32fast::hash(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    let plan = preprocess::plan_decode(&png, LIMIT, 128).expect("headers only");
+    assert!(plan.bytes >= 6324 * 6324 * 8, "{}", plan.bytes);
+    let err = plan.within(128 << 20).expect_err("over 128 MiB");
+    assert!(matches!(err, PreprocessError::DecodeTooLarge { .. }) && err.code() == "image_too_large", "{err:?}");
+    // A PNG within the limit passes the same check.
+    let ok = preprocess::plan_decode(&encode(&deep, ImageFormat::Png), LIMIT, 128).expect("plan");
+    assert!(ok.within(128 << 20).is_ok());
+}

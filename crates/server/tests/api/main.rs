@@ -112,6 +112,7 @@ fn main() -> std::process::ExitCode {
         async_test!(hostile::no_file_the_service_writes_is_readable_by_others),
         async_test!(hostile::forwarded_for_from_an_untrusted_peer_does_not_dodge_the_limit),
         async_test!(hostile::settings_that_cannot_work_are_refused_at_start),
+        async_test!(hostile::a_sixteen_bit_png_bomb_is_refused_before_decoding),
         // Prometheus and request ids.
         async_test!(telemetry::prometheus_metrics_need_the_token),
         async_test!(telemetry::prometheus_counters_move_with_known_requests),
