@@ -58,7 +58,13 @@ pub struct Server {
 }
 
 impl Drop for Server {
+    /// Kills the server's whole process group: LitServe's and uvicorn's worker processes
+    /// outlive a killed parent and kept polling, which slowed every later row.
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on the process group this harness created for the child.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -134,6 +140,8 @@ impl Server {
 
     async fn spawn(mut cmd: Command, port: u16, api: Api, dir: tempfile::TempDir, probe: &Photo) -> Result<Self> {
         let started = Instant::now();
+        // Its own process group, so that dropping the server kills its workers too.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())

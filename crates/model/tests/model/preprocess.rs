@@ -247,15 +247,15 @@ pub fn jpegs_decode_at_the_smallest_scale_the_geometry_allows() {
     let jpeg = photo_jpeg(2400, 1800);
     let effnet = PreprocessConfig { size: 224, center_crop_from: 256, ..PreprocessConfig::default() };
     let plan = preprocess::plan_decode(&jpeg, LIMIT, preprocess::needed_short_side(&effnet)).expect("plan");
-    // Twice the 256 px the crop needs: 1800 / 2 = 900 >= 512, 1800 / 4 = 450 < 512.
-    assert_eq!((plan.scale, plan.decoded, plan.bytes), (2, (1200, 900), 1200 * 900 * 3));
+    // The 256 px the crop needs: 1800 / 4 = 450 >= 256, 1800 / 8 = 225 < 256.
+    assert_eq!((plan.scale, plan.decoded, plan.bytes), (4, (600, 450), 600 * 450 * 3));
     let seed = PreprocessConfig { size: 128, ..PreprocessConfig::default() };
     let plan = preprocess::plan_decode(&jpeg, LIMIT, preprocess::needed_short_side(&seed)).expect("plan");
-    // Twice the 128 px of the squash: 1800 / 4 = 450 >= 256, 1800 / 8 = 225 < 256.
-    assert_eq!((plan.scale, plan.decoded), (4, (600, 450)));
+    // The 128 px of the squash: 1800 / 8 = 225 >= 128.
+    assert_eq!((plan.scale, plan.decoded), (8, (300, 225)));
     let rgb = preprocess::decode_planned(&jpeg, &plan).expect("decode");
-    assert_eq!(rgb.dimensions(), (600, 450));
-    assert_eq!(preprocess::plan_decode(&jpeg, LIMIT, 225).expect("plan").scale, 8);
+    assert_eq!(rgb.dimensions(), (300, 225));
+    assert_eq!(preprocess::plan_decode(&jpeg, LIMIT, 451).expect("plan").scale, 2);
     // Full size when asked, and a small JPEG is never upsampled.
     assert_eq!(preprocess::plan_decode(&jpeg, LIMIT, u32::MAX).expect("plan").decoded, (2400, 1800));
     let small = photo_jpeg(180, 180);
