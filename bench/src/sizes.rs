@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use catsdogs_model::preprocess;
-use image::RgbImage;
 
 use crate::ratio;
 use crate::serve::{self, Cell, Photo, Server};
@@ -55,32 +54,6 @@ impl SizeClass {
     }
 }
 
-/// `small` upscaled to `w x h` with seeded noise of +-8, JPEG quality 90 (libjpeg-turbo).
-fn upscaled_jpeg(small: &RgbImage, (w, h): (u32, u32), seed: u32) -> Result<Vec<u8>> {
-    use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
-    let mut big = RgbImage::new(w, h);
-    Resizer::new().resize(
-        small,
-        &mut big,
-        &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
-    )?;
-    let mut state = seed.wrapping_mul(2_654_435_761).max(1);
-    for v in big.iter_mut() {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        *v = v.saturating_add((state % 17) as u8).saturating_sub(8);
-    }
-    let image = turbojpeg::Image {
-        pixels: &big.as_raw()[..],
-        width: w as usize,
-        pitch: w as usize * 3,
-        height: h as usize,
-        format: turbojpeg::PixelFormat::RGB,
-    };
-    Ok(turbojpeg::compress(image, 90, turbojpeg::Subsamp::Sub2x2)?.to_vec())
-}
-
 /// The photos of a class.
 pub fn photos_of(small: &[Photo], class: SizeClass) -> Result<Vec<Photo>> {
     let Some(size) = class.size() else {
@@ -91,7 +64,8 @@ pub fn photos_of(small: &[Photo], class: SizeClass) -> Result<Vec<Photo>> {
         .enumerate()
         .map(|(i, p)| {
             let rgb = preprocess::decode_rgb(&p.bytes, u64::MAX).context("a shared photo does not decode")?;
-            Ok(Photo { bytes: upscaled_jpeg(&rgb, size, i as u32 + 1)?, label: p.label })
+            let bytes = catsdogs_model::testing::upscaled_jpeg(&rgb, size, i as u32 + 1).map_err(anyhow::Error::msg)?;
+            Ok(Photo { bytes, label: p.label })
         })
         .collect()
 }

@@ -8,28 +8,9 @@ use catsdogs_model::preprocess;
 use image::RgbImage;
 use rayon::prelude::*;
 
-/// A shared training photo upscaled to 4032 x 3024 (a 12-megapixel phone photo), with a
-/// little noise so the JPEG has a phone photo's size (2-4 MB at quality 90).
+/// A shared training photo as a 12-megapixel phone photo (4032 x 3024 JPEG, ~2.2 MB).
 fn twelve_megapixel_jpeg(small: &RgbImage, seed: u32) -> Vec<u8> {
-    use fast_image_resize::{ResizeAlg, ResizeOptions, Resizer};
-    let mut big = RgbImage::new(4032, 3024);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(fast_image_resize::FilterType::Bilinear));
-    Resizer::new().resize(small, &mut big, &options).expect("upscale");
-    let mut state = seed.wrapping_mul(2_654_435_761).max(1);
-    for v in big.iter_mut() {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        *v = v.saturating_add((state % 17) as u8).saturating_sub(8);
-    }
-    let image = turbojpeg::Image {
-        pixels: &big.as_raw()[..],
-        width: 4032,
-        pitch: 4032 * 3,
-        height: 3024,
-        format: turbojpeg::PixelFormat::RGB,
-    };
-    turbojpeg::compress(image, 90, turbojpeg::Subsamp::Sub2x2).expect("encode").to_vec()
+    catsdogs_model::testing::upscaled_jpeg(small, (4032, 3024), seed).expect("12 MP JPEG")
 }
 
 /// 100 cats and 100 dogs spread over the whole folder.
