@@ -306,7 +306,7 @@ async fn sizes_section(args: &Args, python: Option<&PathBuf>, report: &mut Strin
     }
     let small = serve::load_photos(&args.photos, args.size_per_class)?;
     let model = forward::load(&args.size_model, args.threads)?;
-    let model_img_s = forward::catsdogs_backend(&model, args.forward_secs)?.batch32_img_s;
+    let forward = forward::catsdogs_backend(&model, args.forward_secs)?;
     drop(model);
     let seed_model = args.models.iter().find(|m| m.ends_with("seed-cnn")).map(PathBuf::as_path);
     let a = sizes::SizesArgs {
@@ -318,7 +318,8 @@ async fn sizes_section(args: &Args, python: Option<&PathBuf>, report: &mut Strin
         clients: &args.size_clients,
         secs: args.secs,
         max_batch: args.max_batch,
-        model_img_s,
+        model_img_s: forward.batch32_img_s,
+        model_batch1_ms: forward.batch1_median_ms,
     };
     sizes::section(&a, &small, report).await
 }

@@ -127,7 +127,13 @@ pub struct SizesArgs<'a> {
     pub max_batch: usize,
     /// Images/s of the model alone at batch 32 on all cores (section 1's figure).
     pub model_img_s: f64,
+    /// Median batch-1 forward time of the model alone (ms), for the one-client budget.
+    pub model_batch1_ms: f64,
 }
+
+/// What one lone request may cost beyond decoding and a batch-1 forward pass (issue 24's
+/// target: HTTP, multipart, storage and the answer within 3 ms).
+const LONE_REQUEST_OVERHEAD_MS: f64 = 3.0;
 
 /// Section 4: phone-size photos.
 pub async fn section(a: &SizesArgs<'_>, small: &[Photo], report: &mut String) -> Result<()> {
@@ -142,15 +148,18 @@ pub async fn section(a: &SizesArgs<'_>, small: &[Photo], report: &mut String) ->
          2 workers of one ONNX Runtime thread, batches of 8 within 2 ms and PIL's `draft` (libjpeg-turbo DCT \
          scaling); the seed service serves the seed CNN. Decode: median ms on one core of the decode + resize \
          catsdogs does, and of a full-size decode. Ceiling = {cores:.0} cores x 1000 / (decode + model core-ms \
-         per image); the model alone: {:.1} img/s at batch 32 = {forward_core_ms:.1} core-ms per image.\n",
+         per image); the model alone: {:.1} img/s at batch 32 = {forward_core_ms:.1} core-ms per image, batch-1 \
+         median {:.1} ms. One-client budget = decode + batch-1 forward + {LONE_REQUEST_OVERHEAD_MS} ms: what a lone \
+         request may take.\n",
         small.len(),
         a.secs,
         a.model.display(),
         a.max_batch,
-        a.model_img_s
+        a.model_img_s,
+        a.model_batch1_ms
     )?;
     report.push_str(
-        "| photos | mean KiB | decode ms | full decode ms | ceiling req/s | server | clients | req/s | % of ceiling | p50 ms | p99 ms | errors | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| photos | mean KiB | decode ms | full decode ms | ceiling req/s | one-client budget ms | server | clients | req/s | % of ceiling | p50 ms | p99 ms | errors | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut cells: Vec<(SizeClass, Peer, usize, Cell)> = Vec::new();
     for &class in a.classes {
@@ -158,6 +167,7 @@ pub async fn section(a: &SizesArgs<'_>, small: &[Photo], report: &mut String) ->
         let kib = photos.iter().map(|p| p.bytes.len() as f64).sum::<f64>() / photos.len() as f64 / 1024.0;
         let (decode_ms, full_ms) = decode_costs(&photos, a.model)?;
         let ceiling = cores * 1000.0 / (decode_ms + forward_core_ms);
+        let budget = decode_ms + a.model_batch1_ms + LONE_REQUEST_OVERHEAD_MS;
         let mut peers = vec![(Peer::Catsdogs, a.model)];
         if a.python.is_some() {
             peers.push((Peer::LitServe, a.model));
@@ -177,7 +187,7 @@ pub async fn section(a: &SizesArgs<'_>, small: &[Photo], report: &mut String) ->
                 let of_ceiling =
                     if peer == Peer::Seed { String::new() } else { format!("{:.0} %", 100.0 * cell.rate() / ceiling) };
                 let line = format!(
-                    "| {} | {kib:.0} | {decode_ms:.1} | {full_ms:.1} | {ceiling:.0} | {} | {clients} | {:.1} | {of_ceiling} | {:.1} | {:.1} | {} | {:.0} |\n",
+                    "| {} | {kib:.0} | {decode_ms:.1} | {full_ms:.1} | {ceiling:.0} | {budget:.1} | {} | {clients} | {:.1} | {of_ceiling} | {:.1} | {:.1} | {} | {:.0} |\n",
                     class.name(),
                     peer.name(),
                     cell.rate(),
