@@ -9,7 +9,8 @@
 //! 3. seed-CNN training images/s: candle vs Keras vs PyTorch;
 //! 4. phone-size photos (small, 1 MP, 12 MP JPEGs) at 1/16/64 clients: catsdogs, the
 //!    LitServe + ONNX Runtime peer serving the same graph, and the seed service; decode
-//!    times and the ceiling they imply.
+//!    times and the ceiling they imply;
+//! 5. warm-up: the first request after a start and after a reload, over fresh servers.
 //!
 //! The Python side (bench/reference/) runs in a venv the harness creates; `--no-reference`
 //! skips it.
@@ -17,6 +18,7 @@ mod forward;
 mod reference;
 mod serve;
 mod sizes;
+mod warmup;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -80,8 +82,14 @@ struct Args {
     #[arg(long, default_value_t = 12)]
     size_per_class: usize,
     /// Only section 4 (phone-size photos).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "only_warmup")]
     only_sizes: bool,
+    /// Only section 5 (warm-up).
+    #[arg(long)]
+    only_warmup: bool,
+    /// Fresh servers section 5 starts (0 skips it).
+    #[arg(long, default_value_t = 20)]
+    warmup_restarts: usize,
     /// Markdown report written here too.
     #[arg(long, default_value = "bench/results/latest.md")]
     out: PathBuf,
@@ -336,12 +344,19 @@ async fn main() -> Result<()> {
          taken in this run on this machine.\n\n",
         machine()
     );
-    if !args.only_sizes {
+    if !args.only_sizes && !args.only_warmup {
         forward_section(&args, python.as_ref(), &mut report)?;
         e2e_section(&args, python.as_ref(), &mut report).await?;
         training_section(&args, python.as_ref(), &mut report)?;
     }
-    sizes_section(&args, python.as_ref(), &mut report).await?;
+    if !args.only_warmup {
+        sizes_section(&args, python.as_ref(), &mut report).await?;
+    }
+    if !args.only_sizes {
+        let photos = serve::load_photos(&args.photos, 5)?;
+        warmup::section(&args.catsdogs, &args.size_model, args.max_batch, &photos, args.warmup_restarts, &mut report)
+            .await?;
+    }
     println!("{report}");
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;

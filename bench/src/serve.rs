@@ -84,17 +84,17 @@ impl Server {
     pub async fn catsdogs(exe: &Path, model: &Path, max_batch: usize, probe: &Photo) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let mut cmd = Command::new(exe);
-        cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--no-inference-log"])
-            .arg("--model")
-            .arg(model)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["--max-batch", &max_batch.to_string()])
-            .env("API_TOKEN", TOKEN)
-            .env("LOG_LEVEL", "warn")
-            .env_remove("DATABASE_URL");
-        Self::spawn(cmd, port, Api::Catsdogs, dir, probe).await
+        let cmd = catsdogs_command(exe, model, max_batch, dir.path(), port);
+        Self::spawn(cmd, port, Api::Catsdogs, dir, Probe::Predict(probe)).await
+    }
+
+    /// `catsdogs serve` as [`Server::catsdogs`] starts it, returned as soon as it reports
+    /// ready (`GET /api/health` = 200), before any prediction.
+    pub async fn catsdogs_ready(exe: &Path, model: &Path, max_batch: usize) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let cmd = catsdogs_command(exe, model, max_batch, dir.path(), port);
+        Self::spawn(cmd, port, Api::Catsdogs, dir, Probe::Health).await
     }
 
     /// The Python seed service (`bench/reference/seed_service.py`) on `model` (seed CNN).
@@ -108,7 +108,7 @@ impl Server {
             .arg(model)
             .env("CATSDOGS_REF_TOKEN", TOKEN)
             .env("TMPDIR", dir.path());
-        Self::spawn(cmd, port, Api::Seed, dir, probe).await
+        Self::spawn(cmd, port, Api::Seed, dir, Probe::Predict(probe)).await
     }
 
     /// The LitServe + ONNX Runtime peer (`bench/reference/litserve_peer.py`) on `model`.
@@ -121,7 +121,7 @@ impl Server {
             .arg("--model-dir")
             .arg(model)
             .env("TMPDIR", dir.path());
-        Self::spawn(cmd, port, Api::LitServe, dir, probe).await
+        Self::spawn(cmd, port, Api::LitServe, dir, Probe::Predict(probe)).await
     }
 
     /// Peak resident memory of the server and its child processes (LitServe runs its
@@ -138,7 +138,7 @@ impl Server {
         own + children / 1024.0
     }
 
-    async fn spawn(mut cmd: Command, port: u16, api: Api, dir: tempfile::TempDir, probe: &Photo) -> Result<Self> {
+    async fn spawn(mut cmd: Command, port: u16, api: Api, dir: tempfile::TempDir, probe: Probe<'_>) -> Result<Self> {
         let started = Instant::now();
         // Its own process group, so that dropping the server kills its workers too.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -151,7 +151,15 @@ impl Server {
             Server { child, base: format!("http://127.0.0.1:{port}"), api, cold_start: Duration::ZERO, _dir: dir };
         let client = reqwest::Client::new();
         while started.elapsed() < Duration::from_secs(120) {
-            if predict(&client, &server.base, api, probe).await.is_ok() {
+            let up = match probe {
+                Probe::Predict(photo) => predict(&client, &server.base, api, photo).await.is_ok(),
+                Probe::Health => client
+                    .get(format!("{}/api/health", server.base))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success()),
+            };
+            if up {
                 server.cold_start = started.elapsed();
                 return Ok(server);
             }
@@ -162,6 +170,30 @@ impl Server {
         }
         bail!("{:?} did not answer a prediction within 120 s", cmd.get_program())
     }
+}
+
+/// How [`Server::spawn`] knows the server is up.
+#[derive(Clone, Copy)]
+enum Probe<'a> {
+    /// A successful prediction of this photo (cold start = exec to first answer).
+    Predict(&'a Photo),
+    /// `GET /api/health` answers 200 (catsdogs: ready, model loaded), nothing predicted.
+    Health,
+}
+
+/// The `catsdogs serve` command line the benchmark runs: SQLite in `dir`, no inference log.
+fn catsdogs_command(exe: &Path, model: &Path, max_batch: usize, dir: &Path, port: u16) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--no-inference-log"])
+        .arg("--model")
+        .arg(model)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--max-batch", &max_batch.to_string()])
+        .env("API_TOKEN", TOKEN)
+        .env("LOG_LEVEL", "warn")
+        .env_remove("DATABASE_URL");
+    cmd
 }
 
 fn free_port() -> Result<u16> {

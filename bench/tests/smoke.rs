@@ -28,6 +28,7 @@ fn harness_produces_a_table() {
         .args(["--per-class", "4", "--models", "models/seed-cnn", "--clients", "1,4", "--secs", "1"])
         .args(["--forward-secs", "0.2", "--train-secs", "0.5", "--no-reference"])
         .args(["--sizes", "1mp", "--size-clients", "2", "--size-per-class", "2", "--size-model", "models/seed-cnn"])
+        .args(["--warmup-restarts", "2"])
         .arg("--out")
         .arg(&out)
         .status()
@@ -57,4 +58,10 @@ fn harness_produces_a_table() {
     let number = |i: usize| c[i].parse::<f64>().unwrap_or(f64::NAN);
     assert!(number(6) > number(3), "the one-client budget adds the forward pass to the decode: {sized}");
     assert!(number(9) > 0.0 && c[13] == "0", "{sized}");
+    // Section 5: the first request after a start and after a reload, timed.
+    for moment in ["| after start |", "| after reload |"] {
+        let row = table.lines().find(|l| l.starts_with(moment)).expect("warm-up row");
+        let c = cols(row);
+        assert!(c[3].parse::<f64>().is_ok_and(|ms| ms > 0.0) && c[4].parse::<f64>().is_ok_and(|ms| ms > 0.0), "{row}");
+    }
 }

@@ -206,15 +206,19 @@ impl Classifier {
         }
     }
 
-    /// Loads the configured model directory on the blocking pool.
+    /// Loads the configured model directory on the blocking pool and warms it up (one run
+    /// per batch size the batcher will send, see [`LoadedModel::warm_up`]): the server is
+    /// not ready, and a reload does not swap, until that is done.
     pub async fn load(cfg: &EngineConfig) -> Result<LoadedModel, String> {
-        let (dir, backend, threads, tta_flip) =
-            (cfg.model_dir.clone(), cfg.backend, cfg.inference_threads, cfg.tta_flip);
+        let (dir, backend, threads, tta_flip, max_batch) =
+            (cfg.model_dir.clone(), cfg.backend, cfg.inference_threads, cfg.tta_flip, cfg.batching.max_batch);
         tokio::task::spawn_blocking(move || {
-            LoadedModel::load(&dir, backend, threads).map(|mut m| {
-                m.tta_flip = tta_flip;
-                m
-            })
+            let mut model = LoadedModel::load(&dir, backend, threads)?;
+            model.tta_flip = tta_flip;
+            let t = Instant::now();
+            let sizes = model.warm_up(max_batch)?;
+            tracing::info!(?sizes, ms = t.elapsed().as_millis() as u64, "model warmed up");
+            Ok(model)
         })
         .await
         .map_err(|e| e.to_string())

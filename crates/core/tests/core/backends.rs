@@ -80,3 +80,17 @@ pub fn test_time_flip_averages_the_image_and_its_mirror() {
     let expected = (plain[0].p_dog + plain[1].p_dog) / 2.0;
     assert!((flipped[0].p_dog - expected).abs() < 1e-6, "{} vs {expected}", flipped[0].p_dog);
 }
+
+pub fn warm_up_runs_every_batch_size_the_batcher_sends_and_changes_no_answer() {
+    let model = LoadedModel::load(&shipped_model(), BackendKind::Onnxruntime, 2).expect("load");
+    let size = model.preprocess_config().size;
+    let img = RgbImage::from_fn(size, size, |x, y| Rgb([(x * 5) as u8, (y * 7) as u8, ((x + y) % 253) as u8]));
+    let before = model.predict_images(std::slice::from_ref(&img)).expect("predict")[0].p_dog;
+    // The largest first (the pool's peak once), then every smaller size.
+    assert_eq!(model.warm_up(8).expect("warm up"), vec![8, 1, 2, 3, 4, 5, 6, 7]);
+    // A large --max-batch: powers of two and the maximum, to keep the start short.
+    assert_eq!(model.warm_up(40).expect("warm up"), vec![40, 1, 2, 4, 8, 16, 32]);
+    assert_eq!(model.warm_up(0).expect("warm up"), vec![1]);
+    let after = model.predict_images(std::slice::from_ref(&img)).expect("predict")[0].p_dog;
+    assert_eq!(before, after, "warming up changes no state an answer depends on");
+}

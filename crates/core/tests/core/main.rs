@@ -13,6 +13,7 @@ fn main() -> std::process::ExitCode {
         sync_test!(backends::backends_agree_on_generated_images_and_batch_sizes),
         sync_test!(backends::bad_inputs_and_missing_files_are_typed_errors),
         sync_test!(backends::test_time_flip_averages_the_image_and_its_mirror),
+        sync_test!(backends::warm_up_runs_every_batch_size_the_batcher_sends_and_changes_no_answer),
         async_test!(engine::answers_carry_the_version_of_the_model_that_computed_them),
         async_test!(engine::a_bad_input_fails_alone),
         async_test!(engine::without_a_model_every_request_says_why),
