@@ -10,7 +10,8 @@
 //! 4. phone-size photos (small, 1 MP, 12 MP JPEGs) at 1/16/64 clients: catsdogs, the
 //!    LitServe + ONNX Runtime peer serving the same graph, and the seed service; decode
 //!    times and the ceiling they imply;
-//! 5. warm-up: the first request after a start and after a reload, over fresh servers.
+//! 5. warm-up: the first request after a start and after a reload, over fresh servers;
+//! 6. steady memory: resident memory over a long run of random client counts and sizes.
 //!
 //! The Python side (bench/reference/) runs in a venv the harness creates; `--no-reference`
 //! skips it.
@@ -18,6 +19,7 @@ mod forward;
 mod reference;
 mod serve;
 mod sizes;
+mod steady;
 mod warmup;
 
 use std::fmt::Write as _;
@@ -82,11 +84,17 @@ struct Args {
     #[arg(long, default_value_t = 12)]
     size_per_class: usize,
     /// Only section 4 (phone-size photos).
-    #[arg(long, conflicts_with = "only_warmup")]
+    #[arg(long, conflicts_with_all = ["only_warmup", "only_steady"])]
     only_sizes: bool,
     /// Only section 5 (warm-up).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "only_steady")]
     only_warmup: bool,
+    /// Only section 6 (steady memory).
+    #[arg(long)]
+    only_steady: bool,
+    /// Seconds of section 6 (0 skips it).
+    #[arg(long, default_value_t = 600.0)]
+    steady_secs: f64,
     /// Fresh servers section 5 starts (0 skips it).
     #[arg(long, default_value_t = 20)]
     warmup_restarts: usize,
@@ -344,18 +352,24 @@ async fn main() -> Result<()> {
          taken in this run on this machine.\n\n",
         machine()
     );
-    if !args.only_sizes && !args.only_warmup {
+    let only = [args.only_sizes, args.only_warmup, args.only_steady];
+    let all = !only.contains(&true);
+    if all {
         forward_section(&args, python.as_ref(), &mut report)?;
         e2e_section(&args, python.as_ref(), &mut report).await?;
         training_section(&args, python.as_ref(), &mut report)?;
     }
-    if !args.only_warmup {
+    if all || args.only_sizes {
         sizes_section(&args, python.as_ref(), &mut report).await?;
     }
-    if !args.only_sizes {
+    let (exe, model, max_batch) = (&args.catsdogs, &args.size_model, args.max_batch);
+    if all || args.only_warmup {
         let photos = serve::load_photos(&args.photos, 5)?;
-        warmup::section(&args.catsdogs, &args.size_model, args.max_batch, &photos, args.warmup_restarts, &mut report)
-            .await?;
+        warmup::section(exe, model, max_batch, &photos, args.warmup_restarts, &mut report).await?;
+    }
+    if all || args.only_steady {
+        let photos = serve::load_photos(&args.photos, args.size_per_class)?;
+        steady::section(exe, model, max_batch, &photos, args.steady_secs, &mut report).await?;
     }
     println!("{report}");
     if let Some(dir) = args.out.parent() {

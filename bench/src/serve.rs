@@ -73,11 +73,16 @@ impl Drop for Server {
 impl Server {
     /// Peak resident memory of the server process so far (VmHWM), in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
+        self.status_kib("VmHWM:") / 1024.0
+    }
+
+    /// A KiB figure of the server's `/proc/PID/status` (`field` with its colon), NaN if absent.
+    pub fn status_kib(&self, field: &str) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+            .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(str::to_string))
             .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-            .map_or(f64::NAN, |kib| kib / 1024.0)
+            .unwrap_or(f64::NAN)
     }
 
     /// `catsdogs serve` on `model` with SQLite in a temporary folder.

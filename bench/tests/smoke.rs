@@ -28,7 +28,7 @@ fn harness_produces_a_table() {
         .args(["--per-class", "4", "--models", "models/seed-cnn", "--clients", "1,4", "--secs", "1"])
         .args(["--forward-secs", "0.2", "--train-secs", "0.5", "--no-reference"])
         .args(["--sizes", "1mp", "--size-clients", "2", "--size-per-class", "2", "--size-model", "models/seed-cnn"])
-        .args(["--warmup-restarts", "2"])
+        .args(["--warmup-restarts", "2", "--steady-secs", "10"])
         .arg("--out")
         .arg(&out)
         .status()
@@ -58,6 +58,13 @@ fn harness_produces_a_table() {
     let number = |i: usize| c[i].parse::<f64>().unwrap_or(f64::NAN);
     assert!(number(6) > number(3), "the one-client budget adds the forward pass to the decode: {sized}");
     assert!(number(9) > 0.0 && c[13] == "0", "{sized}");
+    // Section 6: resident memory sampled over random phases, and the throughput after them.
+    let steady_header = table.lines().position(|l| l.starts_with("| phases |")).expect("steady-memory table");
+    let row = table.lines().nth(steady_header + 2).expect("steady-memory row");
+    let c = cols(row);
+    assert!(c[1].parse::<usize>().is_ok_and(|n| n >= 2), "several phases: {row}");
+    assert!(c[2].parse::<f64>().is_ok_and(|m| m > 10.0) && c[3].parse::<f64>().is_ok_and(|m| m > 10.0), "{row}");
+    assert!(c[7].parse::<f64>().is_ok_and(|r| r > 0.0), "{row}");
     // Section 5: the first request after a start and after a reload, timed.
     for moment in ["| after start |", "| after reload |"] {
         let row = table.lines().find(|l| l.starts_with(moment)).expect("warm-up row");

@@ -48,10 +48,13 @@ enum Command {
 }
 
 fn main() -> Result<ExitCode> {
-    catsdogs_core::tune_allocator();
     // Precedence: flags, then the environment, then `.env` (which never overrides the environment).
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
+    // Batch work keeps freed memory (faster); the server hands it back (steady memory).
+    if !matches!(cli.command, Command::Serve(_)) {
+        catsdogs_core::tune_allocator();
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).context("invalid --log-level")?;
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if cli.log_format == "json" {

@@ -255,6 +255,9 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
 }
 
+/// How often the server hands free memory back to the kernel.
+const MEMORY_TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Binds `cfg.addr`.
 pub async fn bind(cfg: &ServerConfig) -> Result<TcpListener, StartError> {
     TcpListener::bind(cfg.addr).await.map_err(|source| StartError::Bind { addr: cfg.addr.to_string(), source })
@@ -295,7 +298,16 @@ pub async fn run(
             }
         })
     };
+    // Free memory goes back to the kernel every few seconds (bench section 6).
+    let trimming = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(MEMORY_TRIM_INTERVAL).await;
+            let _ = tokio::task::spawn_blocking(catsdogs_core::release_free_memory).await;
+        }
+    });
     let served = serve_connections(listener, app.router, state.cfg.header_read_timeout, shutdown).await;
+    trimming.abort();
+    pruning.abort();
     maintenance.abort();
     purging.abort();
     pruning.abort();
