@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use catsdogs_core::BackendKind;
+use catsdogs_server::config::{DEFAULT_GRPC_ADDR, GrpcListen};
 use catsdogs_server::{ServerConfig, TokenSource};
 use clap::Args;
 
@@ -18,6 +19,13 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "CATSDOGS_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: SocketAddr,
+    /// Address of the Open Inference Protocol's gRPC service (default 127.0.0.1:8001, where
+    /// a taken port only warns; an address given here that cannot be bound stops the start).
+    #[arg(long, env = "CATSDOGS_GRPC_ADDR", conflicts_with = "no_grpc")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// No gRPC service.
+    #[arg(long, env = "CATSDOGS_NO_GRPC")]
+    pub no_grpc: bool,
     /// Directory for the SQLite database, the generated token and the pseudonymisation key.
     #[arg(long, env = "CATSDOGS_STATE_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -221,6 +229,11 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     let mut cfg = ServerConfig::new(a.model, a.data_dir);
     cfg.registry_dir = a.registry;
     cfg.addr = a.addr;
+    cfg.grpc = match (a.no_grpc, a.grpc_addr) {
+        (true, _) => GrpcListen::Off,
+        (false, Some(addr)) => GrpcListen::Explicit(addr),
+        (false, None) => GrpcListen::Default(DEFAULT_GRPC_ADDR),
+    };
     cfg.database_url = a.database_url.or_else(seed_database_url);
     cfg.backend = a.backend;
     cfg.tokens = a.api_token.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
@@ -257,6 +270,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let listener = catsdogs_server::bind(&cfg).await?;
+        let grpc = catsdogs_server::bind_grpc(&cfg).await?;
         let (app, source) = catsdogs_server::build(cfg.clone()).await?;
         match source {
             TokenSource::Configured(n) => tracing::info!(tokens = n, "API tokens from API_TOKEN / --api-token"),
@@ -269,7 +283,12 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         catsdogs_server::reload_on_sighup(app.state.clone());
         let addr = listener.local_addr().unwrap_or(cfg.addr);
         eprintln!("catsdogs listening on http://{addr}  (page: /  API docs: /docs/)");
-        catsdogs_server::run(app, listener, catsdogs_server::shutdown_signal()).await.context("server failed")
+        if let Some(addr) = grpc.as_ref().and_then(|l| l.local_addr().ok()) {
+            eprintln!("grpc listening on {addr}  (inference.GRPCInferenceService)");
+        }
+        catsdogs_server::run_with_grpc(app, listener, grpc, catsdogs_server::shutdown_signal())
+            .await
+            .context("server failed")
     })
 }
 

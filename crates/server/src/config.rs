@@ -14,10 +14,27 @@ pub fn system_clock() -> Clock {
     Arc::new(Utc::now)
 }
 
+/// Where the gRPC inference service listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcListen {
+    /// No gRPC (`--no-grpc`; the library default, so tests opt in).
+    Off,
+    /// The conventional port ([`DEFAULT_GRPC_ADDR`]): when something else holds it, the
+    /// server starts with a warning and without gRPC.
+    Default(SocketAddr),
+    /// An address the operator chose: when it cannot be bound, the start fails.
+    Explicit(SocketAddr),
+}
+
+/// Triton's convention: HTTP on 8000, gRPC on 8001.
+pub const DEFAULT_GRPC_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8001);
+
 /// Everything the service needs to start.
 #[derive(Clone)]
 pub struct ServerConfig {
     pub addr: SocketAddr,
+    /// The Open Inference Protocol's gRPC service (see [`GrpcListen`]).
+    pub grpc: GrpcListen,
     /// Holds the SQLite file, the generated token and the pseudonymisation key.
     pub data_dir: PathBuf,
     /// `sqlite://...` or `postgres://...`; `None` = SQLite file in `data_dir`.
@@ -108,6 +125,7 @@ impl ServerConfig {
         let log_dir = data_dir.join("logs");
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            grpc: GrpcListen::Off,
             data_dir,
             database_url: None,
             model_dir,

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod charts;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod limits;
 pub mod pages;
 pub mod session;
@@ -263,13 +264,65 @@ pub async fn bind(cfg: &ServerConfig) -> Result<TcpListener, StartError> {
     TcpListener::bind(cfg.addr).await.map_err(|source| StartError::Bind { addr: cfg.addr.to_string(), source })
 }
 
-/// Serves until `shutdown` resolves; then finishes in-flight requests and saves pending rows.
+/// Binds the gRPC address `cfg.grpc` names, if any. An address the operator chose that
+/// cannot be bound stops the start; the default port held by something else is a warning
+/// and the server runs without gRPC.
+pub async fn bind_grpc(cfg: &ServerConfig) -> Result<Option<TcpListener>, StartError> {
+    match cfg.grpc {
+        config::GrpcListen::Off => Ok(None),
+        config::GrpcListen::Explicit(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| StartError::Bind { addr: addr.to_string(), source }),
+        config::GrpcListen::Default(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => Ok(Some(l)),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "the default gRPC port is taken: no gRPC (set --grpc-addr or --no-grpc)");
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// Serves HTTP until `shutdown` resolves; then finishes in-flight requests and saves
+/// pending rows.
 pub async fn run(
     app: App,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_with_grpc(app, listener, None, shutdown).await
+}
+
+/// [`run`], plus the gRPC inference service on `grpc` when given (both stop together).
+pub async fn run_with_grpc(
+    app: App,
+    listener: TcpListener,
+    grpc: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let state = app.state.clone();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grpc_task = grpc.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "gRPC inference service started");
+        }
+        let service = grpc::service(state.clone());
+        let stop = signal(stopped.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop)
+                .await
+        })
+    });
     let maintenance = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -305,9 +358,16 @@ pub async fn run(
             let _ = tokio::task::spawn_blocking(catsdogs_core::release_free_memory).await;
         }
     });
-    let served = serve_connections(listener, app.router, state.cfg.header_read_timeout, shutdown).await;
+    let served = serve_connections(listener, app.router, state.cfg.header_read_timeout, signal(stopped)).await;
+    if let Some(task) = grpc_task {
+        match tokio::time::timeout(SHUTDOWN_GRACE, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "the gRPC service failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "the gRPC service panicked"),
+            Err(_) => tracing::warn!("gRPC calls still running after the shutdown grace period were cut off"),
+        }
+    }
     trimming.abort();
-    pruning.abort();
     maintenance.abort();
     purging.abort();
     pruning.abort();

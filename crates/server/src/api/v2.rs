@@ -86,6 +86,14 @@ pub struct InputTensor {
     pub data: Option<Box<serde_json::value::RawValue>>,
 }
 
+impl InputTensor {
+    /// A tensor described by type and shape whose data travels outside the JSON (binary
+    /// extension, gRPC raw contents).
+    pub(crate) fn described(name: &str, datatype: &str, shape: &[i64]) -> Self {
+        Self { name: name.into(), shape: shape.to_vec(), datatype: datatype.into(), parameters: None, data: None }
+    }
+}
+
 /// Largest JSON text accepted for numeric pixel data; bigger tensors must use the binary
 /// extension (JSON numbers cost ~4 bytes of text and 8 of memory per value).
 pub const MAX_JSON_PIXEL_TEXT: usize = 8 * 1024 * 1024;
@@ -152,11 +160,11 @@ pub async fn protocol_error_shape(resp: axum::response::Response) -> axum::respo
     out
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
+pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_inference_request", message)
 }
 
-fn check_model(name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_model(name: &str) -> Result<(), ApiError> {
     if name == MODEL_NAME {
         Ok(())
     } else {
@@ -194,6 +202,22 @@ pub async fn server_metadata() -> Json<ServerMetadata> {
     })
 }
 
+/// The served model's protocol metadata (REST and gRPC).
+pub(crate) fn served_model_metadata(state: &AppState) -> ModelMetadata {
+    let t = |name: &str, datatype: &str, shape: &[i64]| TensorMetadata {
+        name: name.into(),
+        datatype: datatype.into(),
+        shape: shape.to_vec(),
+    };
+    ModelMetadata {
+        name: MODEL_NAME.into(),
+        versions: vec![state.model_version()],
+        platform: "onnxruntime_onnx".into(),
+        inputs: vec![t("image", "BYTES", &[-1]), t("pixels", "UINT8", &[-1, -1, -1, 3])],
+        outputs: vec![t(P_DOG, "FP32", &[-1]), t(LABEL, "BYTES", &[-1])],
+    }
+}
+
 /// Model metadata.
 #[utoipa::path(get, path = "/v2/models/{name}", tag = "inference protocol",
     params(("name" = String, Path, description = "Always `catsdogs`")),
@@ -206,18 +230,7 @@ pub async fn model_metadata(
     Path(name): Path<String>,
 ) -> Result<Json<ModelMetadata>, ApiError> {
     check_model(&name)?;
-    let t = |name: &str, datatype: &str, shape: &[i64]| TensorMetadata {
-        name: name.into(),
-        datatype: datatype.into(),
-        shape: shape.to_vec(),
-    };
-    Ok(Json(ModelMetadata {
-        name: MODEL_NAME.into(),
-        versions: vec![state.model_version()],
-        platform: "onnxruntime_onnx".into(),
-        inputs: vec![t("image", "BYTES", &[-1]), t("pixels", "UINT8", &[-1, -1, -1, 3])],
-        outputs: vec![t("p_dog", "FP32", &[-1]), t("label", "BYTES", &[-1])],
-    }))
+    Ok(Json(served_model_metadata(&state)))
 }
 
 /// Model readiness.
@@ -455,7 +468,43 @@ pub async fn infer(
         None if !binary.is_empty() => return Err(invalid("binary data sent without binary_data_size")),
         None => None,
     };
-    let inputs: Vec<ImageInput> = match input.datatype.as_str() {
+    let inputs = image_inputs(&state, input, binary)?;
+    let (preds, model_version) = classify_request(&state, inputs).await?;
+    let n = preds.len() as i64;
+    Ok(Json(InferResponse {
+        model_name: MODEL_NAME.into(),
+        model_version,
+        id: req.id,
+        outputs: vec![
+            OutputTensor {
+                name: P_DOG.into(),
+                datatype: "FP32".into(),
+                shape: vec![n],
+                data: preds.iter().map(|p| Value::from(f64::from(p.p_dog))).collect(),
+            },
+            OutputTensor {
+                name: LABEL.into(),
+                datatype: "BYTES".into(),
+                shape: vec![n],
+                data: preds.iter().map(|p| Value::from(p.label().as_str())).collect(),
+            },
+        ],
+    }))
+}
+
+/// The protocol's output names.
+pub(crate) const P_DOG: &str = "p_dog";
+pub(crate) const LABEL: &str = "label";
+
+/// The images of one input tensor: encoded files (`BYTES`) or pixels (`UINT8` / `FP32`),
+/// from `binary` (raw tensor data) or else the tensor's JSON `data`; within the limits of
+/// `/api/predict`.
+pub(crate) fn image_inputs(
+    state: &AppState,
+    input: &InputTensor,
+    binary: Option<&[u8]>,
+) -> Result<Vec<ImageInput>, ApiError> {
+    Ok(match input.datatype.as_str() {
         "BYTES" => bytes_elements(input, binary, state.cfg.max_upload_bytes, state.cfg.max_batch_files)?
             .into_iter()
             .map(ImageInput::Encoded)
@@ -468,7 +517,17 @@ pub async fn infer(
                 .collect()
         }
         other => return Err(invalid(format!("unsupported datatype {other}; use BYTES, UINT8 or FP32"))),
-    };
+    })
+}
+
+/// Classifies the images of one protocol request (REST or gRPC) and stores one prediction
+/// row per image, as `/api/predict` does. The protocol answers a request as a whole: the
+/// first failed image fails it. Returns the answers and the version of the model that
+/// computed them.
+pub(crate) async fn classify_request(
+    state: &AppState,
+    inputs: Vec<ImageInput>,
+) -> Result<(Vec<Classified>, String), ApiError> {
     let started = std::time::Instant::now();
     let results = state.engine.classify_all(inputs).await?;
     let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -478,40 +537,20 @@ pub async fn infer(
         let id = catsdogs_store::PredictionId::new().to_string();
         match r {
             Ok(p) => {
-                record(&state, &id, "", Ok(&p), ms, None, None).await;
+                record(state, &id, "", Ok(&p), ms, None, None).await;
                 preds.push(p);
             }
             Err(e) => {
                 let e = ApiError::from(e);
-                record(&state, &id, "", Err(&e), ms, None, None).await;
+                record(state, &id, "", Err(&e), ms, None, None).await;
                 first_error.get_or_insert(e);
             }
         }
     }
-    // The protocol answers a request as a whole: one unreadable image fails it.
     if let Some(e) = first_error {
         return Err(e);
     }
-    let n = preds.len() as i64;
     // One request is classified by one model (the engine pins it), whose version this is.
     let model_version = preds.first().map_or_else(|| state.model_version(), |p| p.model_version.to_string());
-    Ok(Json(InferResponse {
-        model_name: MODEL_NAME.into(),
-        model_version,
-        id: req.id,
-        outputs: vec![
-            OutputTensor {
-                name: "p_dog".into(),
-                datatype: "FP32".into(),
-                shape: vec![n],
-                data: preds.iter().map(|p| Value::from(f64::from(p.p_dog))).collect(),
-            },
-            OutputTensor {
-                name: "label".into(),
-                datatype: "BYTES".into(),
-                shape: vec![n],
-                data: preds.iter().map(|p| Value::from(p.label().as_str())).collect(),
-            },
-        ],
-    }))
+    Ok((preds, model_version))
 }

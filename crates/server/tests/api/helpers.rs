@@ -82,6 +82,8 @@ pub struct TestApp {
     /// The temporary folder of an app that owns its data (`data/` and the SQLite file in it).
     pub dir: Option<tempfile::TempDir>,
     pub client: reqwest::Client,
+    /// `host:port` of the gRPC service, when the configuration asked for one.
+    pub grpc: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _gate: Gate,
@@ -151,10 +153,12 @@ impl TestApp {
         configure(&mut cfg);
         let listener = catsdogs_server::bind(&cfg).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let grpc_listener = catsdogs_server::bind_grpc(&cfg).await.expect("bind gRPC");
+        let grpc = grpc_listener.as_ref().map(|l| l.local_addr().expect("gRPC address").to_string());
         let (app, _) = catsdogs_server::build(cfg).await.expect("build app");
         let state = app.state.clone();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(catsdogs_server::run(app, listener, async move {
+        let task = tokio::spawn(catsdogs_server::run_with_grpc(app, listener, grpc_listener, async move {
             let _ = rx.await;
         }));
         Self {
@@ -163,6 +167,7 @@ impl TestApp {
             data_dir,
             dir,
             client: client(),
+            grpc,
             shutdown: Some(tx),
             task: Some(task),
             _gate: gate,

@@ -8,6 +8,7 @@ mod browser;
 mod contract;
 mod feedback;
 mod gdpr;
+mod grpc;
 mod health;
 mod helpers;
 mod hostile;
@@ -154,6 +155,11 @@ fn main() -> std::process::ExitCode {
         async_test!(v2::unparseable_json_and_a_header_length_beyond_the_body_are_400),
         async_test!(v2::protocol_inferences_are_stored_like_api_predictions),
         async_test!(v2::tritonclient_works_against_the_shipped_model).needs(&[Triton, Photos]),
+        async_test!(grpc::grpc_health_is_public_and_everything_else_needs_the_token),
+        async_test!(grpc::grpc_inference_agrees_with_rest_and_stores_rows),
+        async_test!(grpc::a_file_over_four_mib_goes_through_and_one_over_the_upload_limit_does_not),
+        async_test!(grpc::a_taken_explicit_address_fails_the_start_and_a_taken_default_only_warns),
+        async_test!(grpc::tritonclient_grpc_works_against_the_shipped_model).needs(&[Triton, Photos]),
         // The web page, server side.
         async_test!(pages::every_page_renders_without_the_token),
         async_test!(pages::the_first_view_issues_a_hardened_session_cookie_under_a_strict_csp),

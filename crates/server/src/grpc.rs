@@ -1,0 +1,239 @@
+//! The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`, the service
+//! KServe, Triton and MLServer clients call; Triton's convention puts it on port 8001).
+//! It is a second door to the same server: the same engine, bearer tokens (`authorization`
+//! metadata), limits and prediction rows as the REST protocol in [`crate::api::v2`], whose
+//! parsing and classification it calls. Inputs and outputs are those of the REST protocol:
+//! `image` (`BYTES`) or `pixels` (`UINT8` / `FP32`) in; `p_dog` (`FP32`) and `label`
+//! (`BYTES`) out, as raw contents when the request came raw (what `tritonclient` sends),
+//! typed contents otherwise.
+use std::collections::HashMap;
+
+use axum::http::StatusCode;
+use tonic::{Request, Response, Status};
+
+use crate::api::v2::{self, InputTensor, LABEL, MODEL_NAME, P_DOG};
+use crate::auth::{self, SessionAccess};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Code generated at build time from `proto/grpc_predict_v2.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("inference");
+}
+
+use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use proto::model_infer_request::InferInputTensor;
+use proto::model_infer_response::InferOutputTensor;
+use proto::{
+    InferTensorContents, ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse,
+    ModelReadyRequest, ModelReadyResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest,
+    ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse, model_metadata_response,
+};
+
+/// The gRPC service over the server's state.
+pub struct InferenceService {
+    state: AppState,
+}
+
+/// The tonic service to mount, with message limits raised to what the REST protocol
+/// accepts (tonic's default is 4 MiB: one 12 MP photo would not fit).
+pub fn service(state: AppState) -> GrpcInferenceServiceServer<InferenceService> {
+    let limit = message_limit(&state);
+    GrpcInferenceServiceServer::new(InferenceService { state })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit)
+}
+
+/// Largest request message: a full batch of files at the upload limit, plus framing.
+pub fn message_limit(state: &AppState) -> usize {
+    state.cfg.max_upload_bytes.saturating_mul(state.cfg.max_batch_files.max(1)).saturating_add(64 * 1024)
+}
+
+/// An API error as a gRPC status: the code the protocol's clients expect for its HTTP
+/// status, the message prefixed with our stable error code.
+pub fn status_of(e: &ApiError) -> Status {
+    let message = format!("{}: {}", e.code, e.message);
+    match e.status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY | StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            Status::invalid_argument(message)
+        }
+        StatusCode::UNAUTHORIZED => Status::unauthenticated(message),
+        StatusCode::FORBIDDEN => Status::permission_denied(message),
+        StatusCode::NOT_FOUND => Status::not_found(message),
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => Status::resource_exhausted(message),
+        StatusCode::SERVICE_UNAVAILABLE => Status::unavailable(message),
+        _ => Status::internal(message),
+    }
+}
+
+impl InferenceService {
+    /// The caller's bearer token, checked as the REST routes check it.
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let headers = request.metadata().clone().into_headers();
+        auth::authorize(&self.state, &headers, SessionAccess::Operator).map(|_| ()).map_err(|e| status_of(&e))
+    }
+
+    fn ready(&self) -> bool {
+        self.state.loaded_model().is_some()
+    }
+}
+
+/// The raw bytes of one typed input, laid out as raw contents would be (`BYTES`: each
+/// element after its 4-byte little-endian length), so both forms go through one parser.
+fn typed_as_raw(tensor: &InferInputTensor) -> Result<Vec<u8>, ApiError> {
+    let contents = tensor.contents.as_ref().ok_or_else(|| v2::invalid("input has no contents"))?;
+    Ok(match tensor.datatype.as_str() {
+        "BYTES" => {
+            let mut raw = Vec::with_capacity(contents.bytes_contents.iter().map(|b| b.len() + 4).sum());
+            for element in &contents.bytes_contents {
+                let len = u32::try_from(element.len()).map_err(|_| v2::invalid("BYTES element over 4 GiB"))?;
+                raw.extend_from_slice(&len.to_le_bytes());
+                raw.extend_from_slice(element);
+            }
+            raw
+        }
+        "UINT8" => contents
+            .uint_contents
+            .iter()
+            .map(|&v| u8::try_from(v).map_err(|_| v2::invalid("UINT8 values must be 0-255")))
+            .collect::<Result<_, _>>()?,
+        "FP32" => contents.fp32_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        other => return Err(v2::invalid(format!("unsupported datatype {other}; use BYTES, UINT8 or FP32"))),
+    })
+}
+
+/// Which outputs to answer, in order: those requested, or both.
+fn requested_outputs(request: &ModelInferRequest) -> Result<Vec<&'static str>, ApiError> {
+    if request.outputs.is_empty() {
+        return Ok(vec![P_DOG, LABEL]);
+    }
+    request
+        .outputs
+        .iter()
+        .map(|o| match o.name.as_str() {
+            P_DOG => Ok(P_DOG),
+            LABEL => Ok(LABEL),
+            other => Err(v2::invalid(format!("unknown output {other:?}; outputs are {P_DOG} and {LABEL}"))),
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse { ready: self.ready() }))
+    }
+
+    async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        self.authorize(&request)?;
+        v2::check_model(&request.get_ref().name).map_err(|e| status_of(&e))?;
+        Ok(Response::new(ModelReadyResponse { ready: self.ready() }))
+    }
+
+    async fn server_metadata(
+        &self,
+        request: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        self.authorize(&request)?;
+        let axum::Json(m) = v2::server_metadata().await;
+        Ok(Response::new(ServerMetadataResponse { name: m.name, version: m.version, extensions: m.extensions }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        self.authorize(&request)?;
+        v2::check_model(&request.get_ref().name).map_err(|e| status_of(&e))?;
+        let m = v2::served_model_metadata(&self.state);
+        let tensors = |ts: Vec<v2::TensorMetadata>| {
+            ts.into_iter()
+                .map(|t| model_metadata_response::TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape })
+                .collect()
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: m.name,
+            versions: m.versions,
+            platform: m.platform,
+            inputs: tensors(m.inputs),
+            outputs: tensors(m.outputs),
+        }))
+    }
+
+    async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        infer(&self.state, request).await.map(Response::new).map_err(|e| status_of(&e))
+    }
+}
+
+/// One `ModelInfer`: the same checks, limits, engine and rows as `POST /v2/models/{name}/infer`.
+async fn infer(state: &AppState, request: ModelInferRequest) -> Result<ModelInferResponse, ApiError> {
+    v2::check_model(&request.model_name)?;
+    state.model()?;
+    let [tensor] = &request.inputs[..] else { return Err(v2::invalid("send exactly one input (`image` or `pixels`)")) };
+    let raw_request = !request.raw_input_contents.is_empty();
+    let raw = match &request.raw_input_contents[..] {
+        [] => typed_as_raw(tensor)?,
+        [raw] => raw.to_vec(),
+        _ => return Err(v2::invalid("raw_input_contents must hold exactly one entry per input")),
+    };
+    // Counted like a REST body (the message limit bounds it).
+    let mut lease = crate::limits::UploadLease::default();
+    state.limits.take_upload_bytes(&mut lease, raw.len())?;
+    let described = InputTensor::described(&tensor.name, &tensor.datatype, &tensor.shape);
+    let outputs = requested_outputs(&request)?;
+    let inputs = v2::image_inputs(state, &described, Some(&raw))?;
+    drop(raw);
+    let (preds, model_version) = v2::classify_request(state, inputs).await?;
+    let n = preds.len() as i64;
+    let mut response = ModelInferResponse {
+        model_name: MODEL_NAME.into(),
+        model_version,
+        id: request.id,
+        parameters: HashMap::new(),
+        outputs: Vec::with_capacity(outputs.len()),
+        raw_output_contents: Vec::new(),
+    };
+    for name in outputs {
+        let (datatype, contents) = if name == P_DOG {
+            (
+                "FP32",
+                InferTensorContents { fp32_contents: preds.iter().map(|p| p.p_dog).collect(), ..Default::default() },
+            )
+        } else {
+            let labels = preds.iter().map(|p| p.label().as_str().as_bytes().to_vec()).collect();
+            ("BYTES", InferTensorContents { bytes_contents: labels, ..Default::default() })
+        };
+        let contents = if raw_request {
+            response.raw_output_contents.push(contents_as_raw(&contents));
+            None
+        } else {
+            Some(contents)
+        };
+        response.outputs.push(InferOutputTensor {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape: vec![n],
+            parameters: HashMap::new(),
+            contents,
+        });
+    }
+    Ok(response)
+}
+
+/// FP32 or BYTES contents as raw output bytes (little-endian floats; length-prefixed
+/// elements).
+fn contents_as_raw(contents: &InferTensorContents) -> Vec<u8> {
+    let mut raw: Vec<u8> = contents.fp32_contents.iter().flat_map(|v| v.to_le_bytes()).collect();
+    for element in &contents.bytes_contents {
+        raw.extend_from_slice(&(element.len() as u32).to_le_bytes());
+        raw.extend_from_slice(element);
+    }
+    raw
+}
