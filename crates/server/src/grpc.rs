@@ -87,9 +87,7 @@ fn typed_as_raw(tensor: &InferInputTensor) -> Result<Vec<u8>, ApiError> {
         "BYTES" => {
             let mut raw = Vec::with_capacity(contents.bytes_contents.iter().map(|b| b.len() + 4).sum());
             for element in &contents.bytes_contents {
-                let len = u32::try_from(element.len()).map_err(|_| v2::invalid("BYTES element over 4 GiB"))?;
-                raw.extend_from_slice(&len.to_le_bytes());
-                raw.extend_from_slice(element);
+                push_bytes_element(&mut raw, element)?;
             }
             raw
         }
@@ -179,8 +177,9 @@ async fn infer(state: &AppState, request: ModelInferRequest) -> Result<ModelInfe
     let [tensor] = &request.inputs[..] else { return Err(v2::invalid("send exactly one input (`image` or `pixels`)")) };
     let raw_request = !request.raw_input_contents.is_empty();
     let raw = match &request.raw_input_contents[..] {
-        [] => typed_as_raw(tensor)?,
-        [raw] => raw.to_vec(),
+        [] => std::borrow::Cow::Owned(typed_as_raw(tensor)?),
+        // Borrowed: the request already holds the bytes (up to a full batch of files).
+        [raw] => std::borrow::Cow::Borrowed(&raw[..]),
         _ => return Err(v2::invalid("raw_input_contents must hold exactly one entry per input")),
     };
     // Counted like a REST body (the message limit bounds it).
@@ -190,12 +189,14 @@ async fn infer(state: &AppState, request: ModelInferRequest) -> Result<ModelInfe
     let outputs = requested_outputs(&request)?;
     let inputs = v2::image_inputs(state, &described, Some(&raw))?;
     drop(raw);
+    // The uploaded bytes are decoded now: keep only the id while the model runs.
+    let ModelInferRequest { id, .. } = request;
     let (preds, model_version) = v2::classify_request(state, inputs).await?;
     let n = preds.len() as i64;
     let mut response = ModelInferResponse {
         model_name: MODEL_NAME.into(),
         model_version,
-        id: request.id,
+        id,
         parameters: HashMap::new(),
         outputs: Vec::with_capacity(outputs.len()),
         raw_output_contents: Vec::new(),
@@ -232,8 +233,17 @@ async fn infer(state: &AppState, request: ModelInferRequest) -> Result<ModelInfe
 fn contents_as_raw(contents: &InferTensorContents) -> Vec<u8> {
     let mut raw: Vec<u8> = contents.fp32_contents.iter().flat_map(|v| v.to_le_bytes()).collect();
     for element in &contents.bytes_contents {
-        raw.extend_from_slice(&(element.len() as u32).to_le_bytes());
-        raw.extend_from_slice(element);
+        // Output elements are labels ("cat", "dog"): never near the 4 GiB a length can say.
+        let _ = push_bytes_element(&mut raw, element);
     }
     raw
+}
+
+/// Appends one `BYTES` element in the protocol's raw layout: its 4-byte little-endian
+/// length, then the element.
+fn push_bytes_element(raw: &mut Vec<u8>, element: &[u8]) -> Result<(), ApiError> {
+    let len = u32::try_from(element.len()).map_err(|_| v2::invalid("BYTES element over 4 GiB"))?;
+    raw.extend_from_slice(&len.to_le_bytes());
+    raw.extend_from_slice(element);
+    Ok(())
 }
