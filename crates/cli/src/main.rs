@@ -6,6 +6,7 @@ use std::process::ExitCode;
 mod commands;
 mod db;
 mod models;
+mod otel;
 mod retrain;
 mod serve;
 
@@ -50,24 +51,42 @@ enum Command {
 fn main() -> Result<ExitCode> {
     // Precedence: flags, then the environment, then `.env` (which never overrides the environment).
     let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
-    // Batch work keeps freed memory (faster); the server hands it back (steady memory).
-    if !matches!(cli.command, Command::Serve(_)) {
-        catsdogs_core::tune_allocator();
+    let Cli { log_level, log_format, command } = Cli::parse();
+    let args = match command {
+        Command::Serve(a) => a,
+        other => {
+            // Batch work keeps freed memory (faster); the server hands it back (steady memory).
+            catsdogs_core::tune_allocator();
+            init_logging(&log_level, &log_format, None)?;
+            return run_command(other);
+        }
+    };
+    // The server's runtime exists before logging starts: the OTLP exporter's gRPC
+    // connection lives in it.
+    let runtime = serve::runtime()?;
+    let traces = {
+        let _inside = runtime.enter();
+        otel::TraceExport::from_env()?
+    };
+    init_logging(&log_level, &log_format, traces.as_ref())?;
+    if let Some(t) = &traces {
+        tracing::info!(protocol = ?t.protocol, "exporting request traces over OTLP");
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).context("invalid --log-level")?;
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if cli.log_format == "json" {
-        logs.json().with_current_span(true).init();
-    } else {
-        logs.init();
+    let served = serve::serve(args, &runtime, traces.is_some());
+    if let Some(t) = traces {
+        t.shutdown();
     }
-    match cli.command {
+    served.map(|_| ExitCode::SUCCESS)
+}
+
+/// Every command but `serve` (which `main` runs with its runtime and traces).
+fn run_command(command: Command) -> Result<ExitCode> {
+    match command {
         Command::Train(a) => commands::train(a).map(|_| ExitCode::SUCCESS),
         Command::Eval(a) => commands::eval(a).map(|_| ExitCode::SUCCESS),
         Command::Predict(a) => commands::predict(a),
         Command::Export(a) => commands::export(a).map(|_| ExitCode::SUCCESS),
-        Command::Serve(a) => serve::serve(a).map(|_| ExitCode::SUCCESS),
+        Command::Serve(a) => serve::serve(a, &serve::runtime()?, false).map(|_| ExitCode::SUCCESS),
         Command::Db(a) => db::db(a).map(|_| ExitCode::SUCCESS),
         Command::Data(a) => db::data(a).map(|_| ExitCode::SUCCESS),
         Command::Retrain(a) => retrain::retrain(a).map(|_| ExitCode::SUCCESS),
@@ -76,4 +95,20 @@ fn main() -> Result<ExitCode> {
             serve::healthcheck(a).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
+}
+
+/// Log lines on stderr (text or JSON) filtered by `--log-level`; with `traces`, the
+/// server's spans also go to the OTLP exporter, whatever the log level.
+fn init_logging(level: &str, format: &str, traces: Option<&otel::TraceExport>) -> Result<()> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_new(level).context("invalid --log-level")?;
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = if format == "json" { logs.json().with_current_span(true).boxed() } else { logs.boxed() };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces.map(otel::TraceExport::layer))
+        .try_init()
+        .context("cannot install the log subscriber")
 }

@@ -225,7 +225,13 @@ fn seed_database_url() -> Option<String> {
     Some(format!("postgres://{creds}@{host}:{port}/{name}"))
 }
 
-pub fn serve(a: ServeArgs) -> Result<()> {
+/// The server's Tokio runtime (built before logging: the OTLP exporter lives in it).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+/// Serves until a shutdown signal; `trace_export` when an OTLP exporter is installed.
+pub fn serve(a: ServeArgs, rt: &tokio::runtime::Runtime, trace_export: bool) -> Result<()> {
     let mut cfg = ServerConfig::new(a.model, a.data_dir);
     cfg.registry_dir = a.registry;
     cfg.addr = a.addr;
@@ -266,8 +272,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     }
     // Settings that cannot work stop here, before anything is bound or opened.
     cfg.validate().context("invalid configuration")?;
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    cfg.trace_export = trace_export;
     rt.block_on(async move {
         let listener = catsdogs_server::bind(&cfg).await?;
         let grpc = catsdogs_server::bind_grpc(&cfg).await?;

@@ -82,6 +82,10 @@ pub struct ServerConfig {
     pub max_decode_bytes: u64,
     /// Memory all decodes in flight may take together, in bytes.
     pub decode_budget_bytes: u64,
+    /// Request spans go to an OpenTelemetry exporter the process installed: incoming
+    /// `traceparent` headers are continued, responses carry one, and predictions add their
+    /// stage spans. Off: none of that work is done.
+    pub trace_export: bool,
     pub clock: Clock,
 }
 
@@ -149,6 +153,7 @@ impl ServerConfig {
             limits: crate::limits::LimitsConfig::default(),
             max_decode_bytes: catsdogs_core::DEFAULT_MAX_DECODE_BYTES,
             decode_budget_bytes: catsdogs_core::DEFAULT_DECODE_BUDGET_BYTES,
+            trace_export: false,
             clock: system_clock(),
         }
     }

@@ -7,6 +7,7 @@
 //! (`BYTES`) out, as raw contents when the request came raw (what `tritonclient` sends),
 //! typed contents otherwise.
 use std::collections::HashMap;
+use std::time::Instant;
 
 use axum::http::StatusCode;
 use tonic::{Request, Response, Status};
@@ -15,6 +16,7 @@ use crate::api::v2::{self, InputTensor, LABEL, MODEL_NAME, P_DOG};
 use crate::auth::{self, SessionAccess};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::telemetry::{Stage, StageSpans};
 
 /// Code generated at build time from `proto/grpc_predict_v2.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -174,6 +176,8 @@ impl GrpcInferenceService for InferenceService {
 async fn infer(state: &AppState, request: ModelInferRequest) -> Result<ModelInferResponse, ApiError> {
     v2::check_model(&request.model_name)?;
     state.model()?;
+    let stages = StageSpans::of_current_request(state.cfg.trace_export);
+    let read = Instant::now();
     let [tensor] = &request.inputs[..] else { return Err(v2::invalid("send exactly one input (`image` or `pixels`)")) };
     let raw_request = !request.raw_input_contents.is_empty();
     let raw = match &request.raw_input_contents[..] {
@@ -191,7 +195,8 @@ async fn infer(state: &AppState, request: ModelInferRequest) -> Result<ModelInfe
     drop(raw);
     // The uploaded bytes are decoded now: keep only the id while the model runs.
     let ModelInferRequest { id, .. } = request;
-    let (preds, model_version) = v2::classify_request(state, inputs).await?;
+    stages.add(Stage::Read, read, Instant::now());
+    let (preds, model_version) = v2::classify_request(state, &stages, inputs).await?;
     let n = preds.len() as i64;
     let mut response = ModelInferResponse {
         model_name: MODEL_NAME.into(),

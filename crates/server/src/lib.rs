@@ -200,7 +200,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/info", get(api::health::info))
         .route("/health", get(api::health::seed_health))
         .merge(pages::routes(state.clone()));
-    Router::new()
+    let export = state.cfg.trace_export;
+    let routes = Router::new()
         .merge(page_callable)
         .merge(protected)
         .merge(inference_protocol)
@@ -221,8 +222,14 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(telemetry::http_metrics))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::internal("the request handler crashed"))
-        }))
-        .layer(TraceLayer::new_for_http().make_span_with(telemetry::request_span))
+        }));
+    // Inside the request span: the response's `traceparent` is that span's.
+    let routes = if export { routes.layer(axum::middleware::from_fn(telemetry::trace_response)) } else { routes };
+    routes
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(move |req: &axum::extract::Request| telemetry::request_span(req, export)),
+        )
         // Outermost: every request gets an id (or keeps the caller's when it is a short
         // token), echoed in the response.
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -316,8 +323,23 @@ pub async fn run_with_grpc(
         }
         let service = grpc::service(state.clone());
         let stop = signal(stopped.clone());
+        let export = state.cfg.trace_export;
+        // The same request spans as HTTP; with trace export, the answer's initial metadata
+        // carries the call's `traceparent`.
+        let tracing = tower::ServiceBuilder::new()
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(move |req: &axum::http::Request<_>| telemetry::grpc_span(req, export)),
+            )
+            .map_response(move |mut resp: axum::http::Response<_>| {
+                if export {
+                    telemetry::inject_traceparent(resp.headers_mut());
+                }
+                resp
+            });
         tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .layer(tracing)
                 .add_service(service)
                 .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop)
                 .await

@@ -24,6 +24,7 @@ use crate::error::ApiError;
 use crate::limits::{PeerAddr, Refusal};
 use crate::session::{self, OPERATOR_TTL_S, Role, Session};
 use crate::state::AppState;
+use crate::telemetry::{Stage, StageSpans};
 
 /// The page's policy: scripts, styles and images from this origin only (plus `blob:`
 /// previews of the user's own files); no inline script or style; no framing.
@@ -194,7 +195,8 @@ async fn classify_form(
     };
     let check = |t: &str| state.sessions.csrf_ok(&session, t);
     let rules = UploadRules::for_caller(&state, visitor.is_some(), usize::MAX);
-    let form = match read_uploads(mp, rules, &state.limits, Some(&check)).await {
+    let stages = StageSpans::of_current_request(state.cfg.trace_export);
+    let form = match stages.time(Stage::Read, read_uploads(mp, rules, &state.limits, Some(&check))).await {
         Ok(f) => f,
         Err(FormError::Csrf) => return csrf_failure(&state, &session),
         Err(FormError::Api(e)) => return failed(e),
@@ -208,7 +210,7 @@ async fn classify_form(
     if let Err(e) = state.model() {
         return failed(e);
     }
-    match classify_uploads(&state, form.uploads, form.consent, visitor).await {
+    match classify_uploads(&state, &stages, form.uploads, form.consent, visitor).await {
         Ok((items, _)) => render(&state, &session, StatusCode::OK, "results.html", "home", context! { items }),
         Err(e) => failed(e),
     }

@@ -1,4 +1,6 @@
-//! Prometheus metrics (`/metrics`) and per-request tracing with a request id.
+//! Prometheus metrics (`/metrics`), per-request tracing with a request id, and (when the
+//! process exports traces) OpenTelemetry: W3C `traceparent` continued and answered, and
+//! the stages of a prediction as child spans (`read`, `decode`, `queue`, `model`, `store`).
 //!
 //! Metric names (all prefixed `catsdogs_`):
 //! - `http_requests_total{route,method,status}`, `http_request_duration_seconds{route}`;
@@ -11,7 +13,10 @@
 //!   `outbox_rows` (prediction rows waiting for the database), `inference_log_errors_total`.
 use catsdogs_model::Architecture;
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
+
+use catsdogs_core::Classified;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
@@ -112,10 +117,187 @@ pub async fn drop_unsafe_request_id(mut req: Request) -> Request {
     req
 }
 
-/// One span per request, named by method and route, carrying the request id that
-/// `SetRequestIdLayer` put in `x-request-id` (and that the response echoes).
-pub fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+/// One span per request, named by method and route template (never the raw path: it may
+/// hold a prediction id), carrying the request id that `SetRequestIdLayer` put in
+/// `x-request-id` (and that the response echoes). With `export`, the span follows the
+/// OpenTelemetry HTTP conventions and continues the caller's `traceparent`.
+pub fn request_span<B>(req: &axum::http::Request<B>, export: bool) -> tracing::Span {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
+    span_for(req, route, export)
+}
+
+/// [`request_span`] for a gRPC call: the route is the method's path
+/// (`/inference.GRPCInferenceService/ModelInfer`), which names no id.
+pub fn grpc_span<B>(req: &axum::http::Request<B>, export: bool) -> tracing::Span {
+    let path = req.uri().path();
+    let known = path.starts_with("/inference.GRPCInferenceService/")
+        && path.len() <= 64
+        && path[1..].chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/'));
+    span_for(req, if known { path } else { "unmatched" }, export)
+}
+
+fn span_for<B>(req: &axum::http::Request<B>, route: &str, export: bool) -> tracing::Span {
     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-    let route = req.extensions().get::<MatchedPath>().map_or_else(|| req.uri().path(), |p| p.as_str());
-    tracing::info_span!("request", request_id = %id, method = %req.method(), route = %route)
+    let method = req.method().as_str();
+    if !export {
+        return tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    }
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %method,
+        route = %route,
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
+    // Fails only when no OpenTelemetry layer is installed: the span then stays a log span.
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Middleware (inside the request span, only when traces are exported): records the
+/// status on the span and answers with the span's `traceparent`, so the caller can find
+/// the server's side of its trace.
+pub async fn trace_response(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let span = tracing::Span::current();
+    span.record("http.response.status_code", resp.status().as_u16());
+    if resp.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    inject_traceparent(resp.headers_mut());
+    resp
+}
+
+/// Writes the current span's `traceparent` into `headers` (HTTP response headers, or a
+/// gRPC response's initial metadata).
+pub fn inject_traceparent(headers: &mut axum::http::HeaderMap) {
+    let cx = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
+}
+
+/// Reads W3C trace-context headers for the propagator.
+struct HeaderExtractor<'a>(&'a axum::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(axum::http::HeaderName::as_str).collect()
+    }
+}
+
+/// Writes W3C trace-context headers for the propagator.
+struct HeaderInjector<'a>(&'a mut axum::http::HeaderMap);
+
+impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) =
+            (axum::http::HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value))
+        {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// A stage of a prediction request, exported as a child span of the request span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Reading the upload (multipart fields, or the inference request's tensors).
+    Read,
+    /// Decode, orientation and resize of the request's images.
+    Decode,
+    /// Waiting in the batcher's queue.
+    Queue,
+    /// The forward pass the image was part of.
+    Model,
+    /// The prediction row, the inference-log line and a consented image.
+    Store,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Decode => "decode",
+            Self::Queue => "queue",
+            Self::Model => "model",
+            Self::Store => "store",
+        }
+    }
+}
+
+/// The stage spans of one request. Built from the engine's timings after the fact (the
+/// queue and the forward pass run on the batcher's thread, shared by several requests),
+/// with their real start and end times. Without trace export it holds nothing and does
+/// nothing.
+pub struct StageSpans {
+    parent: Option<opentelemetry::Context>,
+}
+
+impl StageSpans {
+    /// The stages of the request being handled (whose span is the current span).
+    pub fn of_current_request(export: bool) -> Self {
+        Self { parent: export.then(|| tracing::Span::current().context()) }
+    }
+
+    /// Runs `work` as `stage`.
+    pub async fn time<F: Future>(&self, stage: Stage, work: F) -> F::Output {
+        if self.parent.is_none() {
+            return work.await;
+        }
+        let started = Instant::now();
+        let out = work.await;
+        self.add(stage, started, Instant::now());
+        out
+    }
+
+    /// The decode span of a request whose images entered the engine at `submitted`, then
+    /// the queue and model spans of each image.
+    pub fn classified<'a>(&self, submitted: Instant, answers: impl IntoIterator<Item = &'a Classified>) {
+        if self.parent.is_none() {
+            return;
+        }
+        let mut decode_done = false;
+        for (i, c) in answers.into_iter().enumerate() {
+            let t = &c.timings;
+            let decoded = submitted + t.decode;
+            if !decode_done {
+                self.add(Stage::Decode, submitted, decoded);
+                decode_done = true;
+            }
+            let image = opentelemetry::KeyValue::new("catsdogs.image.index", i as i64);
+            self.add_with(Stage::Queue, decoded, decoded + t.queue, vec![image.clone()]);
+            let batch = opentelemetry::KeyValue::new("catsdogs.batch.size", t.batch_size as i64);
+            let version = opentelemetry::KeyValue::new("catsdogs.model.version", c.model_version.to_string());
+            self.add_with(Stage::Model, decoded + t.queue, decoded + t.queue + t.forward, vec![image, batch, version]);
+        }
+    }
+
+    /// A stage that ran from `start` to `end`.
+    pub fn add(&self, stage: Stage, start: Instant, end: Instant) {
+        self.add_with(stage, start, end, Vec::new());
+    }
+
+    fn add_with(&self, stage: Stage, start: Instant, end: Instant, attributes: Vec<opentelemetry::KeyValue>) {
+        use opentelemetry::trace::{Span as _, Tracer as _};
+        let Some(parent) = &self.parent else { return };
+        let (now_wall, now) = (SystemTime::now(), Instant::now());
+        let wall = |t: Instant| now_wall.checked_sub(now.saturating_duration_since(t)).unwrap_or(now_wall);
+        let tracer = opentelemetry::global::tracer("catsdogs");
+        let mut span = tracer
+            .span_builder(stage.name())
+            .with_kind(opentelemetry::trace::SpanKind::Internal)
+            .with_start_time(wall(start))
+            .with_attributes(attributes)
+            .start_with_context(&tracer, parent);
+        span.end_with_timestamp(wall(end));
+    }
 }

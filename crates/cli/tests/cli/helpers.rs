@@ -27,7 +27,7 @@ pub fn catsdogs() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_catsdogs"));
     for (key, _) in std::env::vars_os() {
         if let Some(key) = key.to_str()
-            && (key.starts_with("CATSDOGS_") || key == "DATABASE_URL" || key == "API_TOKEN")
+            && (key.starts_with("CATSDOGS_") || key.starts_with("OTEL_") || key == "DATABASE_URL" || key == "API_TOKEN")
         {
             cmd.env_remove(key);
         }
@@ -175,7 +175,19 @@ impl Server {
 
     /// As [`Server::start`], serving the model directory `model`.
     pub fn start_model(db_url: Option<&str>, data: &Path, secrets: &Path, model: &Path) -> Self {
+        Self::start_with_env(db_url, data, secrets, model, &[])
+    }
+
+    /// As [`Server::start_model`], with these environment variables set.
+    pub fn start_with_env(
+        db_url: Option<&str>,
+        data: &Path,
+        secrets: &Path,
+        model: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = catsdogs();
+        cmd.envs(env.iter().copied());
         cmd.current_dir(repo())
             .args(["serve", "--addr", "127.0.0.1:0", "--threads", "1", "--model"])
             .arg(model)

@@ -1,6 +1,7 @@
 //! The `catsdogs` binary's tests, one binary: the offline commands (predict, eval,
 //! export), the data and database commands, the deployment files, the model registry,
-//! the retraining loop, two replicas on PostgreSQL, and load with faults.
+//! the retraining loop, two replicas on PostgreSQL, OpenTelemetry export, and load with
+//! faults.
 mod commands;
 mod data_export;
 mod deploy;
@@ -9,6 +10,7 @@ mod load;
 mod registry;
 mod replicas;
 mod retrain;
+mod traces;
 
 use catsdogs_testkit::Need::{EffnetCheckpoint, K8sValidate, Photos, Postgres};
 use catsdogs_testkit::{async_test, sync_test};
@@ -67,6 +69,9 @@ fn main() -> std::process::ExitCode {
         async_test!(replicas::replicas_report_identical_daily_and_7_day_metrics).needs(&[Postgres]),
         async_test!(replicas::killing_a_replica_under_load_loses_none_of_its_acknowledged_writes).needs(&[Postgres]),
         async_test!(replicas::the_other_replica_answers_every_request_while_one_is_killed).needs(&[Postgres]),
+        async_test!(traces::otlp_grpc_receives_a_predict_under_the_callers_span_with_its_stages),
+        async_test!(traces::otlp_http_protobuf_is_the_default_protocol),
+        async_test!(traces::without_an_otlp_endpoint_the_answer_carries_no_traceparent),
         async_test!(load::sqlite_rows_match_every_answer_under_load),
         async_test!(load::sqlite_kill_9_under_load_loses_no_acknowledged_write),
         async_test!(load::postgres_outage_under_load_queues_rows_and_loses_none).needs(&[Postgres]),

@@ -15,6 +15,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorDetail};
 use crate::limits::{Limits, Refusal, UploadLease};
 use crate::state::AppState;
+use crate::telemetry::{Stage, StageSpans};
 
 /// The seed's percentages, formatted as strings.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -397,9 +398,11 @@ pub async fn predict(
     mp: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<PredictResponse>, ApiError> {
     state.model()?;
+    let stages = StageSpans::of_current_request(state.cfg.trace_export);
     let visitor = caller.visitor_session();
     let rules = UploadRules::for_caller(&state, visitor.is_some(), 1);
-    let mut form = read_uploads(mp.map_err(multipart_rejection)?, rules, &state.limits, None).await?;
+    let mut form =
+        stages.time(Stage::Read, read_uploads(mp.map_err(multipart_rejection)?, rules, &state.limits, None)).await?;
     let Some(upload) = form.uploads.pop() else {
         return Err(ApiError::bad_request("missing_file", "the form has no `file` field"));
     };
@@ -417,17 +420,23 @@ pub async fn predict(
     let ms = started.elapsed().as_secs_f64() * 1e3;
     match outcome {
         Ok(p) => {
-            let image_ref = match kept {
-                Some(b) => keep_image(&state, b, visitor).await,
-                None => None,
-            };
-            let image_kept = image_ref.is_some();
-            record(&state, &id, &upload.filename, Ok(&p), ms, image_ref, visitor).await;
+            stages.classified(started, [&p]);
+            let image_kept = stages
+                .time(Stage::Store, async {
+                    let image_ref = match kept {
+                        Some(b) => keep_image(&state, b, visitor).await,
+                        None => None,
+                    };
+                    let image_kept = image_ref.is_some();
+                    record(&state, &id, &upload.filename, Ok(&p), ms, image_ref, visitor).await;
+                    image_kept
+                })
+                .await;
             Ok(Json(response(id, upload.filename, &p, ms, image_kept)))
         }
         Err(e) => {
             let e = ApiError::from(e);
-            record(&state, &id, &upload.filename, Err(&e), ms, None, visitor).await;
+            stages.time(Stage::Store, record(&state, &id, &upload.filename, Err(&e), ms, None, visitor)).await;
             Err(e)
         }
     }
@@ -456,11 +465,13 @@ pub async fn predict_batch(
     state.model()?;
     let visitor = caller.visitor_session();
     let rules = UploadRules::for_caller(&state, visitor.is_some(), usize::MAX);
-    let form = read_uploads(mp.map_err(multipart_rejection)?, rules, &state.limits, None).await?;
+    let stages = StageSpans::of_current_request(state.cfg.trace_export);
+    let form =
+        stages.time(Stage::Read, read_uploads(mp.map_err(multipart_rejection)?, rules, &state.limits, None)).await?;
     if form.uploads.is_empty() {
         return Err(ApiError::bad_request("missing_file", "the form has no `file` field"));
     }
-    let (items, ms) = classify_uploads(&state, form.uploads, form.consent, visitor).await?;
+    let (items, ms) = classify_uploads(&state, &stages, form.uploads, form.consent, visitor).await?;
     let failed = items.iter().filter(|i| i.error.is_some()).count();
     Ok(Json(BatchResponse { succeeded: items.len() - failed, results: items, failed, latency_ms: ms }))
 }
@@ -470,6 +481,7 @@ pub async fn predict_batch(
 /// the page's plain form.
 pub(crate) async fn classify_uploads(
     state: &AppState,
+    stages: &StageSpans,
     uploads: Vec<Upload>,
     consent: bool,
     visitor_session: Option<&str>,
@@ -501,9 +513,11 @@ pub(crate) async fn classify_uploads(
         state.engine.classify_all(files.into_iter().map(ImageInput::Encoded).collect()).await?
     };
     let ms = started.elapsed().as_secs_f64() * 1e3;
+    stages.classified(started, preds.iter().filter_map(|r| r.as_ref().ok()));
     for (slot, r) in slots.into_iter().zip(preds) {
         results[slot] = Some(r.map_err(ApiError::from));
     }
+    let stored = Instant::now();
     let mut items = Vec::with_capacity(results.len());
     for ((name, r), bytes) in names.into_iter().zip(results).zip(kept) {
         let id = catsdogs_store::PredictionId::new().to_string();
@@ -530,5 +544,6 @@ pub(crate) async fn classify_uploads(
             }
         }
     }
+    stages.add(Stage::Store, stored, Instant::now());
     Ok((items, ms))
 }

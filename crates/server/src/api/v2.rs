@@ -26,6 +26,8 @@ use utoipa::ToSchema;
 use crate::api::predict::record;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::telemetry::{Stage, StageSpans};
+use std::time::Instant;
 
 /// The model's name on the protocol.
 pub const MODEL_NAME: &str = "catsdogs";
@@ -454,6 +456,8 @@ pub async fn infer(
 ) -> Result<Json<InferResponse>, ApiError> {
     check_model(&name)?;
     state.model()?;
+    let stages = StageSpans::of_current_request(state.cfg.trace_export);
+    let read = Instant::now();
     // Counted once read (the route's body limit bounds it): the JSON body is not streamed.
     let mut lease = crate::limits::UploadLease::default();
     state.limits.take_upload_bytes(&mut lease, body.len())?;
@@ -469,7 +473,8 @@ pub async fn infer(
         None => None,
     };
     let inputs = image_inputs(&state, input, binary)?;
-    let (preds, model_version) = classify_request(&state, inputs).await?;
+    stages.add(Stage::Read, read, Instant::now());
+    let (preds, model_version) = classify_request(&state, &stages, inputs).await?;
     let n = preds.len() as i64;
     Ok(Json(InferResponse {
         model_name: MODEL_NAME.into(),
@@ -526,11 +531,14 @@ pub(crate) fn image_inputs(
 /// computed them.
 pub(crate) async fn classify_request(
     state: &AppState,
+    stages: &StageSpans,
     inputs: Vec<ImageInput>,
 ) -> Result<(Vec<Classified>, String), ApiError> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let results = state.engine.classify_all(inputs).await?;
     let ms = started.elapsed().as_secs_f64() * 1e3;
+    stages.classified(started, results.iter().filter_map(|r| r.as_ref().ok()));
+    let stored = Instant::now();
     let mut preds: Vec<Classified> = Vec::with_capacity(results.len());
     let mut first_error = None;
     for r in results {
@@ -547,6 +555,7 @@ pub(crate) async fn classify_request(
             }
         }
     }
+    stages.add(Stage::Store, stored, Instant::now());
     if let Some(e) = first_error {
         return Err(e);
     }
