@@ -44,16 +44,44 @@ pub struct StorePlace {
     /// `sqlite://FILE` or `postgres://...` (default: SQLite in --data-dir).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Where the server's secrets are (the pseudonymisation key erasure tombstones are made
+    /// with); default: --data-dir.
+    #[arg(long, env = "CATSDOGS_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
+    /// The replicas' shared folder (consented images, inference log); default: --data-dir.
+    #[arg(long, env = "CATSDOGS_SHARED_DIR")]
+    pub shared_dir: Option<PathBuf>,
 }
 
 impl StorePlace {
+    /// Where consented images and (by default) the inference log are.
+    fn shared(&self) -> PathBuf {
+        self.shared_dir.clone().unwrap_or_else(|| self.data_dir.clone())
+    }
+
     /// Opens the store and runs the migrations.
     async fn open(&self) -> Result<Store> {
+        self.open_with(StoreOptions::default()).await
+    }
+
+    /// Opens the store with the server's erasure key (read, never created: a key of our
+    /// own would make tombstones the server cannot match).
+    async fn open_for_erasure(&self) -> Result<Store> {
+        let dir = self.secrets_dir.clone().unwrap_or_else(|| self.data_dir.clone());
+        let path = dir.join("pseudonym-key");
+        let secret = std::fs::read_to_string(&path).with_context(|| {
+            format!("cannot read the server's pseudonymisation key {} (give --secrets-dir)", path.display())
+        })?;
+        let erasure_key = Some(catsdogs_store::ErasureKey::from_secret(&secret));
+        self.open_with(StoreOptions { erasure_key, ..StoreOptions::default() }).await
+    }
+
+    async fn open_with(&self, options: StoreOptions) -> Result<Store> {
         let url = self
             .database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("catsdogs.db").display()));
-        let store = Store::open(&url, &StoreOptions::default())?;
+        let store = Store::open(&url, &options)?;
         store.migrate().await.context("cannot reach the database")?;
         Ok(store)
     }
@@ -63,7 +91,7 @@ impl StorePlace {
 pub struct DbArgs {
     #[command(flatten)]
     pub place: StorePlace,
-    /// Inference log directory (default: --data-dir/logs).
+    /// Inference log directory (default: --shared-dir/logs).
     #[arg(long, env = "CATSDOGS_INFERENCE_LOG_DIR")]
     pub inference_log_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -99,11 +127,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn db(a: DbArgs) -> Result<()> {
-    let log = LogFiles::new(a.inference_log_dir.clone().unwrap_or_else(|| a.place.data_dir.join("logs")));
+    let log = LogFiles::new(a.inference_log_dir.clone().unwrap_or_else(|| a.place.shared().join("logs")));
     runtime()?.block_on(async move {
-        let store = a.place.open().await?;
-        let images = ImageStore::new(&a.place.data_dir);
-        let holdings = Holdings { store: &store, log: Some(&log), images: &images };
+        let store = match a.command {
+            DbCommand::Erase { ref id, .. } if !id.is_empty() => a.place.open_for_erasure().await?,
+            _ => a.place.open().await?,
+        };
+        let images = ImageStore::new(&a.place.shared());
+        // Rows the server spilled while its database was down: an erasure removes them too.
+        let spill = a.place.data_dir.join(catsdogs_store::outbox::SPILL_FILE);
+        let queued = catsdogs_store::Queued::SpillFile(&spill);
+        let holdings = Holdings { store: &store, log: Some(&log), images: &images, queued };
         let now = Utc::now();
         match a.command {
             DbCommand::Purge(r) => {
@@ -114,7 +148,7 @@ pub fn db(a: DbArgs) -> Result<()> {
                 anyhow::ensure!(!id.is_empty() || before.is_some(), "give --id ID (repeatable) or --before DATE");
                 for id in &id {
                     let id: catsdogs_store::PredictionId = id.parse()?;
-                    let removed = retention::erase_id(holdings, id.as_str(), None, now, &actor()).await?;
+                    let removed = retention::erase_id(holdings, id.as_str(), now, &actor()).await?;
                     println!("{}", serde_json::json!({"id": id.to_string(), "removed": removed}));
                 }
                 if let Some(day) = before {
@@ -162,7 +196,7 @@ pub enum DataCommand {
 pub fn data(a: DataArgs) -> Result<()> {
     runtime()?.block_on(async move {
         let store = a.place.open().await?;
-        let images = ImageStore::new(&a.place.data_dir);
+        let images = ImageStore::new(&a.place.shared());
         match a.command {
             DataCommand::Export { out } => {
                 let examples = store.labelled_images().await?;

@@ -130,21 +130,22 @@ pub fn models(a: ModelsArgs) -> Result<()> {
                 rollback: false,
                 gate_passed,
             };
-            reg.point_current(&version, &p)?;
+            // `previous` is read again under the registry's lock (another promotion may
+            // have happened while the gate ran).
+            let p = reg.promote(&version, p)?;
             println!("{}", serde_json::to_string(&p)?);
             eprintln!("now reload the server: kill -HUP <pid> or POST /api/admin/model/reload");
         }
         ModelsCommand::Rollback => {
-            let (target, from) = reg.rollback_target()?;
             let p = Promotion {
                 at: Utc::now().to_rfc3339(),
-                version: target.clone(),
-                previous: Some(from),
+                version: String::new(),
+                previous: None,
                 actor: actor(),
                 rollback: true,
                 gate_passed: None,
             };
-            reg.point_current(&target, &p)?;
+            let p = reg.rollback(p)?;
             println!("{}", serde_json::to_string(&p)?);
             eprintln!("now reload the server: kill -HUP <pid> or POST /api/admin/model/reload");
         }

@@ -61,7 +61,14 @@ pub struct ServeArgs {
     /// Inference threads (default: all cores).
     #[arg(long, env = "CATSDOGS_THREADS")]
     pub threads: Option<usize>,
-    /// Inference log directory, one CSV per UTC day (default: --data-dir/logs).
+    /// Where every replica keeps what another replica must find: consented images and the
+    /// inference log. Replicas on one database mount the same folder here (default: --data-dir).
+    #[arg(long, env = "CATSDOGS_SHARED_DIR")]
+    pub shared_dir: Option<PathBuf>,
+    /// This replica's name in its inference-log files (default: the host name).
+    #[arg(long, env = "CATSDOGS_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Inference log directory, one CSV per UTC day and replica (default: --shared-dir/logs).
     #[arg(long, env = "CATSDOGS_INFERENCE_LOG_DIR")]
     pub inference_log_dir: Option<PathBuf>,
     /// Do not write the inference log.
@@ -225,6 +232,14 @@ fn seed_database_url() -> Option<String> {
     Some(format!("postgres://{creds}@{host}:{port}/{name}"))
 }
 
+/// The machine's host name (a container's or pod's name), or `replica`.
+fn host_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "replica".into())
+}
+
 /// The server's Tokio runtime (built before logging: the OTLP exporter lives in it).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
@@ -255,6 +270,11 @@ pub fn serve(a: ServeArgs, rt: &tokio::runtime::Runtime, trace_export: bool) -> 
     cfg.limits = a.limits.config();
     cfg.max_decode_bytes = a.max_decode_mib.saturating_mul(1 << 20);
     cfg.decode_budget_bytes = a.decode_budget_mib.saturating_mul(1 << 20);
+    if let Some(shared) = a.shared_dir {
+        cfg.inference_log_dir = Some(shared.join("logs"));
+        cfg.shared_dir = shared;
+    }
+    cfg.replica_id = catsdogs_store::inference_log::replica_id(&a.replica_id.unwrap_or_else(host_name));
     if a.no_inference_log {
         cfg.inference_log_dir = None;
     } else if let Some(dir) = a.inference_log_dir {

@@ -50,6 +50,10 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Loads the model in `path` (a directory holding `model.json`, or the card itself).
     pub fn load(path: &Path, kind: BackendKind, threads: usize) -> Result<Self, InferenceError> {
+        // A registry's `current` link is resolved once: the card and the graph are read
+        // from the same version even if a promotion moves the link meanwhile.
+        let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let path = resolved.as_path();
         let (dir, card_path) = if path.is_dir() {
             (path.to_path_buf(), path.join("model.json"))
         } else {

@@ -174,9 +174,52 @@ impl Registry {
         Ok(card.version)
     }
 
+    /// Runs `f` holding the registry's exclusive lock (`.lock`, shared with every process
+    /// using the registry): promotions and rollbacks never interleave.
+    fn locked<T>(&self, f: impl FnOnce() -> Result<T, RegistryError>) -> Result<T, RegistryError> {
+        let path = self.dir.join(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("cannot open", &path))?;
+        lock.lock().map_err(io("cannot lock", &path))?;
+        let out = f();
+        let _ = lock.unlock();
+        out
+    }
+
+    /// Serves `version` from now on: `current` moves atomically and the promotion is
+    /// recorded with the version served at that moment as `previous` (under the lock, so
+    /// concurrent promotions form one chain). Returns the recorded line.
+    pub fn promote(&self, version: &str, mut record: Promotion) -> Result<Promotion, RegistryError> {
+        self.locked(|| {
+            record.version = version.to_string();
+            record.previous = self.current();
+            record.rollback = false;
+            self.point_current(version, &record)?;
+            Ok(record)
+        })
+    }
+
+    /// Serves again the version the last promotion replaced; `record` gives the time and
+    /// the actor. Returns the recorded line.
+    pub fn rollback(&self, mut record: Promotion) -> Result<Promotion, RegistryError> {
+        self.locked(|| {
+            let (target, from) = self.rollback_target()?;
+            record.version = target.clone();
+            record.previous = Some(from);
+            record.rollback = true;
+            record.gate_passed = None;
+            self.point_current(&target, &record)?;
+            Ok(record)
+        })
+    }
+
     /// Points `current` at `version` atomically (a new link renamed over the old one) and
-    /// records the change.
-    pub fn point_current(&self, version: &str, record: &Promotion) -> Result<(), RegistryError> {
+    /// appends the record in one write. Callers hold the lock.
+    fn point_current(&self, version: &str, record: &Promotion) -> Result<(), RegistryError> {
         Self::check_version(version)?;
         if ModelCard::load(&self.path(version).join("model.json")).is_err() {
             return Err(RegistryError::Unknown(version.to_string()));
@@ -189,9 +232,10 @@ impl Registry {
         let path = self.dir.join("promotions.jsonl");
         let mut f =
             std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io("cannot open", &path))?;
-        let line = serde_json::to_string(record)
+        let mut line = serde_json::to_string(record)
             .map_err(|source| RegistryError::BadLog { path: path.display().to_string(), source })?;
-        writeln!(f, "{line}").and_then(|()| f.sync_all()).map_err(io("cannot write", &path))
+        line.push('\n');
+        f.write_all(line.as_bytes()).and_then(|()| f.sync_all()).map_err(io("cannot write", &path))
     }
 
     /// Every promotion and rollback, oldest first.
@@ -254,5 +298,44 @@ mod tests {
         assert!(Registry::new(dir.path()).versions()?.is_empty());
         assert!(matches!(Registry::new(dir.path()).rollback_target(), Err(RegistryError::NothingPromoted)));
         Ok(())
+    }
+
+    #[test]
+    fn concurrent_promotions_form_one_chain_of_whole_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let card = catsdogs_testkit::seed_cnn_dir().join("model.json");
+        let versions: Vec<String> = (0..8).map(|i| format!("v{i}")).collect();
+        for v in &versions {
+            std::fs::create_dir_all(dir.path().join(v)).expect("version dir");
+            std::fs::copy(&card, dir.path().join(v).join("model.json")).expect("card");
+        }
+        let record = |actor: &str| Promotion {
+            at: "2026-12-07T00:00:00Z".into(),
+            version: String::new(),
+            previous: None,
+            actor: actor.into(),
+            rollback: false,
+            gate_passed: None,
+        };
+        std::thread::scope(|s| {
+            for v in &versions {
+                let reg = Registry::new(dir.path());
+                s.spawn(move || {
+                    for _ in 0..5 {
+                        reg.promote(v, record(v)).expect("promote");
+                    }
+                });
+            }
+        });
+        let reg = Registry::new(dir.path());
+        let lines = reg.promotions().expect("every line parses whole");
+        assert_eq!(lines.len(), 40);
+        // Each promotion names as previous the version the one before it served.
+        for pair in lines.windows(2) {
+            assert_eq!(pair[1].previous.as_deref(), Some(pair[0].version.as_str()), "{pair:?}");
+        }
+        assert_eq!(reg.current().as_deref(), lines.last().map(|p| p.version.as_str()));
+        let back = reg.rollback(record("cli:test")).expect("rollback");
+        assert_eq!(Some(back.version), lines.last().and_then(|p| p.previous.clone()));
     }
 }

@@ -37,6 +37,11 @@ pub struct ServerConfig {
     pub grpc: GrpcListen,
     /// Holds the SQLite file, the generated token and the pseudonymisation key.
     pub data_dir: PathBuf,
+    /// What another replica must find (consented images; the inference log by default):
+    /// one folder all replicas mount. Defaults to `data_dir` (one replica).
+    pub shared_dir: PathBuf,
+    /// This replica's name in its inference-log files (a host name made file-safe).
+    pub replica_id: String,
     /// `sqlite://...` or `postgres://...`; `None` = SQLite file in `data_dir`.
     pub database_url: Option<String>,
     pub model_dir: PathBuf,
@@ -130,6 +135,8 @@ impl ServerConfig {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
             grpc: GrpcListen::Off,
+            shared_dir: data_dir.clone(),
+            replica_id: "replica".into(),
             data_dir,
             database_url: None,
             model_dir,

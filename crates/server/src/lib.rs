@@ -85,9 +85,12 @@ pub enum TokenSource {
 pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> {
     cfg.validate()?;
     let limits = limits::Limits::new(cfg.limits.clone()).map_err(config::ConfigError::from)?;
-    catsdogs_store::private::create_dir_all(&cfg.data_dir)
-        .map_err(|source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source })?;
+    for dir in [&cfg.data_dir, &cfg.shared_dir] {
+        catsdogs_store::private::create_dir_all(dir)
+            .map_err(|source| StartError::DataDir { path: dir.display().to_string(), source })?;
+    }
     make_private(&cfg);
+    warn_if_replicas_cannot_share(&cfg);
     let secrets = cfg.secrets_dir.clone().unwrap_or_else(|| cfg.data_dir.clone());
     let (tokens, source) = if cfg.tokens.iter().any(|t| !t.trim().is_empty()) {
         for t in cfg.tokens.iter().filter(|t| !t.trim().is_empty()) {
@@ -117,7 +120,8 @@ pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> 
     }
 
     let url = cfg.effective_database_url();
-    let store = Store::open(&url, &StoreOptions::default())?;
+    let erasure_key = Some(catsdogs_store::ErasureKey::new(pseudonym_key));
+    let store = Store::open(&url, &StoreOptions { erasure_key, ..StoreOptions::default() })?;
     tracing::info!(url = %redact_url(&url), "store configured");
     let state: AppState = Arc::new(Shared::new(cfg, model, store, tokens, pseudonym_key, session_key, limits));
     state.measure_images().await;
@@ -135,11 +139,27 @@ pub async fn build(cfg: ServerConfig) -> Result<(App, TokenSource), StartError> 
     Ok((App { state, router }, source))
 }
 
+/// Says loudly when a replica on PostgreSQL (which several replicas share) keeps consented
+/// images or its inference log in a folder of its own: another replica's export, erasure
+/// and retention purge could not reach them.
+fn warn_if_replicas_cannot_share(cfg: &ServerConfig) {
+    let shared_db = cfg.effective_database_url().starts_with("postgres");
+    let log_private = cfg.inference_log_dir.as_ref().is_some_and(|d| d.starts_with(&cfg.data_dir));
+    if shared_db && (cfg.shared_dir == cfg.data_dir || log_private) {
+        tracing::warn!(
+            shared_dir = %cfg.shared_dir.display(),
+            "PostgreSQL with a private shared directory: if other replicas use this database, their erasures, \
+             exports and purges cannot reach this replica's consented images and inference log. Mount one folder \
+             in every replica and pass it as --shared-dir (CATSDOGS_SHARED_DIR)"
+        );
+    }
+}
+
 /// Makes what the service keeps readable by its own user only (folders 0700, files 0600),
 /// fixing what an older version or a copy left readable. A folder whose modes cannot be
 /// changed (a shared mount owned by someone else) is reported, not fatal.
 fn make_private(cfg: &ServerConfig) {
-    let mut roots = vec![cfg.data_dir.clone()];
+    let mut roots = vec![cfg.data_dir.clone(), cfg.shared_dir.clone()];
     roots.extend(cfg.inference_log_dir.clone());
     if let Some(url) = &cfg.database_url
         && let Some(file) = catsdogs_store::sqlite_file(url)

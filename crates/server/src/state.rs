@@ -47,7 +47,12 @@ pub struct Shared {
 impl Shared {
     /// What a purge or an erasure must clean.
     pub fn holdings(&self) -> Holdings<'_> {
-        Holdings { store: &self.store, log: self.inference_log.files(), images: &self.images }
+        Holdings {
+            store: &self.store,
+            log: self.inference_log.files(),
+            images: &self.images,
+            queued: catsdogs_store::Queued::Outbox(&self.outbox),
+        }
     }
 
     pub fn new(
@@ -62,7 +67,8 @@ impl Shared {
         let engine = Classifier::new(cfg.engine_config(), model);
         let cfg_secure = cfg.secure_cookies;
         let log_dir = cfg.inference_log_dir.clone();
-        let images = ImageStore::new(&cfg.data_dir);
+        let images = ImageStore::new(&cfg.shared_dir);
+        let inference_log = InferenceLog::start(log_dir, &cfg.replica_id);
         Self {
             cfg,
             engine,
@@ -73,7 +79,7 @@ impl Shared {
             store_error: Mutex::new(None),
             pseudonym_key,
             sessions: SessionKeys::new(session_key, cfg_secure),
-            inference_log: InferenceLog::start(log_dir),
+            inference_log,
             images,
             started: Instant::now(),
             predictions_served: AtomicU64::new(0),
@@ -83,7 +89,7 @@ impl Shared {
 
     /// Where queued rows go at shutdown when the database is down.
     pub fn spill_path(&self) -> PathBuf {
-        self.cfg.data_dir.join("pending-predictions.jsonl")
+        self.cfg.data_dir.join(catsdogs_store::outbox::SPILL_FILE)
     }
 
     /// The model served now, or 503 saying why there is none.
@@ -198,15 +204,16 @@ impl Shared {
             self.outbox.push(rec);
             return;
         }
+        // Log lines name no prediction id: an erased id must not survive in the process log.
         match self.store.insert_prediction(&rec).await {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(e) if e.is_unavailable() => {
                 metrics::counter!("catsdogs_store_errors_total", "operation" => "insert_prediction").increment(1);
-                tracing::warn!(error = %e, id = %rec.id, "database unavailable; prediction row queued");
+                tracing::warn!(error = %e, "database unavailable; prediction row queued");
                 self.set_store_error(Some(e.to_string()));
                 self.outbox.push(rec);
             }
-            Err(e) => tracing::error!(error = %e, id = %rec.id, "prediction row rejected by the database"),
+            Err(e) => tracing::error!(error = %e, "prediction row rejected by the database"),
         }
     }
 
@@ -231,6 +238,13 @@ impl Shared {
                     return;
                 }
             }
+        }
+        match catsdogs_store::retention::retry_pending_erasures(self.holdings()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(erasures = n, "unfinished erasures completed"),
+            // An outage is reported by the rows' flush below.
+            Err(catsdogs_store::RetentionError::Store(e)) if e.is_unavailable() => {}
+            Err(e) => tracing::warn!(error = %e, "unfinished erasures still pending; retrying"),
         }
         if !self.outbox.is_empty() {
             match self.outbox.flush(&self.store).await {

@@ -1,8 +1,9 @@
 //! The inference log: one CSV line per prediction (the seed's
 //! `monitoring_inference.csv`, done properly).
 //!
-//! - One file per UTC day (`inference-YYYY-MM-DD.csv`, with a header), so daily rotation
-//!   and retention are file operations.
+//! - One file per UTC day and replica (`inference-YYYY-MM-DD.<replica>.csv`, with a header),
+//!   so daily rotation and retention are file operations and replicas sharing the folder
+//!   never write the same file.
 //! - One writer thread owns the files: handlers send it rows over a channel, so lines never
 //!   interleave and each carries its own latency (the seed read the latency back from the
 //!   last line of the file, a race).
@@ -56,17 +57,43 @@ impl LogRow {
     }
 }
 
-/// The log's files, usable from the writer thread and from the command line.
+/// The log's files, usable from the writer thread and from the command line. Several
+/// replicas may share the folder: each writes its own files
+/// (`inference-YYYY-MM-DD.<replica>.csv`), and reading, erasure and retention cover every
+/// replica's files (and those of versions before replica names, `inference-YYYY-MM-DD.csv`).
 #[derive(Debug, Clone)]
 pub struct LogFiles {
     dir: PathBuf,
+    /// Whose files this process writes (`None`: the unnamed files).
+    replica: Option<String>,
 }
 
-/// The day a file covers, from its name.
+/// The day a file covers, from its name (with or without a replica name).
 fn file_day(path: &Path) -> Option<NaiveDate> {
     let name = path.file_name()?.to_str()?;
-    let day = name.strip_prefix("inference-")?.strip_suffix(".csv")?;
+    let rest = name.strip_prefix("inference-")?.strip_suffix(".csv")?;
+    let (day, replica) = rest.split_at_checked(10)?;
+    if !(replica.is_empty() || replica.strip_prefix('.').is_some_and(valid_replica_id)) {
+        return None;
+    }
     NaiveDate::parse_from_str(day, "%Y-%m-%d").ok()
+}
+
+/// A replica name fit for a file name: 1-64 characters of `[A-Za-z0-9_-]`.
+pub fn valid_replica_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+}
+
+/// `raw` (a host name, a configured id) made fit for a file name: other characters become
+/// `-`, cut to 64; `replica` when nothing is left.
+pub fn replica_id(raw: &str) -> String {
+    let id: String = raw
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') { c } else { '-' })
+        .take(64)
+        .collect();
+    if valid_replica_id(&id) { id } else { "replica".into() }
 }
 
 /// The prediction id and time of a data line.
@@ -77,8 +104,14 @@ fn id_and_time(line: &str) -> Option<(&str, DateTime<Utc>)> {
 }
 
 impl LogFiles {
+    /// The files of `dir`, for reading, erasure and retention (and writing unnamed files).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self { dir: dir.into(), replica: None }
+    }
+
+    /// The files of `dir`, writing this replica's own (`replica` as from [`replica_id`]).
+    pub fn for_replica(dir: impl Into<PathBuf>, replica: &str) -> Self {
+        Self { dir: dir.into(), replica: Some(replica_id(replica)) }
     }
 
     pub fn dir(&self) -> &Path {
@@ -124,7 +157,11 @@ impl LogFiles {
     }
 
     fn path_for(&self, day: NaiveDate) -> PathBuf {
-        self.dir.join(format!("inference-{}.csv", day.format("%Y-%m-%d")))
+        let day = day.format("%Y-%m-%d");
+        match &self.replica {
+            Some(r) => self.dir.join(format!("inference-{day}.{r}.csv")),
+            None => self.dir.join(format!("inference-{day}.csv")),
+        }
     }
 
     /// Appends one line (the header first when the file is new) with a single write.
@@ -176,10 +213,15 @@ impl LogFiles {
 
     /// Removes every line of these predictions; returns how many lines went.
     pub fn erase_ids(&self, ids: &HashSet<String>) -> std::io::Result<u64> {
+        self.erase_where(&|id| ids.contains(id))
+    }
+
+    /// Removes every line whose prediction id `matches`; returns how many lines went.
+    pub fn erase_where(&self, matches: &dyn Fn(&str) -> bool) -> std::io::Result<u64> {
         self.locked(|| {
             let mut n = 0;
             for (_, path) in self.files()? {
-                n += Self::retain(&path, &|l| id_and_time(l).is_none_or(|(id, _)| !ids.contains(id)))?;
+                n += Self::retain(&path, &|l| id_and_time(l).is_none_or(|(id, _)| !matches(id)))?;
             }
             Ok(n)
         })
@@ -230,10 +272,10 @@ pub struct InferenceLog {
 }
 
 impl InferenceLog {
-    /// Starts the writer thread (or a disabled log when `dir` is `None`).
-    pub fn start(dir: Option<PathBuf>) -> Self {
+    /// Starts the writer thread of `replica`'s files (or a disabled log when `dir` is `None`).
+    pub fn start(dir: Option<PathBuf>, replica: &str) -> Self {
         let Some(dir) = dir else { return Self { files: None, tx: None } };
-        let files = LogFiles::new(dir);
+        let files = LogFiles::for_replica(dir, replica);
         let (tx, rx) = mpsc::channel::<Command>();
         let writer = files.clone();
         let spawned = std::thread::Builder::new().name("inference-log".into()).spawn(move || {
@@ -325,5 +367,35 @@ mod tests {
         let files = log.files().expect("files");
         assert_eq!(files.len(), 1);
         assert_eq!(log.lines_for("d").expect("export").len(), 1);
+    }
+
+    #[test]
+    fn every_replica_file_is_read_erased_and_purged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (LogFiles::for_replica(dir.path(), "app-1"), LogFiles::for_replica(dir.path(), "pod/xyz 2"));
+        let t = Utc.with_ymd_and_hms(2030, 1, 1, 10, 0, 0).single().expect("t");
+        a.append(&row("p1", t)).expect("append");
+        b.append(&row("p2", t)).expect("append");
+        // A file of a version before replica names is still read.
+        LogFiles::new(dir.path()).append(&row("p3", t)).expect("append");
+        let names: Vec<String> = a
+            .files()
+            .expect("files")
+            .iter()
+            .map(|(_, p)| p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names.contains(&"inference-2030-01-01.app-1.csv".to_string()), "{names:?}");
+        assert!(names.contains(&"inference-2030-01-01.pod-xyz-2.csv".to_string()), "{names:?}");
+        // Replica A reads and erases replica B's lines.
+        assert_eq!(a.lines_for("p2").expect("export").len(), 1);
+        assert_eq!(a.erase_ids(&HashSet::from(["p2".to_string(), "p3".to_string()])).expect("erase"), 2);
+        assert!(b.lines_for("p2").expect("export").is_empty());
+        assert_eq!(b.remove_before(t + chrono::Duration::hours(1)).expect("purge"), 1);
+        assert!(a.files().expect("files").is_empty());
+        // Names that are not log files are left alone.
+        assert!(file_day(Path::new("inference-2030-01-01.a.b.csv")).is_none());
+        assert!(file_day(Path::new("inference-2030-01-01.csv.tmp")).is_none());
+        assert_eq!(replica_id("  "), "replica");
     }
 }

@@ -3,6 +3,7 @@
 //! One schema (`migrations/`) runs unchanged on SQLite and PostgreSQL through sqlx's
 //! `Any` driver, so both databases are tested with the same queries. Image bytes and
 //! raw file names are never stored: predictions keep a pseudonymised file reference.
+pub mod erasure;
 pub mod images;
 pub mod inference_log;
 pub mod metrics;
@@ -21,6 +22,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor, Row};
 
+pub use erasure::{ErasureKey, PendingErasure};
 pub use images::ImageStore;
 pub use inference_log::{InferenceLog, LogFiles, LogRow};
 pub use metrics::{DayMetrics, WindowMetrics};
@@ -29,7 +31,7 @@ pub use records::{
     AuditEntry, FeedbackOutcome, FeedbackRecord, FeedbackSource, InvalidPredictionId, LabelledImage, PredictionId,
     PredictionRecord, PredictionStatus, PurgeCutoffs, RecentPrediction, RemovedRows,
 };
-pub use retention::{Holdings, Retention, RetentionError};
+pub use retention::{Holdings, Queued, Retention, RetentionError};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
@@ -137,11 +139,14 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long a query waits for a connection before the store is reported unavailable.
     pub acquire_timeout: Duration,
+    /// The key of erasure tombstones; without it, rows are written without checking them
+    /// (tools that never write predictions).
+    pub erasure_key: Option<ErasureKey>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { max_connections: 8, acquire_timeout: Duration::from_secs(3) }
+        Self { max_connections: 8, acquire_timeout: Duration::from_secs(3), erasure_key: None }
     }
 }
 
@@ -150,6 +155,18 @@ impl Default for StoreOptions {
 pub struct Store {
     pool: AnyPool,
     kind: DbKind,
+    /// Makes the tombstones that keep erased ids out (see [`erasure`]).
+    erasure_key: Option<ErasureKey>,
+}
+
+/// What [`Store::insert_prediction`] did with a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    /// The row was written before (a spilled row restored after a crash): nothing to do.
+    AlreadyThere,
+    /// The prediction was erased: the row is dropped.
+    Erased,
 }
 
 /// UTC calendar day of an instant, as stored in the `day` columns.
@@ -263,7 +280,7 @@ impl Store {
             })
             .connect_lazy(url)
             .map_err(StoreError::from)?;
-        Ok(Self { pool, kind })
+        Ok(Self { pool, kind, erasure_key: opts.erasure_key.clone() })
     }
 
     /// A transaction that will write. On SQLite it takes the write lock up front
@@ -300,11 +317,17 @@ impl Store {
         self.pool.close().await;
     }
 
-    pub async fn insert_prediction(&self, r: &PredictionRecord) -> Result<(), StoreError> {
-        sqlx::query(
+    /// Writes a prediction row, unless its id was erased (its tombstone is recorded) or the
+    /// row is already there (a spilled row written again after a crash). Returns whether
+    /// the row is new.
+    pub async fn insert_prediction(&self, r: &PredictionRecord) -> Result<Inserted, StoreError> {
+        let tombstone = self.erasure_key.as_ref().map(|k| k.tombstone(&r.id));
+        let written = sqlx::query(
             "INSERT INTO predictions (id, created_at_ms, day, model_version, status, label, p_dog, latency_ms, \
-             error_code, file_ref, image_ref, owner) VALUES ($1, $2, $3, $4, $5, $6, CAST($7 AS DOUBLE PRECISION), \
-             $8, $9, $10, $11, $12)",
+             error_code, file_ref, image_ref, owner) SELECT CAST($1 AS TEXT), CAST($2 AS BIGINT), CAST($3 AS TEXT), \
+             CAST($4 AS TEXT), CAST($5 AS TEXT), CAST($6 AS TEXT), CAST($7 AS DOUBLE PRECISION), \
+             CAST($8 AS DOUBLE PRECISION), CAST($9 AS TEXT), CAST($10 AS TEXT), CAST($11 AS TEXT), CAST($12 AS TEXT) \
+             WHERE NOT EXISTS (SELECT 1 FROM erasures WHERE id_hash = $13) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&r.id)
         .bind(r.created_at.timestamp_millis())
@@ -318,9 +341,17 @@ impl Store {
         .bind(r.file_ref.clone())
         .bind(r.image_ref.clone())
         .bind(r.owner.clone())
+        .bind(tombstone.unwrap_or_default())
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        if written > 0 {
+            return Ok(Inserted::New);
+        }
+        match &self.erasure_key {
+            Some(k) if self.is_erased(&k.tombstone(&r.id)).await? => Ok(Inserted::Erased),
+            _ => Ok(Inserted::AlreadyThere),
+        }
     }
 
     pub async fn get_prediction(&self, id: &str) -> Result<Option<PredictionRecord>, StoreError> {
@@ -374,13 +405,28 @@ impl Store {
 
     /// Appends to the audit log (who did what, when; never secrets or image content).
     pub async fn audit(&self, at: DateTime<Utc>, actor: &str, action: &str, detail: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        self.audit_in(&mut tx, at, actor, action, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::audit`] inside a transaction (the action and its audit row commit together).
+    async fn audit_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        at: DateTime<Utc>,
+        actor: &str,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO audit_log (id, at_ms, actor, action, detail) VALUES ($1, $2, $3, $4, $5)")
             .bind(uuid::Uuid::new_v4().to_string())
             .bind(at.timestamp_millis())
             .bind(actor)
             .bind(action)
             .bind(detail)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await?;
         Ok(())
     }

@@ -1,8 +1,8 @@
 //! Retention purge and erasure, shared by the server's schedule, its API and `catsdogs db`:
 //! database rows, inference-log lines and consented image files go together.
-use std::collections::HashSet;
+use std::path::Path;
 
-use crate::{PurgeCutoffs, RemovedRows, Store, StoreError};
+use crate::{Outbox, PurgeCutoffs, RemovedRows, Store, StoreError};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -44,6 +44,26 @@ pub struct Holdings<'a> {
     pub store: &'a Store,
     pub log: Option<&'a LogFiles>,
     pub images: &'a ImageStore,
+    pub queued: Queued<'a>,
+}
+
+/// Prediction rows that have not reached the database yet.
+#[derive(Clone, Copy)]
+pub enum Queued<'a> {
+    /// A running server's queue (and the spill file it was restored from).
+    Outbox(&'a Outbox),
+    /// The spill file of a stopped server ([`crate::outbox::SPILL_FILE`] in its data folder).
+    SpillFile(&'a Path),
+}
+
+impl Queued<'_> {
+    /// Removes the queued rows of prediction `id`; returns them.
+    fn remove(self, id: &str) -> std::io::Result<Vec<crate::PredictionRecord>> {
+        match self {
+            Self::Outbox(o) => o.remove(id),
+            Self::SpillFile(path) => crate::outbox::remove_spilled(path, id),
+        }
+    }
 }
 
 /// Rows to delete per statement.
@@ -63,8 +83,11 @@ pub struct Removed {
 pub enum RetentionError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("inference log: {0}")]
+    #[error("inference log or image files: {0}")]
     Log(#[from] std::io::Error),
+    /// The store was opened without the key erasure tombstones are made with.
+    #[error("erasure needs the pseudonymisation key (the server's secrets folder)")]
+    NoErasureKey,
 }
 
 /// Deletes the image files of `refs` that no prediction references any more.
@@ -102,9 +125,10 @@ async fn purge_locked(
     now: DateTime<Utc>,
     actor: &str,
 ) -> Result<Removed, RetentionError> {
-    let Holdings { store, log, images } = h;
+    let Holdings { store, log, images, .. } = h;
     let cutoffs = retention.cutoffs(now);
     let rows = store.purge(&cutoffs, PURGE_BATCH).await?;
+    store.purge_tombstones(cutoffs.predictions).await?;
     let lines = match log {
         Some(l) => {
             let cutoff = cutoffs.predictions;
@@ -133,29 +157,69 @@ async fn purge_locked(
     Ok(Removed { rows, inference_log_lines: lines, images: swept })
 }
 
-/// Erases one prediction (row, feedback, log lines, image), audited under `actor`.
-/// `queued_image` is the image of a row still waiting in the outbox, if any.
-pub async fn erase_id(
-    h: Holdings<'_>,
-    id: &str,
-    queued_image: Option<String>,
-    now: DateTime<Utc>,
-    actor: &str,
-) -> Result<Removed, RetentionError> {
-    let Holdings { store, log, images } = h;
-    store.audit(now, actor, "erase", &format!("prediction {id}")).await?;
+/// Erases one prediction everywhere it is held: queued rows (memory or spill file), the
+/// row and its feedback, its inference-log lines in every replica's files, its consented
+/// image. The tombstone and the audit row come first: when they cannot be written
+/// (database down) nothing is removed. Files that cannot be removed now stay pending on
+/// the tombstone and [`retry_pending_erasures`] finishes them. The command line and the
+/// API both erase through here.
+pub async fn erase_id(h: Holdings<'_>, id: &str, now: DateTime<Utc>, actor: &str) -> Result<Removed, RetentionError> {
+    let store = h.store;
+    let key = store.erasure_key().ok_or(RetentionError::NoErasureKey)?;
+    let tombstone = key.tombstone(id);
+    store.record_erasure(&tombstone, now, actor, &format!("prediction {id}")).await?;
+    let queued = h.queued.remove(id)?;
     let stored_image = store.get_prediction(id).await?.and_then(|p| p.image_ref);
-    let rows = store.erase_prediction(id).await?;
-    let lines = match log {
-        Some(l) => {
-            let ids = HashSet::from([id.to_string()]);
-            l.off_thread(move |l| l.erase_ids(&ids)).await?
+    let mut rows = store.erase_prediction(id).await?;
+    rows.predictions += queued.len() as u64;
+    let mut refs: Vec<String> =
+        stored_image.into_iter().chain(queued.into_iter().filter_map(|r| r.image_ref)).collect();
+    refs.dedup();
+    let wanted = id.to_string();
+    match remove_files(h, move |line_id| line_id == wanted, refs.clone()).await {
+        Ok((lines, images)) => {
+            store.erasure_files_done(&tombstone).await?;
+            Ok(Removed { rows, inference_log_lines: lines, images })
         }
+        Err(e) => {
+            // Kept for the retry (the image reference is a content hash, not the id).
+            if let Err(pending) = store.erasure_files_pending(&tombstone, refs.first().map(String::as_str)).await {
+                tracing::error!(error = %pending, "an unfinished erasure could not be recorded for a retry");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Removes the inference-log lines whose prediction id `matches` and the images of `refs`
+/// that no prediction references any more.
+async fn remove_files(
+    h: Holdings<'_>,
+    matches: impl Fn(&str) -> bool + Send + 'static,
+    refs: Vec<String>,
+) -> Result<(u64, u64), RetentionError> {
+    let lines = match h.log {
+        Some(l) => l.off_thread(move |l| l.erase_where(&matches)).await?,
         None => 0,
     };
-    let refs = stored_image.into_iter().chain(queued_image).collect();
-    let images = remove_unreferenced(store, images, refs).await?;
-    Ok(Removed { rows, inference_log_lines: lines, images })
+    let images = remove_unreferenced(h.store, h.images, refs).await?;
+    Ok((lines, images))
+}
+
+/// Finishes erasures whose files could not all be removed at the time (a disk error, a
+/// replica's file locked): their log lines are found by tombstone, their image by the
+/// reference kept with it. Returns how many erasures were completed.
+pub async fn retry_pending_erasures(h: Holdings<'_>) -> Result<usize, RetentionError> {
+    let Some(key) = h.store.erasure_key() else { return Ok(0) };
+    let mut done = 0;
+    for pending in h.store.pending_erasures(100).await? {
+        let (key, tombstone) = (key.clone(), pending.tombstone.clone());
+        remove_files(h, move |line_id| key.tombstone(line_id) == tombstone, pending.image_ref.into_iter().collect())
+            .await?;
+        h.store.erasure_files_done(&pending.tombstone).await?;
+        done += 1;
+    }
+    Ok(done)
 }
 
 /// Erases everything created before `before` (rows, feedback, log lines, images), audited.
@@ -165,7 +229,7 @@ pub async fn erase_before(
     now: DateTime<Utc>,
     actor: &str,
 ) -> Result<Removed, RetentionError> {
-    let Holdings { store, log, images } = h;
+    let Holdings { store, log, images, .. } = h;
     store.audit(now, actor, "erase", &format!("everything before {}", before.to_rfc3339())).await?;
     let refs = store.image_refs_before(before).await?;
     let rows = store.erase_before(before).await?;

@@ -80,7 +80,9 @@ pub async fn data_export_manifest_dates_each_example_oldest_first() {
 pub async fn db_erase_by_id_removes_the_kept_image() {
     let j = judged_uploads().await;
     assert_eq!(count_files(&j.data.join("images")), 3, "three consented uploads, three files");
-    let erased = catsdogs_json("db", &["erase", "--id", &j.b.0.id], &j.data);
+    // The server's key makes the tombstone: the command line reads it from its secrets.
+    let secrets = j.data.parent().expect("parent").join("secrets");
+    let erased = catsdogs_json("db", &["--secrets-dir", arg(&secrets), "erase", "--id", &j.b.0.id], &j.data);
     assert_eq!(erased["removed"]["images"], 1, "{erased}");
     assert_eq!(count_files(&j.data.join("images")), 2);
 }
@@ -227,4 +229,39 @@ pub async fn db_erase_before_a_date_removes_older_rows_and_keeps_younger_ones() 
         "erasure not audited: {audit:?}"
     );
     h.store.close().await;
+}
+
+/// A row spilled at shutdown while PostgreSQL was down, erased from the command line
+/// before the server comes back: the erasure takes it out of the spill file with its image
+/// and log line, and the next start does not bring it back.
+pub async fn db_erase_removes_a_row_spilled_during_an_outage_for_good() {
+    let pg = catsdogs_testkit::pg::PgCluster::start_for_test();
+    let url = pg.create_db("spilled").expect("createdb");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secrets = shared_secrets(dir.path());
+    let data = dir.path().join("data");
+    let mut server = Server::start(Some(&url), &data, &secrets);
+    server.api().wait_ready().await;
+    pg.stop_server().expect("stop postgres");
+    let p = server.api().predict_consenting(png(21), true).await;
+    assert!(p.image_kept);
+    server.stop();
+    let spill = data.join("pending-predictions.jsonl");
+    assert!(std::fs::read_to_string(&spill).is_ok_and(|t| t.contains(&p.id)), "the row was not spilled");
+
+    pg.start_server().expect("restart postgres");
+    let args = ["--database-url", &url, "--secrets-dir", arg(&secrets), "erase", "--id", &p.id];
+    let erased = catsdogs_json("db", &args, &data);
+    let removed = &erased["removed"];
+    assert_eq!(
+        (&removed["predictions"], &removed["images"], &removed["inference_log_lines"]),
+        (&1.into(), &1.into(), &1.into()),
+        "{erased}"
+    );
+    assert!(!std::fs::read_to_string(&spill).unwrap_or_default().contains(&p.id), "the spilled row is still there");
+
+    let server = Server::start(Some(&url), &data, &secrets);
+    server.api().wait_ready().await;
+    assert_eq!(server.api().get(&format!("/api/predictions/{}", p.id)).await.0, reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(count_files(&data.join("images")), 0);
 }

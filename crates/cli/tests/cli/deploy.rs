@@ -12,15 +12,35 @@ fn read(rel: &str) -> String {
 
 /// The manifests `kubectl apply -f deploy/k8s` would create (the KServe example needs a
 /// CRD the validator does not know; it is checked by hand below).
-const CORE_MANIFESTS: [&str; 6] = ["configmap", "secret", "deployment", "service", "hpa", "pdb"];
+const CORE_MANIFESTS: [&str; 7] = ["configmap", "secret", "deployment", "service", "hpa", "pdb", "shared-pvc"];
+
+/// The single-pod example, applied instead of the replicated deployment.
+const SINGLE_REPLICA: &str = "single-replica/deployment";
 
 pub fn kubernetes_manifests_match_the_api_schemas() {
     let validator = std::env::var_os("CATSDOGS_K8S_VALIDATE").expect("Need::K8sValidate checked it");
-    let files: Vec<PathBuf> = CORE_MANIFESTS.iter().map(|m| repo().join(format!("deploy/k8s/{m}.yaml"))).collect();
+    let files: Vec<PathBuf> =
+        CORE_MANIFESTS.iter().chain([&SINGLE_REPLICA]).map(|m| repo().join(format!("deploy/k8s/{m}.yaml"))).collect();
     let out = std::process::Command::new(&validator).arg("--strict").args(&files).output().expect("run validator");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "manifests do not validate:\n{text}");
-    assert_eq!(text.matches("passed").count(), CORE_MANIFESTS.len(), "{text}");
+    assert_eq!(text.matches("passed").count(), files.len(), "{text}");
+}
+
+/// Replicas share one ReadWriteMany folder (CATSDOGS_SHARED_DIR); an emptyDir shared folder
+/// exists only in the single-replica example.
+pub fn kubernetes_replicas_share_one_read_write_many_folder() {
+    let configmap = read("deploy/k8s/configmap.yaml");
+    assert!(configmap.contains("CATSDOGS_SHARED_DIR: /var/lib/catsdogs-shared"));
+    let pvc = read("deploy/k8s/shared-pvc.yaml");
+    assert!(pvc.contains("name: catsdogs-shared") && pvc.contains("accessModes: [ReadWriteMany]"));
+    let deployment = read("deploy/k8s/deployment.yaml");
+    assert!(deployment.contains("mountPath: /var/lib/catsdogs-shared"));
+    assert!(deployment.contains("persistentVolumeClaim: {claimName: catsdogs-shared}"));
+    let single = read(&format!("deploy/k8s/{SINGLE_REPLICA}.yaml"));
+    assert!(single.contains("replicas: 1") && single.contains("type: Recreate"));
+    let shared_volume = single.split("- name: shared").nth(1).unwrap_or_default();
+    assert!(shared_volume.trim_start().starts_with("emptyDir"), "{shared_volume}");
 }
 
 pub fn kubernetes_probes_point_at_routes_the_server_has() {
@@ -62,6 +82,9 @@ pub fn compose_runs_two_apps_a_database_and_a_proxy() {
     for needle in ["app1:", "app2:", "db:", "proxy:", "CATSDOGS_SECRETS_DIR: /run/secrets", "service_healthy"] {
         assert!(compose.contains(needle), "compose lacks {needle}");
     }
+    // Both apps mount the one shared volume where CATSDOGS_SHARED_DIR points.
+    assert!(compose.contains("CATSDOGS_SHARED_DIR: /var/lib/catsdogs-shared"));
+    assert_eq!(compose.matches("shared:/var/lib/catsdogs-shared").count(), 2, "both apps mount the shared volume");
 }
 
 pub fn nginx_balances_both_apps() {

@@ -187,7 +187,6 @@ impl Server {
         env: &[(&str, &str)],
     ) -> Self {
         let mut cmd = catsdogs();
-        cmd.envs(env.iter().copied());
         cmd.current_dir(repo())
             .args(["serve", "--addr", "127.0.0.1:0", "--threads", "1", "--model"])
             .arg(model)
@@ -196,6 +195,7 @@ impl Server {
             .arg("--secrets-dir")
             .arg(secrets)
             .env("LOG_LEVEL", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(url) = db_url {
@@ -245,6 +245,20 @@ impl Server {
     /// `listening on` line once started, later lines as they come.
     pub fn stderr(&self) -> String {
         self.log.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// SIGTERM, then waits (60 s at most) for the graceful shutdown to end.
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().is_ok_and(|s| s.success());
+        assert!(sent, "could not signal the server");
+        for _ in 0..600 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the server did not stop within 60 s of SIGTERM");
     }
 
     /// `kill -9`, now: no shutdown hook runs.

@@ -1,13 +1,14 @@
 //! Two `catsdogs serve` processes on one throw-away PostgreSQL, as replicas behind a load
 //! balancer: concurrent migrations (both succeed, each applied once), a prediction on A
 //! judged through B, identical daily and 7-day metrics from both, and `kill -9` of A under
-//! load losing no acknowledged write while B keeps answering 200 throughout.
+//! load losing no acknowledged write while B keeps answering 200 throughout; with one
+//! shared folder, an export and an erasure through B reach what A holds.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use catsdogs_testkit::pg::PgCluster;
-use catsdogs_testkit::repo;
+use catsdogs_testkit::{repo, seed_cnn_dir};
 use reqwest::StatusCode;
 
 use crate::helpers::{Server, png, shared_secrets};
@@ -19,24 +20,35 @@ struct Replicas {
     b: Server,
     url: String,
     _pg: PgCluster,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn replicas(db: &str) -> Replicas {
+    replicas_with(db, &[]).await
+}
+
+/// [`replicas`], each started with these extra environment variables.
+async fn replicas_with(db: &str, env: &[(&str, &str)]) -> Replicas {
     let pg = PgCluster::start_for_test();
     let url = pg.create_db(db).expect("createdb");
     let dir = tempfile::tempdir().expect("tempdir");
     // Replicas share the token and the keys (pseudonyms and sessions must agree).
     let secrets = shared_secrets(dir.path());
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
-    let (url_a, url_b) = (url.clone(), url.clone());
-    let (sa, sb) = (secrets.clone(), secrets);
-    let ta = std::thread::spawn(move || Server::start(Some(&url_a), &a_dir, &sa));
-    let tb = std::thread::spawn(move || Server::start(Some(&url_b), &b_dir, &sb));
+    let start = |data: std::path::PathBuf, name: &str| {
+        let (url, secrets) = (url.clone(), secrets.clone());
+        let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
+        env.push(("CATSDOGS_REPLICA_ID".into(), name.into()));
+        std::thread::spawn(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Server::start_with_env(Some(&url), &data, &secrets, &seed_cnn_dir(), &env)
+        })
+    };
+    let (ta, tb) = (start(a_dir, "app-a"), start(b_dir, "app-b"));
     let (a, b) = (ta.join().expect("start a"), tb.join().expect("start b"));
     a.api().wait_ready().await;
     b.api().wait_ready().await;
-    Replicas { a, b, url, _pg: pg, _dir: dir }
+    Replicas { a, b, url, _pg: pg, dir }
 }
 
 /// Both replicas start at once: their migrations race and must both succeed, each
@@ -198,4 +210,74 @@ pub async fn the_other_replica_answers_every_request_while_one_is_killed() {
     let b = k.r.b.api();
     let p = b.predict(png(2)).await.expect("B still predicts");
     b.feedback(&p.id, true).await.expect("B still takes feedback");
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// Replicas with their own data folders and one shared folder: a consented prediction on
+/// A is exported through B with its log line, then erased through B; afterwards no file
+/// under either data folder or the shared folder holds its id or its image, and neither
+/// process log names it.
+pub async fn an_erasure_through_one_replica_reaches_what_the_other_holds() {
+    let shared = tempfile::tempdir().expect("tempdir");
+    let shared_dir = shared.path().join("shared");
+    let shared_arg = shared_dir.to_str().expect("utf-8 path").to_string();
+    let r = replicas_with("erasure", &[("CATSDOGS_SHARED_DIR", &shared_arg), ("LOG_LEVEL", "info")]).await;
+    let (a, b) = (r.a.api(), r.b.api());
+    let photo = png(11);
+    let p = a.predict_consenting(photo.clone(), true).await;
+    assert!(p.image_kept);
+
+    // A's log writer is asynchronous: B's export finds the line once it is written.
+    let path = format!("/api/predictions/{}", p.id);
+    let mut export = b.get_ok(&path).await;
+    for _ in 0..50 {
+        if export["inference_log"].as_array().is_some_and(|l| l.len() == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        export = b.get_ok(&path).await;
+    }
+    assert_eq!(export["inference_log"].as_array().map(Vec::len), Some(1), "{export}");
+
+    let erased = reqwest::Client::new()
+        .delete(format!("{}{path}", b.base))
+        .bearer_auth(crate::helpers::TOKEN)
+        .send()
+        .await
+        .expect("erase through B");
+    assert_eq!(erased.status(), StatusCode::OK);
+    let report: serde_json::Value = erased.json().await.expect("json");
+    assert_eq!(
+        (&report["predictions"], &report["inference_log_lines"], &report["images"]),
+        (&serde_json::json!(1), &serde_json::json!(1), &serde_json::json!(1)),
+        "{report}"
+    );
+    assert_eq!(b.get(&path).await.0, StatusCode::NOT_FOUND);
+    for root in [r.dir.path(), shared.path()] {
+        assert!(
+            files_holding(root, p.id.as_bytes()).is_empty(),
+            "the id is still in {:?}",
+            files_holding(root, p.id.as_bytes())
+        );
+        assert!(files_holding(root, &photo).is_empty(), "the image is still in {:?}", files_holding(root, &photo));
+    }
+    for (name, server) in [("A", &r.a), ("B", &r.b)] {
+        assert!(!server.stderr().contains(&p.id), "replica {name}'s log names the erased id");
+    }
 }

@@ -108,21 +108,24 @@ pub async fn erase(
     Path(id): Path<String>,
 ) -> Result<Json<ErasureReport>, ApiError> {
     let id = parse_id(&id)?;
-    let queued_image = state.outbox.remove(&id).and_then(|r| r.image_ref);
     state.inference_log.flush().await;
     let now = (state.cfg.clock)();
-    let removed = retention::erase_id(state.holdings(), &id, queued_image, now, &caller.fingerprint).await.map_err(
-        |e| match e {
-            RetentionError::Store(e) => ApiError::from(e),
-            RetentionError::Log(e) => ApiError::internal(format!("cannot rewrite the inference log: {e}")),
-        },
-    )?;
+    let removed = retention::erase_id(state.holdings(), &id, now, &caller.fingerprint).await.map_err(|e| match e {
+        // Down: nothing was removed; the caller retries (503 + Retry-After).
+        RetentionError::Store(e) => ApiError::from(e),
+        RetentionError::Log(e) => ApiError::internal(format!(
+            "the prediction is erased but some of its files could not be removed yet ({e}); the server \
+                 retries until they are"
+        )),
+        RetentionError::NoErasureKey => ApiError::internal("erasure is not configured"),
+    })?;
     let (images, lines) = (removed.images, removed.inference_log_lines);
     let removed = removed.rows;
     if removed.predictions == 0 && lines == 0 && images == 0 {
         return Err(ApiError::not_found("unknown_prediction", "no prediction has this id"));
     }
-    tracing::info!(actor = %caller.fingerprint, prediction = %id, "prediction erased");
+    // The id stays in the audit log only, not in the process log.
+    tracing::info!(actor = %caller.fingerprint, "prediction erased");
     Ok(Json(ErasureReport {
         id,
         predictions: removed.predictions,

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::gdpr::all_bytes_under;
 use crate::helpers::{TestApp, file_form, image_bytes, ok_json};
 
-async fn predict_with_consent(app: &TestApp, bytes: Vec<u8>, consent: Option<&str>) -> PredictResponse {
+pub(crate) async fn predict_with_consent(app: &TestApp, bytes: Vec<u8>, consent: Option<&str>) -> PredictResponse {
     let mut form = file_form("pet.png", bytes, "image/png");
     if let Some(c) = consent {
         form = form.text("consent", c.to_string());

@@ -94,6 +94,8 @@ fn main() -> std::process::ExitCode {
         async_test!(outage::predictions_answer_while_the_database_is_down_and_feedback_is_503).needs(&[Postgres]),
         async_test!(outage::readiness_reports_the_outage_and_the_queued_row_is_written_after_it).needs(&[Postgres]),
         async_test!(outage::rows_queued_at_shutdown_are_written_by_the_next_start).needs(&[Postgres]),
+        async_test!(outage::erasure_during_an_outage_removes_nothing_and_a_retry_after_it_removes_everything)
+            .needs(&[Postgres]),
         // Hostile input.
         async_test!(hostile::hostile_uploads_get_their_documented_status),
         async_test!(hostile::odd_file_names_are_accepted),

@@ -64,3 +64,56 @@ pub async fn rows_queued_at_shutdown_are_written_by_the_next_start() {
     assert!(!dir.path().join("pending-predictions.jsonl").exists());
     app.stop().await;
 }
+
+/// How many inference-log lines name `id`.
+fn log_lines_of(app: &TestApp, id: &str) -> usize {
+    let files = catsdogs_store::LogFiles::new(app.data_dir.join("logs"));
+    files.lines_for(id).expect("read the log").len()
+}
+
+/// `DELETE /api/predictions/{id}` while the database is down answers 503 with Retry-After
+/// and removes nothing: not the queued row, not the log line, not the image. After the
+/// database returns, the retry removes all of it, and the queued row never reaches the
+/// database.
+pub async fn erasure_during_an_outage_removes_nothing_and_a_retry_after_it_removes_everything() {
+    let (pg, url) = postgres("outage");
+    let app = app_on(&url).await;
+    app.wait_ready(true).await;
+    let png = crate::helpers::image_bytes(image::ImageFormat::Png);
+    let stored = crate::images::predict_with_consent(&app, png.clone(), Some("true")).await;
+    let r = app.post_feedback(&json!({"prediction_id": stored.id, "correct": true})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    stop(&pg);
+    // Another photo, predicted while the database is down: its row waits in the queue.
+    let mut other = png.clone();
+    other.extend_from_slice(b"trailing bytes make another file");
+    let queued = crate::images::predict_with_consent(&app, other, Some("true")).await;
+    assert!(queued.image_kept);
+    let images_before = app.state.images.count();
+    assert_eq!(images_before, 2);
+    for id in [&stored.id, &queued.id] {
+        let r = app.delete(&format!("/api/predictions/{id}")).await;
+        assert!(r.headers().contains_key("retry-after"), "a 503 says when to retry");
+        assert_eq!(error_code(r, StatusCode::SERVICE_UNAVAILABLE).await, "store_unavailable");
+    }
+    assert_eq!(app.state.images.count(), images_before, "an image went during the outage");
+    assert_eq!(app.state.outbox.len(), 1, "the queued row went during the outage");
+    assert_eq!((log_lines_of(&app, &stored.id), log_lines_of(&app, &queued.id)), (1, 1));
+
+    pg.start_server().expect("restart postgres");
+    app.wait_ready(true).await;
+    for (id, feedback) in [(&stored.id, 1), (&queued.id, 0)] {
+        let report: catsdogs_server::api::predictions::ErasureReport =
+            app.get_json_with(reqwest::Method::DELETE, &format!("/api/predictions/{id}")).await;
+        assert_eq!(
+            (report.predictions, report.feedback, report.inference_log_lines, report.images),
+            (1, feedback, 1, 1),
+            "{id}"
+        );
+        assert_eq!(log_lines_of(&app, id), 0);
+        assert!(app.state.store.get_prediction(id).await.expect("get").is_none(), "{id} came back");
+    }
+    assert_eq!(app.state.images.count(), 0);
+    assert_eq!(app.state.outbox.len(), 0);
+    app.stop().await;
+}
