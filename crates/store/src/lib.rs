@@ -693,66 +693,135 @@ impl Store {
     /// days without any prediction or feedback are left out.
     pub async fn daily_metrics(&self, today: NaiveDate, days: u32) -> Result<Vec<DayMetrics>, StoreError> {
         let start = today - chrono::Days::new(u64::from(days.saturating_sub(1)));
-        let (preds, fbs) = self.rows_between(start, today).await?;
-        Ok(metrics::by_day(&preds, &fbs))
+        let per_day = self.totals(start, today, Grouping::PerDay).await?;
+        Ok(per_day.iter().rev().map(|(day, t)| t.day(day)).collect())
     }
 
     /// Metrics over the `days` UTC days ending at `today` (for 7: today and the 6 before).
     pub async fn window_metrics(&self, today: NaiveDate, days: u32) -> Result<WindowMetrics, StoreError> {
         let start = today - chrono::Days::new(u64::from(days.saturating_sub(1)));
-        let (preds, fbs) = self.rows_between(start, today).await?;
-        Ok(metrics::window(start, today, &preds, &fbs))
+        let all = self.totals(start, today, Grouping::Window).await?;
+        Ok(all.into_values().next().unwrap_or_default().window(start, today))
     }
 
-    /// Both of the above over the same days, from one read of the rows (the dashboard).
+    /// Both of the above over the same days (the dashboard).
     pub async fn period_metrics(
         &self,
         today: NaiveDate,
         days: u32,
     ) -> Result<(Vec<DayMetrics>, WindowMetrics), StoreError> {
-        let start = today - chrono::Days::new(u64::from(days.saturating_sub(1)));
-        let (preds, fbs) = self.rows_between(start, today).await?;
-        Ok((metrics::by_day(&preds, &fbs), metrics::window(start, today, &preds, &fbs)))
+        Ok((self.daily_metrics(today, days).await?, self.window_metrics(today, days).await?))
     }
 
-    async fn rows_between(
+    /// What the database adds up over `start..=end`, per day or as one window. Three
+    /// grouped queries (counts and sums, latency percentiles, feedback): the rows of the
+    /// window never leave the database.
+    async fn totals(
         &self,
         start: NaiveDate,
         end: NaiveDate,
-    ) -> Result<(Vec<metrics::PredictionRow>, Vec<metrics::FeedbackRow>), StoreError> {
+        grouping: Grouping,
+    ) -> Result<std::collections::BTreeMap<String, metrics::Totals>, StoreError> {
         let (s, e) = (start.format("%Y-%m-%d").to_string(), end.format("%Y-%m-%d").to_string());
-        let rows =
-            sqlx::query("SELECT day, status, label, p_dog, latency_ms FROM predictions WHERE day >= $1 AND day <= $2")
-                .bind(&s)
-                .bind(&e)
-                .fetch_all(&self.pool)
-                .await?;
-        let mut preds = Vec::with_capacity(rows.len());
-        for r in rows {
-            let status: String = r.try_get("status")?;
-            preds.push(metrics::PredictionRow {
-                day: r.try_get("day")?,
-                ok: status == "ok",
-                label: label_column(&r, "label")?,
-                p_dog: r.try_get("p_dog")?,
-                latency_ms: r.try_get("latency_ms")?,
-            });
+        let (key, group_by) = match grouping {
+            Grouping::PerDay => ("day", " GROUP BY day"),
+            Grouping::Window => ("'window'", ""),
+        };
+        let mut out: std::collections::BTreeMap<String, metrics::Totals> = std::collections::BTreeMap::new();
+        let low = metrics::LOW_CONFIDENCE;
+        let sums = format!(
+            "SELECT {key} AS k, CAST(COUNT(*) AS BIGINT) AS n, \
+             CAST(COALESCE(SUM(CASE WHEN status = 'ok' THEN 1 ELSE 0 END), 0) AS BIGINT) AS success, \
+             CAST(COALESCE(SUM(CASE WHEN status = 'ok' AND label = 'cat' THEN 1 ELSE 0 END), 0) AS BIGINT) AS cats, \
+             CAST(COALESCE(SUM(CASE WHEN status = 'ok' AND label = 'dog' THEN 1 ELSE 0 END), 0) AS BIGINT) AS dogs, \
+             CAST(COALESCE(SUM(CASE WHEN status = 'ok' THEN latency_ms ELSE 0 END), 0) AS DOUBLE PRECISION) \
+             AS latency_sum, \
+             CAST(COALESCE(SUM(CASE WHEN status = 'ok' AND p_dog IS NOT NULL THEN p_dog ELSE 0 END), 0) \
+             AS DOUBLE PRECISION) AS p_dog_sum, \
+             CAST(COALESCE(SUM(CASE WHEN status = 'ok' AND p_dog IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) \
+             AS p_dog_n, \
+             CAST(COALESCE(SUM(CASE WHEN status = 'ok' AND p_dog IS NOT NULL AND p_dog < {low} \
+             AND (1 - p_dog) < {low} THEN 1 ELSE 0 END), 0) AS BIGINT) AS low \
+             FROM predictions WHERE day >= $1 AND day <= $2{group_by}"
+        );
+        for r in sqlx::query(&sums).bind(&s).bind(&e).fetch_all(&self.pool).await? {
+            let n: i64 = r.try_get("n")?;
+            if n == 0 {
+                continue;
+            }
+            let count = |c: &str| r.try_get::<i64, _>(c).map(|v| u64::try_from(v).unwrap_or(0));
+            let t = out.entry(r.try_get("k")?).or_default();
+            t.count = count("n")?;
+            t.success = count("success")?;
+            t.cats = count("cats")?;
+            t.dogs = count("dogs")?;
+            t.latency_sum = r.try_get("latency_sum")?;
+            t.p_dog_sum = r.try_get("p_dog_sum")?;
+            t.p_dog_n = count("p_dog_n")?;
+            t.low_confidence = count("low")?;
         }
-        let rows = sqlx::query(
-            // The Any driver cannot decode SQLite booleans: read them as integers on both databases.
-            "SELECT day, CAST(CASE WHEN positive THEN 1 ELSE 0 END AS BIGINT) AS positive FROM feedback \
-             WHERE day >= $1 AND day <= $2",
-        )
-        .bind(&s)
-        .bind(&e)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut fbs = Vec::with_capacity(rows.len());
-        for r in rows {
-            fbs.push(metrics::FeedbackRow { day: r.try_get("day")?, positive: r.try_get::<i64, _>("positive")? != 0 });
+        for r in sqlx::query(&self.percentiles_sql(key, group_by)).bind(&s).bind(&e).fetch_all(&self.pool).await? {
+            let k: String = r.try_get("k")?;
+            let values: [Option<f64>; 4] = [r.try_get("p50")?, r.try_get("p90")?, r.try_get("p95")?, r.try_get("p99")?];
+            if let Some(t) = out.get_mut(&k) {
+                t.latency_percentiles = values;
+            }
         }
-        Ok((preds, fbs))
+        // The Any driver cannot decode SQLite booleans: counted as integers on both databases.
+        let feedback = format!(
+            "SELECT {key} AS k, CAST(COUNT(*) AS BIGINT) AS n, \
+             CAST(COALESCE(SUM(CASE WHEN positive THEN 1 ELSE 0 END), 0) AS BIGINT) AS pos \
+             FROM feedback WHERE day >= $1 AND day <= $2{group_by}"
+        );
+        for r in sqlx::query(&feedback).bind(&s).bind(&e).fetch_all(&self.pool).await? {
+            let (n, pos): (i64, i64) = (r.try_get("n")?, r.try_get("pos")?);
+            if n == 0 {
+                continue;
+            }
+            let t = out.entry(r.try_get("k")?).or_default();
+            t.fb_pos = u64::try_from(pos).unwrap_or(0);
+            t.fb_neg = u64::try_from(n - pos).unwrap_or(0);
+        }
+        Ok(out)
     }
+
+    /// Nearest-rank latency percentiles of successful predictions (the smallest value with
+    /// at least p % of the values at or below it): `percentile_disc` on PostgreSQL; on
+    /// SQLite, which has none, the value of rank ceil(p n / 100) through window functions.
+    fn percentiles_sql(&self, key: &str, group_by: &str) -> String {
+        let filter = "status = 'ok' AND day >= $1 AND day <= $2";
+        match self.kind {
+            DbKind::Postgres => {
+                let columns: Vec<String> = metrics::PERCENTILES
+                    .iter()
+                    .map(|p| {
+                        format!("percentile_disc({}) WITHIN GROUP (ORDER BY latency_ms) AS p{p}", f64::from(*p) / 100.0)
+                    })
+                    .collect();
+                format!("SELECT {key} AS k, {} FROM predictions WHERE {filter}{group_by}", columns.join(", "))
+            }
+            DbKind::Sqlite => {
+                let partition = if group_by.is_empty() { String::new() } else { format!("PARTITION BY {key} ") };
+                let columns: Vec<String> = metrics::PERCENTILES
+                    .iter()
+                    .map(|p| format!("MIN(CASE WHEN rn = ({p} * n + 99) / 100 THEN latency_ms END) AS p{p}"))
+                    .collect();
+                format!(
+                    "SELECT k, {} FROM (SELECT {key} AS k, latency_ms, \
+                     ROW_NUMBER() OVER ({partition}ORDER BY latency_ms) AS rn, COUNT(*) OVER ({partition}) AS n \
+                     FROM predictions WHERE {filter}) GROUP BY k",
+                    columns.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// How [`Store::totals`] groups rows.
+#[derive(Clone, Copy)]
+enum Grouping {
+    PerDay,
+    Window,
 }
 
 #[cfg(test)]

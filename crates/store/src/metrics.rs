@@ -1,5 +1,11 @@
 //! Daily and windowed service metrics, computed exactly from stored rows.
 //!
+//! The database does the work ([`crate::Store::daily_metrics`]): counts, sums and
+//! nearest-rank percentiles grouped per day in SQL (`percentile_disc` on PostgreSQL, the
+//! same rank through window functions on SQLite), so a request reads a few rows per day,
+//! not every prediction of the window. [`by_day`] and [`window`] compute the same figures in
+//! Rust from rows: the definition the SQL follows, which tests check it against.
+//!
 //! Definitions (also in the API docs):
 //! - `inf_count` = every prediction attempt with a file (success + error);
 //! - latency statistics cover successful predictions only; percentiles are nearest-rank
@@ -95,6 +101,105 @@ pub struct WindowMetrics {
     pub low_confidence_share_7d: Option<f64>,
 }
 
+/// The latency percentiles reported, in percent.
+pub const PERCENTILES: [u32; 4] = [50, 90, 95, 99];
+
+/// What the database adds up for one group of rows (a day, or a whole window).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    pub count: u64,
+    pub success: u64,
+    pub cats: u64,
+    pub dogs: u64,
+    /// Sum of the latencies of successful predictions.
+    pub latency_sum: f64,
+    /// Sum and count of P(dog) of successful predictions, and how many are low-confidence.
+    pub p_dog_sum: f64,
+    pub p_dog_n: u64,
+    pub low_confidence: u64,
+    pub fb_pos: u64,
+    pub fb_neg: u64,
+    /// Nearest-rank latency percentiles of successful predictions, as [`PERCENTILES`].
+    pub latency_percentiles: [Option<f64>; 4],
+}
+
+/// `sum / n`; `None` without values. (Databases add in their own order: means may differ
+/// from another database's in the last bits; counts and percentiles are exact.)
+fn mean(sum: f64, n: u64) -> Option<f64> {
+    (n > 0).then(|| sum / n as f64)
+}
+
+impl Totals {
+    fn avg_latency(&self) -> Option<f64> {
+        mean(self.latency_sum, self.success)
+    }
+
+    /// (mean P(dog), low-confidence share).
+    fn drift(&self) -> (Option<f64>, Option<f64>) {
+        (mean(self.p_dog_sum, self.p_dog_n), ratio(self.low_confidence, self.p_dog_n))
+    }
+
+    /// The metrics of one day.
+    pub fn day(&self, day: &str) -> DayMetrics {
+        let [p50, p90, p95, p99] = self.latency_percentiles;
+        let (p_dog_mean, low_confidence_share) = self.drift();
+        let errors = self.count - self.success;
+        DayMetrics {
+            day: day.to_string(),
+            inf_count: self.count,
+            inf_success: self.success,
+            inf_errors: errors,
+            inf_latency_avg_ms: self.avg_latency(),
+            inf_latency_p50_ms: p50,
+            inf_latency_p90_ms: p90,
+            inf_latency_p99_ms: p99,
+            feedback_pos: self.fb_pos,
+            feedback_neg: self.fb_neg,
+            inf_latency_p95_ms: p95,
+            error_rate: ratio(errors, self.count),
+            feedback_count: self.fb_pos + self.fb_neg,
+            satisfaction_rate: ratio(self.fb_pos, self.fb_pos + self.fb_neg),
+            cat_count: self.cats,
+            dog_count: self.dogs,
+            cat_share: ratio(self.cats, self.success),
+            dog_share: ratio(self.dogs, self.success),
+            p_dog_mean,
+            low_confidence_share,
+        }
+    }
+
+    /// The metrics of the window `start..=end`.
+    pub fn window(&self, start: NaiveDate, end: NaiveDate) -> WindowMetrics {
+        let [p50, p90, p95, p99] = self.latency_percentiles;
+        let (p_dog_mean, low_confidence_share) = self.drift();
+        let errors = self.count - self.success;
+        let fmt = |d: NaiveDate| d.format("%Y-%m-%d").to_string();
+        WindowMetrics {
+            as_of: fmt(end),
+            inf_7d: self.count,
+            latency_avg_ms_7d: self.avg_latency(),
+            latency_p90_ms_7d: p90,
+            fb_pos_7d: self.fb_pos,
+            fb_neg_7d: self.fb_neg,
+            window_start: fmt(start),
+            window_end: fmt(end),
+            window_days: u32::try_from((end - start).num_days() + 1).unwrap_or(0),
+            inf_success_7d: self.success,
+            inf_errors_7d: errors,
+            error_rate_7d: ratio(errors, self.count),
+            latency_p50_ms_7d: p50,
+            latency_p99_ms_7d: p99,
+            latency_p95_ms_7d: p95,
+            feedback_count_7d: self.fb_pos + self.fb_neg,
+            satisfaction_rate_7d: ratio(self.fb_pos, self.fb_pos + self.fb_neg),
+            cat_share_7d: ratio(self.cats, self.success),
+            dog_share_7d: ratio(self.dogs, self.success),
+            p_dog_mean_7d: p_dog_mean,
+            low_confidence_share_7d: low_confidence_share,
+        }
+    }
+}
+
 /// Nearest-rank percentile of sorted values.
 pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
@@ -149,21 +254,25 @@ impl Acc {
             self.fb_neg += 1;
         }
     }
-    /// (avg, p50, p90, p95, p99) of successful latencies.
-    fn latency(&mut self) -> [Option<f64>; 5] {
+    fn totals(mut self) -> Totals {
         self.latencies.sort_by(f64::total_cmp);
-        let avg =
-            (!self.latencies.is_empty()).then(|| self.latencies.iter().sum::<f64>() / self.latencies.len() as f64);
-        let l = &self.latencies;
-        [avg, percentile(l, 50.0), percentile(l, 90.0), percentile(l, 95.0), percentile(l, 99.0)]
-    }
-    /// (mean P(dog), low-confidence share).
-    fn drift(&self) -> (Option<f64>, Option<f64>) {
-        ((self.p_dog_n > 0).then(|| self.p_dog_sum / self.p_dog_n as f64), ratio(self.low_confidence, self.p_dog_n))
+        Totals {
+            count: self.count,
+            success: self.success,
+            cats: self.cats,
+            dogs: self.dogs,
+            latency_sum: self.latencies.iter().sum(),
+            p_dog_sum: self.p_dog_sum,
+            p_dog_n: self.p_dog_n,
+            low_confidence: self.low_confidence,
+            fb_pos: self.fb_pos,
+            fb_neg: self.fb_neg,
+            latency_percentiles: PERCENTILES.map(|p| percentile(&self.latencies, f64::from(p))),
+        }
     }
 }
 
-/// Groups rows per day, newest first.
+/// The reference definition: rows grouped per day in Rust, newest first.
 pub fn by_day(preds: &[PredictionRow], fbs: &[FeedbackRow]) -> Vec<DayMetrics> {
     let mut days: BTreeMap<&str, Acc> = BTreeMap::new();
     for p in preds {
@@ -172,70 +281,15 @@ pub fn by_day(preds: &[PredictionRow], fbs: &[FeedbackRow]) -> Vec<DayMetrics> {
     for f in fbs {
         days.entry(&f.day).or_default().add_feedback(f);
     }
-    days.into_iter()
-        .rev()
-        .map(|(day, mut a)| {
-            let [avg, p50, p90, p95, p99] = a.latency();
-            let (p_dog_mean, low_confidence_share) = a.drift();
-            let errors = a.count - a.success;
-            DayMetrics {
-                day: day.to_string(),
-                inf_count: a.count,
-                inf_success: a.success,
-                inf_errors: errors,
-                inf_latency_avg_ms: avg,
-                inf_latency_p50_ms: p50,
-                inf_latency_p90_ms: p90,
-                inf_latency_p99_ms: p99,
-                feedback_pos: a.fb_pos,
-                feedback_neg: a.fb_neg,
-                inf_latency_p95_ms: p95,
-                error_rate: ratio(errors, a.count),
-                feedback_count: a.fb_pos + a.fb_neg,
-                satisfaction_rate: ratio(a.fb_pos, a.fb_pos + a.fb_neg),
-                cat_count: a.cats,
-                dog_count: a.dogs,
-                cat_share: ratio(a.cats, a.success),
-                dog_share: ratio(a.dogs, a.success),
-                p_dog_mean,
-                low_confidence_share,
-            }
-        })
-        .collect()
+    days.into_iter().rev().map(|(day, a)| a.totals().day(day)).collect()
 }
 
-/// Totals over `start..=end`.
+/// The reference definition: totals over `start..=end` in Rust.
 pub fn window(start: NaiveDate, end: NaiveDate, preds: &[PredictionRow], fbs: &[FeedbackRow]) -> WindowMetrics {
     let mut a = Acc::default();
     preds.iter().for_each(|p| a.add_prediction(p));
     fbs.iter().for_each(|f| a.add_feedback(f));
-    let [avg, p50, p90, p95, p99] = a.latency();
-    let (p_dog_mean, low_confidence_share) = a.drift();
-    let errors = a.count - a.success;
-    let fmt = |d: NaiveDate| d.format("%Y-%m-%d").to_string();
-    WindowMetrics {
-        as_of: fmt(end),
-        inf_7d: a.count,
-        latency_avg_ms_7d: avg,
-        latency_p90_ms_7d: p90,
-        fb_pos_7d: a.fb_pos,
-        fb_neg_7d: a.fb_neg,
-        window_start: fmt(start),
-        window_end: fmt(end),
-        window_days: u32::try_from((end - start).num_days() + 1).unwrap_or(0),
-        inf_success_7d: a.success,
-        inf_errors_7d: errors,
-        error_rate_7d: ratio(errors, a.count),
-        latency_p50_ms_7d: p50,
-        latency_p99_ms_7d: p99,
-        latency_p95_ms_7d: p95,
-        feedback_count_7d: a.fb_pos + a.fb_neg,
-        satisfaction_rate_7d: ratio(a.fb_pos, a.fb_pos + a.fb_neg),
-        cat_share_7d: ratio(a.cats, a.success),
-        dog_share_7d: ratio(a.dogs, a.success),
-        p_dog_mean_7d: p_dog_mean,
-        low_confidence_share_7d: low_confidence_share,
-    }
+    a.totals().window(start, end)
 }
 
 #[cfg(test)]

@@ -85,6 +85,8 @@ fn main() -> std::process::ExitCode {
         async_test!(metrics::postgres::daily_metrics_on_known_rows).needs(&[Postgres]),
         async_test!(metrics::sqlite::window_metrics_on_known_rows),
         async_test!(metrics::postgres::window_metrics_on_known_rows).needs(&[Postgres]),
+        async_test!(metrics::sqlite::sql_metrics_match_the_reference_definition_on_random_rows),
+        async_test!(metrics::postgres::sql_metrics_match_the_reference_definition_on_random_rows).needs(&[Postgres]),
         // Documentation and routing.
         async_test!(routes::the_swagger_ui_is_served),
         async_test!(routes::the_openapi_document_lists_every_api_route),
