@@ -11,12 +11,14 @@
 //!    LitServe + ONNX Runtime peer serving the same graph, and the seed service; decode
 //!    times and the ceiling they imply;
 //! 5. warm-up: the first request after a start and after a reload, over fresh servers;
-//! 6. steady memory: resident memory over a long run of random client counts and sizes.
+//! 6. steady memory: resident memory over a long run of random client counts and sizes;
+//! 7. the monitoring routes and the purge on a million prediction rows (SQLite, PostgreSQL).
 //!
 //! The Python side (bench/reference/) runs in a venv the harness creates; `--no-reference`
 //! skips it.
 mod forward;
 mod reference;
+mod scale;
 mod serve;
 mod sizes;
 mod steady;
@@ -84,14 +86,20 @@ struct Args {
     #[arg(long, default_value_t = 12)]
     size_per_class: usize,
     /// Only section 4 (phone-size photos).
-    #[arg(long, conflicts_with_all = ["only_warmup", "only_steady"])]
+    #[arg(long, conflicts_with_all = ["only_warmup", "only_steady", "only_scale"])]
     only_sizes: bool,
     /// Only section 5 (warm-up).
-    #[arg(long, conflicts_with = "only_steady")]
+    #[arg(long, conflicts_with_all = ["only_steady", "only_scale"])]
     only_warmup: bool,
     /// Only section 6 (steady memory).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "only_scale")]
     only_steady: bool,
+    /// Only section 7 (monitoring routes at scale).
+    #[arg(long)]
+    only_scale: bool,
+    /// Prediction rows of section 7 (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    scale_rows: u64,
     /// Seconds of section 6 (0 skips it).
     #[arg(long, default_value_t = 600.0)]
     steady_secs: f64,
@@ -352,7 +360,7 @@ async fn main() -> Result<()> {
          taken in this run on this machine.\n\n",
         machine()
     );
-    let only = [args.only_sizes, args.only_warmup, args.only_steady];
+    let only = [args.only_sizes, args.only_warmup, args.only_steady, args.only_scale];
     let all = !only.contains(&true);
     if all {
         forward_section(&args, python.as_ref(), &mut report)?;
@@ -370,6 +378,9 @@ async fn main() -> Result<()> {
     if all || args.only_steady {
         let photos = serve::load_photos(&args.photos, args.size_per_class)?;
         steady::section(exe, model, max_batch, &photos, args.steady_secs, &mut report).await?;
+    }
+    if all || args.only_scale {
+        scale::section(exe, model, args.scale_rows, &mut report).await?;
     }
     println!("{report}");
     if let Some(dir) = args.out.parent() {

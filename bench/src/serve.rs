@@ -102,6 +102,15 @@ impl Server {
         Self::spawn(cmd, port, Api::Catsdogs, dir, Probe::Health).await
     }
 
+    /// `catsdogs serve` on `model` keeping its files in `data` and its rows at `db_url`,
+    /// returned once ready (no prediction made).
+    pub async fn catsdogs_on_database(exe: &Path, model: &Path, data: &Path, db_url: &str) -> Result<Self> {
+        let port = free_port()?;
+        let mut cmd = catsdogs_command(exe, model, 8, data, port);
+        cmd.env("DATABASE_URL", db_url).arg("--no-grpc");
+        Self::spawn(cmd, port, Api::Catsdogs, tempfile::tempdir()?, Probe::Health).await
+    }
+
     /// The Python seed service (`bench/reference/seed_service.py`) on `model` (seed CNN).
     pub async fn seed_reference(python: &Path, model: &Path, probe: &Photo) -> Result<Self> {
         let dir = tempfile::tempdir()?;

@@ -28,7 +28,7 @@ fn harness_produces_a_table() {
         .args(["--per-class", "4", "--models", "models/seed-cnn", "--clients", "1,4", "--secs", "1"])
         .args(["--forward-secs", "0.2", "--train-secs", "0.5", "--no-reference"])
         .args(["--sizes", "1mp", "--size-clients", "2", "--size-per-class", "2", "--size-model", "models/seed-cnn"])
-        .args(["--warmup-restarts", "2", "--steady-secs", "10"])
+        .args(["--warmup-restarts", "2", "--steady-secs", "10", "--scale-rows", "3600"])
         .arg("--out")
         .arg(&out)
         .status()
@@ -58,6 +58,12 @@ fn harness_produces_a_table() {
     let number = |i: usize| c[i].parse::<f64>().unwrap_or(f64::NAN);
     assert!(number(6) > number(3), "the one-client budget adds the forward pass to the decode: {sized}");
     assert!(number(9) > 0.0 && c[13] == "0", "{sized}");
+    // Section 7: the metrics routes answer on a filled database and the purge takes the
+    // oldest day (3,600 rows over 180 days: 20 a day).
+    let scale = table.lines().find(|l| l.starts_with("| SQLite |")).expect("scale row");
+    let c = cols(scale);
+    assert!((3..=5).all(|i| c[i].parse::<f64>().is_ok_and(|ms| ms > 0.0)), "{scale}");
+    assert!(c[7].contains("(20 predictions"), "{scale}");
     // Section 6: resident memory sampled over random phases, and the throughput after them.
     let steady_header = table.lines().position(|l| l.starts_with("| phases |")).expect("steady-memory table");
     let row = table.lines().nth(steady_header + 2).expect("steady-memory row");
