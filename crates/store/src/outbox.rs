@@ -109,15 +109,22 @@ impl Outbox {
     /// Drops the queued rows of an erased prediction, in memory and in the spill file the
     /// queue was restored from; returns them.
     pub fn remove(&self, id: &str) -> std::io::Result<Vec<PredictionRecord>> {
+        self.remove_where(&|r| r.id == id)
+    }
+
+    /// Drops the queued rows for which `erased` holds (an erasure by id or by date), in
+    /// memory and in the spill file the queue was restored from; returns them.
+    pub fn remove_where(&self, erased: &dyn Fn(&PredictionRecord) -> bool) -> std::io::Result<Vec<PredictionRecord>> {
         let mut removed = Vec::new();
-        {
-            let mut q = lock(&self.rows);
-            while let Some(i) = q.iter().position(|r| r.id == id) {
-                removed.extend(q.remove(i));
+        lock(&self.rows).retain(|r| {
+            let gone = erased(r);
+            if gone {
+                removed.push(r.clone());
             }
-        }
+            !gone
+        });
         if let Some(path) = lock(&self.restored_from).clone() {
-            removed.extend(remove_spilled(&path, id)?);
+            removed.extend(remove_spilled_where(&path, erased)?);
         }
         Ok(removed)
     }
@@ -188,8 +195,16 @@ impl Outbox {
 /// Removes the rows of prediction `id` from a spill file (an erasure while the server is
 /// stopped, or before its restored rows are written); returns them.
 pub fn remove_spilled(path: &Path, id: &str) -> std::io::Result<Vec<PredictionRecord>> {
+    remove_spilled_where(path, &|r| r.id == id)
+}
+
+/// Removes the rows for which `erased` holds from a spill file; returns them.
+pub fn remove_spilled_where(
+    path: &Path,
+    erased: &dyn Fn(&PredictionRecord) -> bool,
+) -> std::io::Result<Vec<PredictionRecord>> {
     let rows = read_spilled(path)?;
-    let (removed, kept): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.id == id);
+    let (removed, kept): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| erased(r));
     if !removed.is_empty() {
         write_spilled(path, &kept)?;
     }
@@ -242,6 +257,10 @@ mod tests {
         // An erasure meanwhile removes the row from the queue and from the file.
         assert_eq!(ids(&next.remove(&b).expect("remove")), [b.clone(), b.clone()]);
         assert_eq!(ids(&read_spilled(&path).expect("read")), [a.clone(), late.clone()]);
+        assert_eq!(next.len(), 2);
+        // An erasure by date: nothing queued is older than an hour ago.
+        let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+        assert!(next.remove_where(&|r| r.created_at < hour_ago).expect("remove").is_empty());
         assert_eq!(next.len(), 2);
 
         // Written (twice: a crash after the write and before the removal): file removed.

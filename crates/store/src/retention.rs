@@ -57,11 +57,14 @@ pub enum Queued<'a> {
 }
 
 impl Queued<'_> {
-    /// Removes the queued rows of prediction `id`; returns them.
-    fn remove(self, id: &str) -> std::io::Result<Vec<crate::PredictionRecord>> {
+    /// Removes the queued rows for which `erased` holds; returns them.
+    fn remove_where(
+        self,
+        erased: &dyn Fn(&crate::PredictionRecord) -> bool,
+    ) -> std::io::Result<Vec<crate::PredictionRecord>> {
         match self {
-            Self::Outbox(o) => o.remove(id),
-            Self::SpillFile(path) => crate::outbox::remove_spilled(path, id),
+            Self::Outbox(o) => o.remove_where(erased),
+            Self::SpillFile(path) => crate::outbox::remove_spilled_where(path, erased),
         }
     }
 }
@@ -168,7 +171,7 @@ pub async fn erase_id(h: Holdings<'_>, id: &str, now: DateTime<Utc>, actor: &str
     let key = store.erasure_key().ok_or(RetentionError::NoErasureKey)?;
     let tombstone = key.tombstone(id);
     store.record_erasure(&tombstone, now, actor, &format!("prediction {id}")).await?;
-    let queued = h.queued.remove(id)?;
+    let queued = h.queued.remove_where(&|r| r.id == id)?;
     let stored_image = store.get_prediction(id).await?.and_then(|p| p.image_ref);
     let mut rows = store.erase_prediction(id).await?;
     rows.predictions += queued.len() as u64;
@@ -229,10 +232,14 @@ pub async fn erase_before(
     now: DateTime<Utc>,
     actor: &str,
 ) -> Result<Removed, RetentionError> {
-    let Holdings { store, log, images, .. } = h;
+    let Holdings { store, log, images, queued } = h;
     store.audit(now, actor, "erase", &format!("everything before {}", before.to_rfc3339())).await?;
-    let refs = store.image_refs_before(before).await?;
-    let rows = store.erase_before(before).await?;
+    // Rows still waiting for the database (queued, or spilled by a stopped server) too.
+    let waiting = queued.remove_where(&|r| r.created_at < before)?;
+    let mut refs = store.image_refs_before(before).await?;
+    refs.extend(waiting.iter().filter_map(|r| r.image_ref.clone()));
+    let mut rows = store.erase_before(before).await?;
+    rows.predictions += waiting.len() as u64;
     let lines = match log {
         Some(l) => l.off_thread(move |l| l.remove_before(before)).await?,
         None => 0,

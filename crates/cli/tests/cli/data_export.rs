@@ -208,10 +208,19 @@ pub async fn db_erase_before_a_date_removes_older_rows_and_keeps_younger_ones() 
     h.feedback_on(&last_week).await;
     assert_eq!(h.images(), 1, "the fresh consented upload");
 
+    // Rows a stopped server spilled during an outage: the old one goes, the young one stays.
+    let (spilled_old, spilled_young) = (past_prediction(h.now, 9), past_prediction(h.now, 0));
+    let spill = h.data().join("pending-predictions.jsonl");
+    let lines: Vec<String> =
+        [&spilled_old, &spilled_young].iter().map(|r| serde_json::to_string(r).expect("json")).collect();
+    std::fs::write(&spill, lines.join("\n") + "\n").expect("spill file");
+
     let before = (h.now - Duration::days(1)).date_naive().to_string();
     let erased = catsdogs_json("db", &["erase", "--before", &before], h.data());
     assert_eq!(erased["before"], before.as_str(), "{erased}");
-    assert_eq!(erased["removed"]["predictions"], 1, "{erased}");
+    assert_eq!(erased["removed"]["predictions"], 2, "the stored row and the spilled one: {erased}");
+    let spilled = std::fs::read_to_string(&spill).expect("spill file kept for the young row");
+    assert!(!spilled.contains(&spilled_old.id) && spilled.contains(&spilled_young.id), "{spilled}");
     assert_eq!(erased["removed"]["feedback"], 1, "{erased}");
     assert_eq!(erased["removed"]["inference_log_lines"], 1, "{erased}");
     assert_eq!(erased["removed"]["images"], 0, "{erased}");
