@@ -71,7 +71,7 @@ impl Store {
         .bind(at.timestamp_millis())
         .execute(&mut *tx)
         .await?;
-        self.audit_in(&mut tx, at, actor, "erase", detail).await?;
+        crate::audit_row(at, actor, "erase", detail).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -159,6 +159,22 @@ pub struct Store {
     erasure_key: Option<ErasureKey>,
 }
 
+/// The insert of one audit row, to run on the pool or inside the transaction of the action
+/// it records.
+pub(crate) fn audit_row<'q>(
+    at: DateTime<Utc>,
+    actor: &'q str,
+    action: &'q str,
+    detail: &'q str,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query("INSERT INTO audit_log (id, at_ms, actor, action, detail) VALUES ($1, $2, $3, $4, $5)")
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(at.timestamp_millis())
+        .bind(actor)
+        .bind(action)
+        .bind(detail)
+}
+
 /// What [`Store::insert_prediction`] did with a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
@@ -405,29 +421,7 @@ impl Store {
 
     /// Appends to the audit log (who did what, when; never secrets or image content).
     pub async fn audit(&self, at: DateTime<Utc>, actor: &str, action: &str, detail: &str) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        self.audit_in(&mut tx, at, actor, action, detail).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// [`Store::audit`] inside a transaction (the action and its audit row commit together).
-    async fn audit_in(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        at: DateTime<Utc>,
-        actor: &str,
-        action: &str,
-        detail: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO audit_log (id, at_ms, actor, action, detail) VALUES ($1, $2, $3, $4, $5)")
-            .bind(uuid::Uuid::new_v4().to_string())
-            .bind(at.timestamp_millis())
-            .bind(actor)
-            .bind(action)
-            .bind(detail)
-            .execute(&mut **tx)
-            .await?;
+        audit_row(at, actor, action, detail).execute(&self.pool).await?;
         Ok(())
     }
 
