@@ -12,10 +12,14 @@
 //!    times and the ceiling they imply;
 //! 5. warm-up: the first request after a start and after a reload, over fresh servers;
 //! 6. steady memory: resident memory over a long run of random client counts and sizes;
-//! 7. the monitoring routes and the purge on a million prediction rows (SQLite, PostgreSQL).
+//! 7. the monitoring routes and the purge on a million prediction rows (SQLite, PostgreSQL);
+//! 8. what explanations cost: the graphs' extra outputs, and `explain=true` end to end;
+//! 9. the drift report over its largest window.
 //!
 //! The Python side (bench/reference/) runs in a venv the harness creates; `--no-reference`
 //! skips it.
+mod drift;
+mod explain;
 mod forward;
 mod reference;
 mod scale;
@@ -86,17 +90,26 @@ struct Args {
     #[arg(long, default_value_t = 12)]
     size_per_class: usize,
     /// Only section 4 (phone-size photos).
-    #[arg(long, conflicts_with_all = ["only_warmup", "only_steady", "only_scale"])]
+    #[arg(long, conflicts_with_all = ["only_warmup", "only_steady", "only_scale", "only_explain", "only_drift"])]
     only_sizes: bool,
     /// Only section 5 (warm-up).
-    #[arg(long, conflicts_with_all = ["only_steady", "only_scale"])]
+    #[arg(long, conflicts_with_all = ["only_steady", "only_scale", "only_explain", "only_drift"])]
     only_warmup: bool,
     /// Only section 6 (steady memory).
-    #[arg(long, conflicts_with = "only_scale")]
+    #[arg(long, conflicts_with_all = ["only_scale", "only_explain", "only_drift"])]
     only_steady: bool,
     /// Only section 7 (monitoring routes at scale).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["only_explain", "only_drift"])]
     only_scale: bool,
+    /// Only section 8 (what explanations cost).
+    #[arg(long, conflicts_with = "only_drift")]
+    only_explain: bool,
+    /// Only section 9 (the drift report).
+    #[arg(long)]
+    only_drift: bool,
+    /// Prediction rows of section 9 (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    drift_rows: usize,
     /// Prediction rows of section 7 (0 skips it).
     #[arg(long, default_value_t = 1_000_000)]
     scale_rows: u64,
@@ -106,6 +119,12 @@ struct Args {
     /// Fresh servers section 5 starts (0 skips it).
     #[arg(long, default_value_t = 20)]
     warmup_restarts: usize,
+    /// Requests of each kind per photo size in section 8 (0 skips it).
+    #[arg(long, default_value_t = 60)]
+    explain_requests: usize,
+    /// Interleaved forward rounds per model and batch size in section 8.
+    #[arg(long, default_value_t = 200)]
+    explain_rounds: usize,
     /// Markdown report written here too.
     #[arg(long, default_value = "bench/results/latest.md")]
     out: PathBuf,
@@ -360,7 +379,8 @@ async fn main() -> Result<()> {
          taken in this run on this machine.\n\n",
         machine()
     );
-    let only = [args.only_sizes, args.only_warmup, args.only_steady, args.only_scale];
+    let only =
+        [args.only_sizes, args.only_warmup, args.only_steady, args.only_scale, args.only_explain, args.only_drift];
     let all = !only.contains(&true);
     if all {
         forward_section(&args, python.as_ref(), &mut report)?;
@@ -381,6 +401,14 @@ async fn main() -> Result<()> {
     }
     if all || args.only_scale {
         scale::section(exe, model, args.scale_rows, &mut report).await?;
+    }
+    if all || args.only_explain {
+        let photos = serve::load_photos(&args.photos, 2)?;
+        let counts = explain::Counts { requests: args.explain_requests, rounds: args.explain_rounds };
+        explain::section(exe, &args.models, model, args.threads, counts, &photos, &mut report).await?;
+    }
+    if all || args.only_drift {
+        drift::section(exe, model, args.drift_rows, &mut report).await?;
     }
     println!("{report}");
     if let Some(dir) = args.out.parent() {

@@ -91,7 +91,7 @@ async fn fill(db: Db, url: &str, rows: u64) -> Result<Duration> {
 }
 
 /// Median time of `REPEATS` requests of `path` (after one untimed), and the last status.
-async fn time_route(client: &reqwest::Client, base: &str, path: &str, bearer: bool) -> Result<f64> {
+pub async fn time_route(client: &reqwest::Client, base: &str, path: &str, bearer: bool) -> Result<f64> {
     let mut times = Vec::with_capacity(REPEATS);
     for i in 0..=REPEATS {
         let mut req = client.get(format!("{base}{path}"));
@@ -114,7 +114,7 @@ async fn time_route(client: &reqwest::Client, base: &str, path: &str, bearer: bo
 }
 
 /// A client signed in as operator (session cookie), for the dashboard.
-async fn operator(base: &str) -> Result<reqwest::Client> {
+pub async fn operator(base: &str) -> Result<reqwest::Client> {
     let client = reqwest::Client::builder().cookie_store(true).build()?;
     let page = client.get(format!("{base}/login")).send().await?.text().await?;
     let csrf = page

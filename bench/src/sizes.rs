@@ -37,7 +37,7 @@ impl std::str::FromStr for SizeClass {
 }
 
 impl SizeClass {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Small => "small (shared photos)",
             Self::OneMp => "1 MP JPEG",

@@ -29,6 +29,7 @@ fn harness_produces_a_table() {
         .args(["--forward-secs", "0.2", "--train-secs", "0.5", "--no-reference"])
         .args(["--sizes", "1mp", "--size-clients", "2", "--size-per-class", "2", "--size-model", "models/seed-cnn"])
         .args(["--warmup-restarts", "2", "--steady-secs", "10", "--scale-rows", "3600"])
+        .args(["--explain-requests", "3", "--explain-rounds", "5", "--drift-rows", "300"])
         .arg("--out")
         .arg(&out)
         .status()
@@ -77,4 +78,13 @@ fn harness_produces_a_table() {
         let c = cols(row);
         assert!(c[3].parse::<f64>().is_ok_and(|ms| ms > 0.0) && c[4].parse::<f64>().is_ok_and(|ms| ms > 0.0), "{row}");
     }
+    // Section 8: the graphs with and without their extra outputs, and explain=true end to end.
+    let forward = table.lines().find(|l| l.starts_with("| seed-cnn | 8 |")).expect("explain forward row");
+    assert!(cols(forward)[3].parse::<f64>().is_ok_and(|ms| ms > 0.0), "{forward}");
+    let e2e = table.lines().find(|l| l.starts_with("| 12 MP JPEG |")).expect("explain end-to-end row");
+    let c = cols(e2e);
+    assert!(c[2].parse::<f64>().is_ok_and(|ms| ms > 0.0) && c[3].parse::<f64>().is_ok_and(|ms| ms > 0.0), "{e2e}");
+    // Section 9: the drift report answers on a filled database.
+    let drift = table.lines().find(|l| l.starts_with("| today (the hourly check) |")).expect("drift row");
+    assert!(cols(drift)[2].parse::<f64>().is_ok_and(|ms| ms > 0.0), "{drift}");
 }

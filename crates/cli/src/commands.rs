@@ -1,6 +1,6 @@
 //! The sub-commands.
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -161,6 +161,7 @@ fn train_transfer(a: &TrainArgs) -> Result<()> {
         r.wall_time_s,
         a.out.display()
     );
+    drift_reference_after_training(&a.out, &a.data);
     Ok(())
 }
 
@@ -208,7 +209,17 @@ pub fn train(a: TrainArgs) -> Result<()> {
         100.0 * v.map_or(f64::NAN, |m| m.accuracy),
         v.map_or(f64::NAN, |m| m.roc_auc)
     );
+    drift_reference_after_training(&outcome.out_dir, &cfg.data_dir);
     Ok(())
+}
+
+/// Writes the trained model's drift reference (docs/drift.md); a failure is reported, the
+/// trained model stays (`catsdogs reference` can write it later).
+fn drift_reference_after_training(model_dir: &Path, data_dir: &Path) {
+    match catsdogs_train::reference::write_after_training(model_dir, data_dir, 32) {
+        Ok(r) => println!("drift reference written ({} validation photos)", r.count),
+        Err(e) => eprintln!("warning: no drift reference written ({e}); run `catsdogs reference` later"),
+    }
 }
 
 /// Model location and backend, shared by predict and eval.
@@ -328,12 +339,8 @@ pub struct EvalArgs {
     pub data: PathBuf,
     #[command(flatten)]
     pub model: ModelOptions,
-    /// Evaluate only the validation split the model card records (same seed and fraction).
-    #[arg(long)]
-    pub val_split: bool,
-    /// Evaluate at most N images per class (a fixed, seeded sample).
-    #[arg(long)]
-    pub max_per_class: Option<usize>,
+    #[command(flatten)]
+    pub photos: PhotoSelection,
     /// Where to write the plots (default: <model dir>/eval).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -342,10 +349,98 @@ pub struct EvalArgs {
 /// Metrics table and plots for a labelled folder.
 pub fn eval(a: EvalArgs) -> Result<()> {
     let model = a.model.load()?;
-    let (report, out) =
-        catsdogs_train::evaluate_folder(&model, &a.data, a.val_split, a.max_per_class, a.model.batch_size, a.out)?;
+    let (report, out) = catsdogs_train::evaluate_folder(
+        &model,
+        &a.data,
+        a.photos.val_split,
+        a.photos.max_per_class,
+        a.model.batch_size,
+        a.out,
+    )?;
     println!("{}", report.table());
     println!("plots and predictions.csv (misclassified first) written to {}", out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ReferenceArgs {
+    /// Labelled folder with cat/ and dog/ sub-folders.
+    #[arg(long, required_unless_present = "server")]
+    pub data: Option<PathBuf>,
+    /// Instead of photos: have the running service at this URL (e.g. http://127.0.0.1:8000)
+    /// rebuild its model's reference from its last --last served predictions (audited;
+    /// the token comes from API_TOKEN).
+    #[arg(long, requires = "last", conflicts_with = "data")]
+    pub server: Option<String>,
+    /// With --server: how many recent predictions (100 to 10,000).
+    #[arg(long)]
+    pub last: Option<u32>,
+    /// With --server: the API token.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub model: ModelOptions,
+    #[command(flatten)]
+    pub photos: PhotoSelection,
+}
+
+/// Which labelled photos a command reads, shared by `eval` and `reference`.
+#[derive(Args)]
+pub struct PhotoSelection {
+    /// Only the validation split the model card records (same seed and fraction: the
+    /// photos it was not trained on).
+    #[arg(long)]
+    pub val_split: bool,
+    /// At most N photos per class (a fixed, seeded sample).
+    #[arg(long)]
+    pub max_per_class: Option<usize>,
+}
+
+/// Writes the model's drift reference (`reference.json` next to its card).
+pub fn reference(a: ReferenceArgs) -> Result<()> {
+    if let (Some(server), Some(last)) = (&a.server, a.last) {
+        return reference_from_server(server, last, a.token.as_deref());
+    }
+    let data = a.data.context("--data or --server is required")?;
+    let model = a.model.load()?;
+    let samples = catsdogs_train::select_samples(&model, &data, a.photos.val_split, a.photos.max_per_class)?;
+    let split = if a.photos.val_split { "validation split of " } else { "" };
+    let source = format!("{split}{}", data.file_name().and_then(|n| n.to_str()).unwrap_or("photos"));
+    let (path, stats) = catsdogs_train::reference::write_reference(&model, &samples, &source, a.model.batch_size)?;
+    println!(
+        "reference of {} on {} photos ({source}) written to {}: {} embeddings, neither rate {}",
+        stats.model_version,
+        stats.count,
+        path.display(),
+        stats.embeddings.len(),
+        stats.neither_rate.map_or("n/a".to_string(), |r| format!("{:.2} %", r * 100.0)),
+    );
+    Ok(())
+}
+
+/// `POST /api/admin/drift/reference?last=N` on a running service.
+fn reference_from_server(server: &str, last: u32, token: Option<&str>) -> Result<()> {
+    // The token is the first of API_TOKEN's comma-separated list.
+    let token = token.and_then(|t| t.split(',').next()).map(str::trim).filter(|t| !t.is_empty());
+    let token = token.context("set API_TOKEN (or --token) to the service's token")?;
+    let url = format!("{}/api/admin/drift/reference?last={last}", server.trim_end_matches('/'));
+    let resp = reqwest::blocking::Client::new()
+        .post(&url)
+        .bearer_auth(token)
+        .timeout(std::time::Duration::from_secs(120))
+        .send()
+        .with_context(|| format!("cannot reach {server}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("{url} answered {status}: {}", body["error"]["message"].as_str().unwrap_or("no message"));
+    }
+    println!(
+        "reference of {} rebuilt from {} ({} predictions); the service reloaded its model",
+        body["model_version"].as_str().unwrap_or("?"),
+        body["source"].as_str().unwrap_or("?"),
+        body["count"]
+    );
     Ok(())
 }
 
@@ -357,11 +452,15 @@ pub struct ExportArgs {
     /// Output file (default: <model dir>/model.onnx, recorded in the card).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// efficientnet-lite0: the pretrained checkpoint the graph is rebuilt from, with the
+    /// model's trained head (see scripts/fetch-efficientnet-lite0.sh).
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
 }
 
 /// Writes the ONNX graph of a trained model and records it in the card.
 pub fn export(a: ExportArgs) -> Result<()> {
-    let written = catsdogs_train::export_onnx(&a.model, a.out.as_deref())?;
+    let written = catsdogs_train::export_onnx(&a.model, a.out.as_deref(), a.pretrained.as_deref())?;
     println!("ONNX graph written to {}", written.display());
     Ok(())
 }

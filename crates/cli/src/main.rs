@@ -33,6 +33,8 @@ enum Command {
     Predict(commands::PredictArgs),
     /// Write a trained model as an ONNX graph.
     Export(commands::ExportArgs),
+    /// Compute a model's drift reference on labelled photos (reference.json next to its card).
+    Reference(commands::ReferenceArgs),
     /// Serve the web page and the JSON API (http://127.0.0.1:8000 by default).
     Serve(serve::ServeArgs),
     /// Retention purge, erasure and export of stored data.
@@ -86,6 +88,7 @@ fn run_command(command: Command) -> Result<ExitCode> {
         Command::Eval(a) => commands::eval(a).map(|_| ExitCode::SUCCESS),
         Command::Predict(a) => commands::predict(a),
         Command::Export(a) => commands::export(a).map(|_| ExitCode::SUCCESS),
+        Command::Reference(a) => commands::reference(a).map(|_| ExitCode::SUCCESS),
         Command::Serve(a) => serve::serve(a, &serve::runtime()?, false).map(|_| ExitCode::SUCCESS),
         Command::Db(a) => db::db(a).map(|_| ExitCode::SUCCESS),
         Command::Data(a) => db::data(a).map(|_| ExitCode::SUCCESS),

@@ -6,7 +6,9 @@ use candle_nn::VarBuilder;
 use catsdogs_model::seed_cnn::{self, SeedCnn};
 use image::RgbImage;
 
-use crate::{Backend, BackendKind, InferenceError, pack_nhwc};
+use catsdogs_model::onnx::{EMBEDDING_DIMS, embedding_projection};
+
+use crate::{Backend, BackendKind, InferenceError, Scores, pack_nhwc, split_maps};
 
 /// Seed CNN weights loaded from safetensors, run with candle on the CPU.
 pub struct CandleBackend {
@@ -29,12 +31,28 @@ impl Backend for CandleBackend {
     }
 
     fn predict(&self, images: &[RgbImage]) -> Result<Vec<f32>, InferenceError> {
+        Ok(self.scores(images)?.into_iter().map(|s| s.p_dog).collect())
+    }
+
+    /// The same outputs as the exported graph: P(dog), the logit map, the embedding.
+    fn scores(&self, images: &[RgbImage]) -> Result<Vec<Scores>, InferenceError> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
         let s = self.size as usize;
         let x = Tensor::from_vec(pack_nhwc(images, self.size)?, (images.len(), s, s, 3), &Device::Cpu)?;
-        let logits = self.model.forward_logits(&x, false)?;
-        Ok(candle_nn::ops::sigmoid(&logits)?.to_vec1::<f32>()?)
+        let map = self.model.feature_map(&x, false)?;
+        let (n, rows, cols, channels) = map.dims4()?;
+        let pooled = map.mean(2)?.mean(1)?;
+        let p = candle_nn::ops::sigmoid(&self.model.head(&pooled)?.squeeze(1)?)?.to_vec1::<f32>()?;
+        let logit_maps = self.model.logit_map_of(&map)?.flatten_all()?.to_vec1::<f32>()?;
+        let logit_maps = split_maps(&logit_maps, n, rows, cols)?;
+        let projection = Tensor::from_vec(embedding_projection(channels), (channels, EMBEDDING_DIMS), &Device::Cpu)?;
+        let embeddings = pooled.matmul(&projection)?.to_vec2::<f32>()?;
+        Ok(p.into_iter()
+            .zip(logit_maps)
+            .zip(embeddings)
+            .map(|((p_dog, map), e)| Scores { p_dog, cat_or_dog_score: None, logit_map: Some(map), embedding: Some(e) })
+            .collect())
     }
 }

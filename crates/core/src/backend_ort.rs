@@ -8,7 +8,10 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
-use crate::{Backend, BackendKind, InferenceError, pack_nhwc};
+use catsdogs_model::card::GraphOutput;
+use catsdogs_model::onnx::{EMBEDDING_OUTPUT, LOGIT_MAP_OUTPUT};
+
+use crate::{Backend, BackendKind, InferenceError, Scores, pack_nhwc, split_maps};
 
 /// Where `libonnxruntime.so` is looked for, in order: `ORT_DYLIB_PATH`, next to the
 /// executable, `.cache/onnxruntime/` above the executable (cargo's `target/<profile>/`)
@@ -96,19 +99,39 @@ pub fn ort_session(path: &Path, threads: usize) -> Result<Session, InferenceErro
     session_builder(threads)?.commit_from_file(path).map_err(ort_err)
 }
 
-/// An ONNX Runtime session over a model with input `image` (u8 NHWC) and output `p_dog`.
+/// An ONNX Runtime session over a model with input `image` (u8 NHWC) and output `p_dog`,
+/// plus the optional outputs its card declares.
 pub struct OrtBackend {
     session: Mutex<Session>,
     size: u32,
+    outputs: Vec<GraphOutput>,
 }
 
 impl OrtBackend {
-    /// Loads the ONNX graph at `path`; `threads` sizes ONNX Runtime's intra-op pool.
-    pub fn load(path: &Path, size: u32, threads: usize) -> Result<Self, InferenceError> {
+    /// Loads the ONNX graph at `path`; `threads` sizes ONNX Runtime's intra-op pool;
+    /// `outputs` are the optional outputs the card declares (each must be in the graph).
+    pub fn load(path: &Path, size: u32, threads: usize, outputs: &[GraphOutput]) -> Result<Self, InferenceError> {
         if !path.is_file() {
             return Err(InferenceError::MissingFile(path.display().to_string()));
         }
-        Ok(Self { session: Mutex::new(ort_session(path, threads)?), size })
+        let session = ort_session(path, threads)?;
+        let outputs: Vec<GraphOutput> = outputs.iter().copied().filter(|o| *o != GraphOutput::Unknown).collect();
+        for o in &outputs {
+            let name = output_name(*o);
+            if !session.outputs().iter().any(|out| out.name() == name) {
+                return Err(InferenceError::Ort(format!("the model card declares output {name}, the graph has none")));
+            }
+        }
+        Ok(Self { session: Mutex::new(session), size, outputs })
+    }
+}
+
+/// The graph output's name.
+fn output_name(output: GraphOutput) -> &'static str {
+    match output {
+        GraphOutput::LogitMap => LOGIT_MAP_OUTPUT,
+        GraphOutput::Embedding => EMBEDDING_OUTPUT,
+        GraphOutput::Unknown => "",
     }
 }
 
@@ -118,27 +141,44 @@ impl Backend for OrtBackend {
     }
 
     fn predict(&self, images: &[RgbImage]) -> Result<Vec<f32>, InferenceError> {
-        Ok(self.predict_scored(images)?.into_iter().map(|(p, _)| p).collect())
+        Ok(self.scores(images)?.into_iter().map(|s| s.p_dog).collect())
     }
 
-    fn predict_scored(&self, images: &[RgbImage]) -> Result<Vec<(f32, Option<f32>)>, InferenceError> {
+    fn scores(&self, images: &[RgbImage]) -> Result<Vec<Scores>, InferenceError> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let s = self.size as usize;
+        let (s, n) = (self.size as usize, images.len());
         let buf = pack_nhwc(images, self.size)?;
-        let input = TensorRef::from_array_view(([images.len(), s, s, 3], buf.as_slice())).map_err(ort_err)?;
+        let input = TensorRef::from_array_view(([n, s, s, 3], buf.as_slice())).map_err(ort_err)?;
         let mut session = self.session.lock().map_err(|_| InferenceError::Ort("session lock poisoned".into()))?;
         let outputs = session.run(ort::inputs!["image" => input]).map_err(ort_err)?;
         let (_, p) = outputs["p_dog"].try_extract_tensor::<f32>().map_err(ort_err)?;
-        let mass: Vec<Option<f32>> = match outputs.get("imagenet_logits") {
-            Some(v) => {
-                let (_, logits) = v.try_extract_tensor::<f32>().map_err(ort_err)?;
-                let classes = logits.len() / images.len().max(1);
-                logits.chunks(classes.max(1)).map(|l| Some(catsdogs_model::efficientnet_lite::zero_shot(l).1)).collect()
+        let mut scores: Vec<Scores> = p.iter().map(|&p_dog| Scores { p_dog, ..Scores::default() }).collect();
+        if let Some(v) = outputs.get("imagenet_logits") {
+            let (_, logits) = v.try_extract_tensor::<f32>().map_err(ort_err)?;
+            let classes = (logits.len() / n).max(1);
+            for (score, l) in scores.iter_mut().zip(logits.chunks(classes)) {
+                score.cat_or_dog_score = Some(catsdogs_model::efficientnet_lite::zero_shot(l).1);
             }
-            None => vec![None; p.len()],
-        };
-        Ok(p.iter().copied().zip(mass).collect())
+        }
+        if self.outputs.contains(&GraphOutput::LogitMap) {
+            let (shape, values) = outputs[LOGIT_MAP_OUTPUT].try_extract_tensor::<f32>().map_err(ort_err)?;
+            let (rows, cols) = match &shape[..] {
+                [_, r, c] => (*r as usize, *c as usize),
+                other => return Err(InferenceError::Ort(format!("logit map of shape {other:?}"))),
+            };
+            for (score, map) in scores.iter_mut().zip(split_maps(values, n, rows, cols)?) {
+                score.logit_map = Some(map);
+            }
+        }
+        if self.outputs.contains(&GraphOutput::Embedding) {
+            let (_, values) = outputs[EMBEDDING_OUTPUT].try_extract_tensor::<f32>().map_err(ort_err)?;
+            let dims = values.len() / n;
+            for (score, e) in scores.iter_mut().zip(values.chunks(dims.max(1))) {
+                score.embedding = Some(e.to_vec());
+            }
+        }
+        Ok(scores)
     }
 }

@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use catsdogs_model::Label;
 use catsdogs_model::card::Architecture;
+use catsdogs_model::drift::InputProperties;
 use catsdogs_model::preprocess::{self, PreprocessError};
 use image::RgbImage;
 use tokio::sync::Semaphore;
 
 use crate::batcher::{BatchError, Batcher, BatcherConfig, RunBatch};
-use crate::{BackendKind, InferenceError, LoadedModel, Prediction};
+use crate::{BackendKind, InferenceError, LoadedModel, LogitMap, Prediction};
 
 /// One image to classify: a file as uploaded, or pixels (inference-protocol tensors).
 pub enum ImageInput {
@@ -51,17 +52,79 @@ pub struct Classified {
     /// The version of the model whose forward pass produced these numbers.
     pub model_version: Arc<str>,
     pub timings: StageTimings,
+    /// Per-cell logits over the model input (models whose graph outputs them).
+    pub logit_map: Option<LogitMap>,
+    /// The projected features (models whose graph outputs them).
+    pub embedding: Option<Vec<f32>>,
+    /// Where the model input was taken from in the upright image.
+    pub input_crop: InputCrop,
+    /// Brightness, contrast and saturation of the model input; the upload's size.
+    pub properties: InputProperties,
+}
+
+/// The region of the upright image (EXIF orientation applied, full-resolution pixels, not
+/// the decode scale) the model's input was resized from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputCrop {
+    pub x: f64,
+    pub y: f64,
+    pub width: f64,
+    pub height: f64,
+    /// The side of a square centre crop; `None` when the whole image was squashed.
+    pub square: Option<f64>,
+}
+
+impl InputCrop {
+    /// The crop `config` takes from an upright `width x height` image.
+    pub fn of(width: u32, height: u32, config: &preprocess::PreprocessConfig) -> Self {
+        match preprocess::center_crop(width, height, config) {
+            Some(c) => Self { x: c.left, y: c.top, width: c.width, height: c.height, square: Some(c.width) },
+            None => Self { x: 0.0, y: 0.0, width: f64::from(width), height: f64::from(height), square: None },
+        }
+    }
+}
+
+/// Per-cell evidence for the answered class of one image, over the model input's grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub rows: usize,
+    pub cols: usize,
+    /// Row-major; positive cells support the answer. Their mean is the answer's logit.
+    pub evidence: Vec<f32>,
+    pub crop: InputCrop,
 }
 
 impl Classified {
-    fn new(p: Prediction, model_version: Arc<str>, timings: StageTimings) -> Self {
+    fn new(
+        p: Prediction,
+        model_version: Arc<str>,
+        timings: StageTimings,
+        (input_crop, properties): (InputCrop, InputProperties),
+    ) -> Self {
         Self {
             p_dog: p.p_dog,
             cat_or_dog_score: p.cat_or_dog_score,
             is_cat_or_dog: p.is_cat_or_dog,
             model_version,
             timings,
+            logit_map: p.logit_map,
+            embedding: p.embedding,
+            input_crop,
+            properties,
         }
+    }
+
+    /// The class-activation map for the answered class: the logit map as is for "dog",
+    /// negated for "cat". `None` for models whose graph has no logit map.
+    pub fn explanation(&self) -> Option<Explanation> {
+        let map = self.logit_map.as_ref()?;
+        let sign = if self.label() == Label::Dog { 1.0 } else { -1.0 };
+        Some(Explanation {
+            rows: map.rows,
+            cols: map.cols,
+            evidence: map.values.iter().map(|v| v * sign).collect(),
+            crop: self.input_crop,
+        })
     }
 
     /// P(cat) = 1 - P(dog).
@@ -215,6 +278,14 @@ impl Classifier {
         tokio::task::spawn_blocking(move || {
             let mut model = LoadedModel::load(&dir, backend, threads)?;
             model.tta_flip = tta_flip;
+            if let Some(flipped) = model.reference.as_ref().and_then(|r| r.tta_flip).filter(|f| *f != tta_flip) {
+                tracing::warn!(
+                    reference_tta_flip = flipped,
+                    server_tta_flip = tta_flip,
+                    "the drift reference was computed with test-time flip set otherwise than this server: \
+                     output and embedding drift may fire for that alone; rebuild it with the server's setting"
+                );
+            }
             let t = Instant::now();
             let sizes = model.warm_up(max_batch)?;
             tracing::info!(?sizes, ms = t.elapsed().as_millis() as u64, "model warmed up");
@@ -318,20 +389,31 @@ impl Classifier {
                         }
                     };
                     let slot = self.decode_slot().await?;
+                    let upright = plan.upright_size();
+                    let crop = InputCrop::of(upright.0, upright.1, &config);
                     tokio::task::spawn_blocking(move || {
                         // Held by the work itself: a request that times out and is dropped
                         // does not free them while its decoding still runs.
                         let _held = (slot, memory);
                         preprocess::decode_planned(&bytes, &plan)
                             .and_then(|rgb| preprocess::preprocess_pixels(&rgb, &model.preprocess_config()))
+                            .map(|img| {
+                                let properties = InputProperties::of(&img, upright);
+                                (img, (crop, properties))
+                            })
                             .map_err(InferenceError::from)
                     })
                 }
                 ImageInput::Pixels(img) => {
                     let slot = self.decode_slot().await?;
+                    let crop = InputCrop::of(img.width(), img.height(), &config);
                     tokio::task::spawn_blocking(move || {
                         let _held = slot;
-                        model.preprocess_pixels(&img)
+                        let upright = img.dimensions();
+                        model.preprocess_pixels(&img).map(|img| {
+                            let properties = InputProperties::of(&img, upright);
+                            (img, (crop, properties))
+                        })
                     })
                 }
             };
@@ -354,10 +436,10 @@ impl Classifier {
         let queued: Vec<Result<_, ClassifyError>> = decoded
             .into_iter()
             .map(|r| {
-                let img = r?;
+                let (img, about) = r?;
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 serving.batcher.submit(img, Box::new(move |r| drop(tx.send(r))))?;
-                Ok(rx)
+                Ok((rx, about))
             })
             .collect();
         drop(arrival);
@@ -365,13 +447,13 @@ impl Classifier {
         for q in queued {
             let answer = match q {
                 Err(e) => Err(e),
-                Ok(rx) => match rx.await {
+                Ok((rx, about)) => match rx.await {
                     Ok(Ok((p, t))) => {
                         metrics::histogram!("catsdogs_prediction_duration_seconds", "stage" => "queue")
                             .record(t.queue.as_secs_f64());
                         let timings =
                             StageTimings { decode, queue: t.queue, forward: t.forward, batch_size: t.batch_size };
-                        Ok(Classified::new(p, serving.version.clone(), timings))
+                        Ok(Classified::new(p, serving.version.clone(), timings, about))
                     }
                     Ok(Err(e)) => Err(e.into()),
                     Err(_) => Err(ClassifyError::Inference("the inference worker dropped the request".into())),

@@ -16,9 +16,17 @@ pub use backend_candle::CandleBackend;
 pub use backend_ort::{OrtBackend, find_onnxruntime_library, ort_err, ort_session, session_builder};
 pub use engine::{
     Classified, Classifier, ClassifyError, DECODE_BUDGET_WAIT, DEFAULT_DECODE_BUDGET_BYTES, DEFAULT_MAX_DECODE_BYTES,
-    EngineConfig, ImageInput, ModelChange, StageTimings, without_paths,
+    EngineConfig, Explanation, ImageInput, InputCrop, ModelChange, StageTimings, without_paths,
 };
 pub use model::{LoadedModel, Prediction};
+
+/// Rows of a `[N, rows, cols]` output split per image (shape checked).
+fn split_maps(values: &[f32], n: usize, rows: usize, cols: usize) -> Result<Vec<LogitMap>, InferenceError> {
+    if values.len() != n * rows * cols {
+        return Err(InferenceError::Ort(format!("logit map has {} values, expected {n}x{rows}x{cols}", values.len())));
+    }
+    Ok(values.chunks(rows * cols).map(|v| LogitMap { rows, cols, values: v.to_vec() }).collect())
+}
 
 /// Makes glibc keep freed memory instead of returning it to the kernel. Page faults dominate
 /// large-tensor work on these VMs: the seed CNN's training went from 14 to 25 img/s with it.
@@ -104,10 +112,49 @@ pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
     /// P(dog) for each image; all images are `size x size` RGB as the card says.
     fn predict(&self, images: &[RgbImage]) -> Result<Vec<f32>, InferenceError>;
-    /// P(dog) and, for networks that also output ImageNet logits, the ImageNet probability
-    /// mass on cat and dog classes (low when the image shows neither).
-    fn predict_scored(&self, images: &[RgbImage]) -> Result<Vec<(f32, Option<f32>)>, InferenceError> {
-        Ok(self.predict(images)?.into_iter().map(|p| (p, None)).collect())
+    /// Everything the network gives per image: P(dog) and, where the graph outputs them,
+    /// the ImageNet cat+dog mass, the per-cell logit map and the embedding.
+    fn scores(&self, images: &[RgbImage]) -> Result<Vec<Scores>, InferenceError> {
+        Ok(self.predict(images)?.into_iter().map(|p_dog| Scores { p_dog, ..Scores::default() }).collect())
+    }
+}
+
+/// What one forward pass gives for one image.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Scores {
+    pub p_dog: f32,
+    /// ImageNet probability mass on cat and dog classes (low when the image shows neither).
+    pub cat_or_dog_score: Option<f32>,
+    /// The head on each cell of the last feature map (its mean is logit(p_dog)).
+    pub logit_map: Option<LogitMap>,
+    /// The pooled features through the graph's fixed projection.
+    pub embedding: Option<Vec<f32>>,
+}
+
+/// Per-cell logits of one image, row-major over the model input's grid (row 0 at the top).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogitMap {
+    pub rows: usize,
+    pub cols: usize,
+    pub values: Vec<f32>,
+}
+
+impl LogitMap {
+    /// The mean over the cells: the image's logit.
+    pub fn mean(&self) -> f32 {
+        (self.values.iter().map(|&v| f64::from(v)).sum::<f64>() / self.values.len().max(1) as f64) as f32
+    }
+
+    /// The map of the mirrored image flipped back, averaged with this one (test-time flip).
+    pub fn averaged_with_mirrored(&self, mirrored: &LogitMap) -> LogitMap {
+        let values = (0..self.rows)
+            .flat_map(|r| (0..self.cols).map(move |c| (r, c)))
+            .map(|(r, c)| {
+                let back = mirrored.values.get(r * mirrored.cols + (mirrored.cols - 1 - c)).copied().unwrap_or(0.0);
+                (self.values[r * self.cols + c] + back) / 2.0
+            })
+            .collect();
+        LogitMap { rows: self.rows, cols: self.cols, values }
     }
 }
 

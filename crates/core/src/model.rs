@@ -4,20 +4,28 @@ use std::path::{Path, PathBuf};
 use catsdogs_model::Label;
 use catsdogs_model::card::ArchitectureConfig;
 use catsdogs_model::card::ModelCard;
+use catsdogs_model::drift::{REFERENCE_FILE, ReferenceStats};
 use catsdogs_model::preprocess::{self, PreprocessConfig};
 use image::RgbImage;
 use serde::Serialize;
 
-use crate::{Backend, BackendKind, CandleBackend, InferenceError, OrtBackend};
+use crate::{Backend, BackendKind, CandleBackend, InferenceError, LogitMap, OrtBackend, Scores};
 
 /// One classified image.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prediction {
     pub p_dog: f32,
     /// ImageNet probability mass on cat and dog classes (models with an ImageNet head).
     pub cat_or_dog_score: Option<f32>,
     /// False when the image probably shows neither a cat nor a dog.
     pub is_cat_or_dog: Option<bool>,
+    /// Per-cell logits of the model input (graphs that output them; averaged with the
+    /// mirrored image's map, flipped back, under test-time flip).
+    #[serde(skip)]
+    pub logit_map: Option<LogitMap>,
+    /// The projected features (graphs that output them; averaged under test-time flip).
+    #[serde(skip)]
+    pub embedding: Option<Vec<f32>>,
 }
 
 impl Prediction {
@@ -28,6 +36,31 @@ impl Prediction {
     /// The answer at the 0.5 threshold.
     pub fn label(&self) -> Label {
         Label::from_p_dog(self.p_dog)
+    }
+}
+
+/// The reference statistics in `dir` for model `version`, if any. A file that cannot be
+/// read is reported and ignored: drift monitoring then says it has no reference, serving
+/// goes on. So is a reference of another version (a model directory copied and given a new
+/// version keeps its parent's file, whose P(dog) and embeddings are not this model's).
+fn read_reference(dir: &Path, version: &str) -> Option<ReferenceStats> {
+    let path = dir.join(REFERENCE_FILE);
+    let text = std::fs::read_to_string(&path).ok()?;
+    match serde_json::from_str::<ReferenceStats>(&text) {
+        Ok(r) if r.model_version == version => Some(r),
+        Ok(r) => {
+            tracing::warn!(
+                file = REFERENCE_FILE,
+                reference_of = %r.model_version,
+                model = version,
+                "the drift reference belongs to another model version and is not used (drift checks need one of this version)"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, file = REFERENCE_FILE, "the model's drift reference cannot be read; drift checks are off");
+            None
+        }
     }
 }
 
@@ -44,6 +77,9 @@ pub struct LoadedModel {
     /// Test-time flip: each image and its mirror image are classified in one batch and
     /// their scores averaged (twice the forward cost).
     pub tta_flip: bool,
+    /// What its inputs and outputs looked like on reference photos (`reference.json`,
+    /// written by `catsdogs reference`): drift monitoring compares served windows with it.
+    pub reference: Option<std::sync::Arc<ReferenceStats>>,
     backend: Box<dyn Backend>,
 }
 
@@ -82,11 +118,12 @@ impl LoadedModel {
             }
             (BackendKind::Onnxruntime, _) => {
                 let onnx = dir.join(card.onnx.as_deref().unwrap_or("model.onnx"));
-                Box::new(OrtBackend::load(&onnx, size, threads)?)
+                Box::new(OrtBackend::load(&onnx, size, threads, &card.outputs)?)
             }
         };
         let neither_threshold = config.neither_threshold();
-        Ok(Self { card, dir, neither_threshold, tta_flip: false, backend })
+        let reference = read_reference(&dir, &card.version).map(std::sync::Arc::new);
+        Ok(Self { card, dir, neither_threshold, tta_flip: false, reference, backend })
     }
 
     /// The backend in use.
@@ -112,17 +149,28 @@ impl LoadedModel {
     /// Runs the network on already preprocessed images.
     pub fn predict_images(&self, images: &[RgbImage]) -> Result<Vec<Prediction>, InferenceError> {
         if !self.tta_flip {
-            let scored = self.backend.predict_scored(images)?;
-            return Ok(scored.into_iter().map(|(p_dog, score)| self.prediction(p_dog, score)).collect());
+            let scored = self.backend.scores(images)?;
+            return Ok(scored.into_iter().map(|s| self.prediction(s)).collect());
         }
         let n = images.len();
         let mut batch = images.to_vec();
         batch.extend(images.iter().map(image::imageops::flip_horizontal));
-        let scored = self.backend.predict_scored(&batch)?;
-        Ok((0..n)
-            .map(|i| {
-                let ((a, sa), (b, sb)) = (scored[i], scored[n + i]);
-                self.prediction((a + b) / 2.0, sa.zip(sb).map(|(x, y)| (x + y) / 2.0))
+        let mut scored = self.backend.scores(&batch)?;
+        let mirrored = scored.split_off(n);
+        Ok(scored
+            .into_iter()
+            .zip(mirrored)
+            .map(|(a, b)| {
+                let mean = |x: f32, y: f32| (x + y) / 2.0;
+                self.prediction(Scores {
+                    p_dog: mean(a.p_dog, b.p_dog),
+                    cat_or_dog_score: a.cat_or_dog_score.zip(b.cat_or_dog_score).map(|(x, y)| mean(x, y)),
+                    logit_map: a.logit_map.zip(b.logit_map).map(|(x, y)| x.averaged_with_mirrored(&y)),
+                    embedding: a
+                        .embedding
+                        .zip(b.embedding)
+                        .map(|(x, y)| x.iter().zip(&y).map(|(&x, &y)| mean(x, y)).collect()),
+                })
             })
             .collect())
     }
@@ -152,8 +200,14 @@ impl LoadedModel {
             .ok_or_else(|| InferenceError::Ort("the backend returned no prediction".into()))
     }
 
-    fn prediction(&self, p_dog: f32, score: Option<f32>) -> Prediction {
-        let is_cat_or_dog = score.zip(self.neither_threshold).map(|(s, t)| s >= t);
-        Prediction { p_dog, cat_or_dog_score: score, is_cat_or_dog }
+    fn prediction(&self, s: Scores) -> Prediction {
+        let is_cat_or_dog = s.cat_or_dog_score.zip(self.neither_threshold).map(|(score, t)| score >= t);
+        Prediction {
+            p_dog: s.p_dog,
+            cat_or_dog_score: s.cat_or_dog_score,
+            is_cat_or_dog,
+            logit_map: s.logit_map,
+            embedding: s.embedding,
+        }
     }
 }

@@ -189,6 +189,35 @@ pub struct ModelCard {
     /// Where a retrained model comes from (absent for a model trained from scratch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<Lineage>,
+    /// The graph's outputs beyond `p_dog` that serving reads. Graphs exported before an
+    /// output existed have no entry for it and still load, without what it gives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<GraphOutput>,
+}
+
+/// An optional output of a model's ONNX graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphOutput {
+    /// `logit_map` [N, h, w]: the head on each cell of the last feature map (explanations).
+    LogitMap,
+    /// `embedding` [N, 32]: the pooled features through a fixed projection (drift).
+    Embedding,
+    /// An output this build does not know (a card from a newer build): ignored.
+    #[serde(other)]
+    Unknown,
+}
+
+impl GraphOutput {
+    /// What the graphs this build exports declare.
+    pub const EXPORTED: [GraphOutput; 2] = [GraphOutput::LogitMap, GraphOutput::Embedding];
+}
+
+impl ModelCard {
+    /// Whether the graph declares `output`.
+    pub fn has_output(&self, output: GraphOutput) -> bool {
+        self.outputs.contains(&output)
+    }
 }
 
 /// The ancestry of a retrained model, so a registry can tell what it was made from.

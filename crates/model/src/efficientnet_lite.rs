@@ -269,7 +269,9 @@ impl EfficientNetLite {
     }
 
     /// The graph: `image` (u8 NHWC) -> `features` [N, 1280], `imagenet_logits` [N, 1000],
-    /// plus what `heads` asks for.
+    /// plus what `heads` asks for; with the cat/dog head also `logit_map` [N, 7, 7] (the head
+    /// on each cell of its branch's last feature map) and `embedding` [N, 32] (the pretrained
+    /// features, projected).
     pub fn to_onnx(
         &self,
         heads: &OnnxHeads,
@@ -316,8 +318,8 @@ impl EfficientNetLite {
             g.output_f32("trunk", &[Dim::Named("N"), Dim::Fixed(c), Dim::Fixed(side), Dim::Fixed(side)]);
         }
         let y = self.head.to_onnx(&mut g, "head", &x, size)?;
-        let x = relu6(&mut g, &y);
-        let x = g.node("GlobalAveragePool", &[&x], vec![], None);
+        let head_map = relu6(&mut g, &y);
+        let x = g.node("GlobalAveragePool", &[&head_map], vec![], None);
         let features = g.node("Flatten", &[&x], vec![("axis", Attr::Int(1))], Some("features"));
         let w = g.weight("fc.weight", &self.fc_weight)?;
         let b = g.weight("fc.bias", &self.fc_bias)?;
@@ -325,13 +327,19 @@ impl EfficientNetLite {
         g.output_f32("features", &[Dim::Named("N"), Dim::Fixed(self.config.head_channels as i64)]);
         g.output_f32("imagenet_logits", &[Dim::Named("N"), Dim::Fixed(self.config.num_classes as i64)]);
         if let Some((hw, hb)) = heads.catdog {
-            let catdog_features = match heads.tuned_tail {
+            let catdog_map = match heads.tuned_tail {
                 Some(tail) => tail.to_onnx(&mut g, &trunk, &lo, &hi)?,
-                None => features,
+                None => head_map,
             };
+            let pooled = g.node("GlobalAveragePool", &[&catdog_map], vec![], None);
+            let catdog_features = g.node("Flatten", &[&pooled], vec![("axis", Attr::Int(1))], None);
             let hw = g.weight("catdog.weight", hw)?;
             let hb = g.weight("catdog.bias", hb)?;
             g.p_dog_head(&catdog_features, &hw, &hb);
+            g.logit_map_output(&catdog_map, &hw, &hb, self.config.head_channels, size);
+            // The embedding comes from the pretrained features, not the tuned branch: they
+            // describe any photo (a flood of non-pet images moves them), not only cat/dog cues.
+            g.embedding_output(&features, self.config.head_channels);
         }
         Ok(g.finish(metadata))
     }
@@ -372,6 +380,20 @@ impl Tail {
 
     /// Pooled 1280-d features of trunk activations `x` [B, side*side, C] (any float dtype).
     pub fn pooled(&self, x: &Tensor) -> Result<Tensor> {
+        self.cell_features(x)?.mean(1)
+    }
+
+    /// The cat/dog head `(weight [1, 1280], bias [1])` on each cell of the tail's output:
+    /// [B, side*side] logits whose mean is the image's logit (the candle reference of the
+    /// graph's `logit_map`).
+    pub fn logit_map(&self, x: &Tensor, (w, bias): (&Tensor, &Tensor)) -> Result<Tensor> {
+        let cells = self.cell_features(x)?;
+        let (b, n, c) = cells.dims3()?;
+        cells.reshape((b * n, c))?.matmul(&w.t()?)?.broadcast_add(bias)?.reshape((b, n))
+    }
+
+    /// The tail's 1280-d features of each cell before pooling, [B, side*side, 1280].
+    pub fn cell_features(&self, x: &Tensor) -> Result<Tensor> {
         let (b, cells, c) = x.dims3()?;
         let side = (cells as f64).sqrt() as usize;
         if side * side != cells {
@@ -384,7 +406,27 @@ impl Tail {
         let y = relu6(&y.reshape((b * cells, mid))?.broadcast_add(&self.depthwise.1)?)?;
         let y = pointwise(&y, &self.project)?;
         let y = relu6(&pointwise(&y, &self.head)?)?;
-        y.reshape((b, cells, ()))?.mean(1)
+        y.reshape((b, cells, ()))
+    }
+
+    /// The tail saved by [`Self::named`] under `prefix`, or `None` when `tensors` holds none
+    /// of it (a model with a logistic head only).
+    pub fn from_named(tensors: &std::collections::HashMap<String, Tensor>, prefix: &str) -> Result<Option<Self>> {
+        if !tensors.keys().any(|k| k.starts_with(&format!("{prefix}."))) {
+            return Ok(None);
+        }
+        let get = |name: &str, part: &str| {
+            let key = format!("{prefix}.{name}.{part}");
+            tensors.get(&key).cloned().ok_or_else(|| candle_core::Error::Msg(format!("tensor {key} is missing")))
+        };
+        let layer = |name: &str| Ok::<_, candle_core::Error>((get(name, "weight")?, get(name, "bias")?));
+        let [expand, depthwise, project, head] = TAIL_NAMES;
+        Ok(Some(Self {
+            expand: layer(expand)?,
+            depthwise: layer(depthwise)?,
+            project: layer(project)?,
+            head: layer(head)?,
+        }))
     }
 
     /// The tensors by name (`{prefix}.expand.weight`, ...), for safetensors.
@@ -403,7 +445,8 @@ impl Tail {
         self.layers().iter().map(|(w, b)| w.elem_count() + b.elem_count()).sum()
     }
 
-    /// Adds the tail to a graph on the trunk `x` (NCHW); returns the pooled features [N, 1280].
+    /// Adds the tail to a graph on the trunk `x` (NCHW); returns its feature map before
+    /// pooling [N, 1280, 7, 7].
     fn to_onnx(&self, g: &mut GraphBuilder, x: &str, lo: &str, hi: &str) -> std::result::Result<String, ExportError> {
         let conv = |g: &mut GraphBuilder, name: &str, x: &str, w: Tensor, b: &Tensor, attrs: Vec<(&str, Attr)>| {
             let w = g.weight(&format!("tuned_tail.{name}.weight"), &w)?;
@@ -429,9 +472,7 @@ impl Tail {
         let y = g.node("Clip", &[&y, lo, hi], vec![], None);
         let y = conv(g, "project", &y, onnx_weight(&self.project.0)?, &self.project.1, one())?;
         let y = conv(g, "head", &y, onnx_weight(&self.head.0)?, &self.head.1, one())?;
-        let y = g.node("Clip", &[&y, lo, hi], vec![], None);
-        let y = g.node("GlobalAveragePool", &[&y], vec![], None);
-        Ok(g.node("Flatten", &[&y], vec![("axis", Attr::Int(1))], None))
+        Ok(g.node("Clip", &[&y, lo, hi], vec![], None))
     }
 }
 

@@ -120,6 +120,17 @@ pub struct DecodePlan {
 }
 
 impl DecodePlan {
+    /// The stored size once EXIF orientation is applied, at full resolution (whatever the
+    /// decode scale): the pixels a client sees its photo in.
+    pub fn upright_size(&self) -> (u32, u32) {
+        use image::metadata::Orientation::{Rotate90, Rotate90FlipH, Rotate270, Rotate270FlipH};
+        let (w, h) = self.stored;
+        match self.orientation {
+            Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH => (h, w),
+            _ => (w, h),
+        }
+    }
+
     /// Refuses a decode that would allocate more than `max_bytes`.
     pub fn within(self, max_bytes: u64) -> Result<Self, PreprocessError> {
         if self.bytes > max_bytes {

@@ -224,11 +224,34 @@ impl SeedCnn {
 
     /// Pooled features `(B, channels[2])` of a `u8` NHWC batch.
     pub fn features(&self, images_u8_nhwc: &Tensor, train: bool) -> Result<Tensor> {
+        self.feature_map(images_u8_nhwc, train)?.mean(2)?.mean(1)
+    }
+
+    /// The last block's output before pooling, `(B, side, side, channels[2])` (NHWC).
+    pub fn feature_map(&self, images_u8_nhwc: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = (images_u8_nhwc.to_dtype(DType::F32)? * (1.0 / 255.0))?;
         for conv in &self.convs {
             x = max_pool2_nhwc(&conv.forward_relu(&x, train)?)?;
         }
-        x.mean(2)?.mean(1)
+        Ok(x)
+    }
+
+    /// The dense layer applied to each cell of [`Self::feature_map`]: `(B, side, side)`
+    /// logits whose mean over the cells is the image's logit (pooling is a mean and the
+    /// layer is linear), the class-activation map of the answer.
+    pub fn logit_map(&self, images_u8_nhwc: &Tensor) -> Result<Tensor> {
+        self.logit_map_of(&self.feature_map(images_u8_nhwc, false)?)
+    }
+
+    /// [`Self::logit_map`] of an already computed feature map.
+    pub fn logit_map_of(&self, feature_map: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c) = feature_map.dims4()?;
+        self.head(&feature_map.reshape((b * h * w, c))?)?.reshape((b, h, w))
+    }
+
+    /// The dense layer on feature rows `(R, channels[2])`: `(R, 1)` logits.
+    pub fn head(&self, features: &Tensor) -> Result<Tensor> {
+        features.matmul(&self.fc_weight.t()?)?.broadcast_add(&self.fc_bias)
     }
 
     /// The inference network's tensors by name, batch norm folded into the convolutions:
@@ -251,13 +274,14 @@ impl SeedCnn {
         if train && self.config.dropout > 0.0 {
             f = candle_nn::ops::dropout(&f, self.config.dropout)?;
         }
-        f.matmul(&self.fc_weight.t()?)?.broadcast_add(&self.fc_bias)?.squeeze(D::Minus1)
+        self.head(&f)?.squeeze(D::Minus1)
     }
 }
 
 impl SeedCnn {
-    /// The same network as an ONNX graph: input `image` (u8, `[N, S, S, 3]`), output
-    /// `p_dog` (f32, `[N]`). Cast, scaling and the NHWC->NCHW transpose are in-graph.
+    /// The same network as an ONNX graph: input `image` (u8, `[N, S, S, 3]`), outputs
+    /// `p_dog` (f32, `[N]`), `logit_map` ([`Self::logit_map`]) and `embedding` (pooled
+    /// features, projected). Cast, scaling and the NHWC->NCHW transpose are in-graph.
     pub fn to_onnx(&self, metadata: &BTreeMap<String, String>) -> std::result::Result<Vec<u8>, ExportError> {
         let s = self.config.input_size as i64;
         let mut g = GraphBuilder::new("seed_cnn");
@@ -276,11 +300,16 @@ impl SeedCnn {
             let pool = vec![("kernel_shape", Attr::Ints(vec![2, 2])), ("strides", Attr::Ints(vec![2, 2]))];
             x = g.node("MaxPool", &[&y], pool, None);
         }
-        let x = g.node("GlobalAveragePool", &[&x], vec![], None);
+        let map = x;
+        let x = g.node("GlobalAveragePool", &[&map], vec![], None);
         let x = g.node("Flatten", &[&x], vec![("axis", Attr::Int(1))], None);
         let w = g.weight("fc.weight", &self.fc_weight)?;
         let b = g.weight("fc.bias", &self.fc_bias)?;
         g.p_dog_head(&x, &w, &b);
+        let channels = self.config.channels[2];
+        let side = self.config.input_size >> self.convs.len();
+        g.logit_map_output(&map, &w, &b, channels, side);
+        g.embedding_output(&x, channels);
         Ok(g.finish(metadata))
     }
 }

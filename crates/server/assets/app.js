@@ -5,6 +5,74 @@
 'use strict';
 document.documentElement.classList.add('js');
 
+// The class-activation map of an answer (explanation.evidence: rows x cols cells over the
+// crop the model saw), shared by the result cards and the dashboard's explanation page.
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text; // textContent: file names are never parsed as HTML
+  return e;
+}
+
+// "Why?": the answer's class-activation map (explanation.evidence, rows x cols cells over
+// the crop the model saw) drawn over the preview. A canvas, sized like the photo and
+// fitted by the same CSS as the photo, so no inline style is needed (the CSP forbids it).
+const MAX_HEAT_SIDE = 512;
+function drawHeat(img, ex) {
+  const [rows, cols] = ex.grid;
+  const w = img.naturalWidth, h = img.naturalHeight;
+  const k = Math.min(1, MAX_HEAT_SIDE / Math.max(w, h, 1));
+  const canvas = el('canvas', 'heat');
+  canvas.width = Math.max(1, Math.round(w * k));
+  canvas.height = Math.max(1, Math.round(h * k));
+  const cells = document.createElement('canvas');
+  cells.width = cols;
+  cells.height = rows;
+  const cctx = cells.getContext('2d');
+  const px = cctx.createImageData(cols, rows);
+  const top = Math.max(1e-6, ...ex.evidence.map(Math.abs));
+  ex.evidence.forEach((v, i) => {
+    const a = Math.abs(v) / top;
+    // Warm for evidence for the answer, cool against it; faint cells stay clear.
+    px.data.set(v >= 0 ? [230, 57, 70, Math.round(200 * a)] : [40, 110, 230, Math.round(160 * a)], i * 4);
+  });
+  cctx.putImageData(px, 0, 0);
+  const ctx = canvas.getContext('2d');
+  ctx.imageSmoothingEnabled = true;
+  ctx.drawImage(cells, ex.crop.x * k, ex.crop.y * k, ex.crop.width * k, ex.crop.height * k);
+  canvas.setAttribute('aria-hidden', 'true');
+  return canvas;
+}
+
+// Where the supporting evidence lies, in words: a half, a quarter, the centre, or spread.
+function heatSummary(ex, w, h, label) {
+  const [rows, cols] = ex.grid;
+  let left = 0, top = 0, centre = 0, total = 0;
+  const quarters = [0, 0, 0, 0];
+  ex.evidence.forEach((v, i) => {
+    if (v <= 0) return;
+    const x = ex.crop.x + ((i % cols) + 0.5) * ex.crop.width / cols;
+    const y = ex.crop.y + (Math.floor(i / cols) + 0.5) * ex.crop.height / rows;
+    total += v;
+    if (x < w / 2) left += v;
+    if (y < h / 2) top += v;
+    if (Math.abs(x - w / 2) < w / 4 && Math.abs(y - h / 2) < h / 4) centre += v;
+    quarters[(y < h / 2 ? 0 : 2) + (x < w / 2 ? 0 : 1)] += v;
+  });
+  const what = 'What made the model say ' + label + ': ';
+  if (total <= 0) return what + 'no part of the photo stands out.';
+  const names = ['top-left', 'top-right', 'bottom-left', 'bottom-right'];
+  const q = quarters.indexOf(Math.max(...quarters));
+  if (quarters[q] / total > 0.6) return what + 'mostly the ' + names[q] + ' quarter of the photo.';
+  if (centre / total > 0.5) return what + 'mostly the centre of the photo.';
+  if (left / total > 0.65) return what + 'mostly the left half of the photo.';
+  if (left / total < 0.35) return what + 'mostly the right half of the photo.';
+  if (top / total > 0.65) return what + 'mostly the top half of the photo.';
+  if (top / total < 0.35) return what + 'mostly the bottom half of the photo.';
+  return what + 'spread over the photo.';
+}
+
+
 (function () {
   const form = document.getElementById('upload-form');
   if (!form) return;
@@ -19,13 +87,6 @@ document.documentElement.classList.add('js');
   const IN_FLIGHT = 3;
   const queue = [];
   let running = 0;
-
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined) e.textContent = text; // textContent: file names are never parsed as HTML
-    return e;
-  }
 
   function bar(name, cls, p, text) {
     const row = el('div', 'bar ' + cls);
@@ -74,20 +135,53 @@ document.documentElement.classList.add('js');
 
   function newCard(file) {
     const li = el('li', 'card pending');
+    let img = null;
     if (file.type && file.type.startsWith('image/')) {
-      const img = el('img', 'thumb');
+      const preview = el('div', 'preview');
+      img = el('img', 'thumb');
       img.alt = 'Preview of ' + (file.name || 'pasted image');
       img.src = URL.createObjectURL(file);
       img.addEventListener('load', () => URL.revokeObjectURL(img.src));
-      img.addEventListener('error', () => { URL.revokeObjectURL(img.src); img.remove(); });
-      li.append(img);
+      img.addEventListener('error', () => { URL.revokeObjectURL(img.src); preview.remove(); });
+      preview.append(img);
+      li.append(preview);
     }
     const body = el('div', 'card-body');
     const verdict = el('p', 'verdict', 'Classifying…');
     body.append(el('p', 'name', file.name || 'pasted image'), verdict);
     li.append(body);
     results.prepend(li);
-    return { li, body, verdict };
+    return { li, body, verdict, img };
+  }
+
+  function addWhy(card, r) {
+    const ex = r.explanation;
+    const img = card.img;
+    if (!ex || !img || !img.parentNode) return;
+    const button = el('button', 'why', 'Why?');
+    button.type = 'button';
+    button.setAttribute('aria-pressed', 'false');
+    const legend = el('p', 'why-legend');
+    legend.hidden = true;
+    legend.append(el('span', 'swatch for'), ' for ' + r.prediction + ' ',
+      el('span', 'swatch against'), ' against · the model saw a ' + ex.grid[0] + '×' + ex.grid[1] + ' grid');
+    const summary = el('p', 'why-summary');
+    summary.hidden = true;
+    let canvas = null;
+    button.addEventListener('click', () => {
+      const on = button.getAttribute('aria-pressed') !== 'true';
+      if (on && !canvas) {
+        canvas = drawHeat(img, ex);
+        img.parentNode.append(canvas);
+        summary.textContent = heatSummary(ex, img.naturalWidth, img.naturalHeight, r.prediction);
+      }
+      if (canvas) canvas.hidden = !on;
+      legend.hidden = !on;
+      summary.hidden = !on;
+      button.setAttribute('aria-pressed', String(on));
+      if (on) say(summary.textContent);
+    });
+    card.body.append(button, legend, summary);
   }
 
   function showResult(card, r) {
@@ -102,6 +196,7 @@ document.documentElement.classList.add('js');
     const bars = el('div', 'bars');
     bars.append(bar('Cat', 'cat', r.p_cat, r.probabilities.cat), bar('Dog', 'dog', r.p_dog, r.probabilities.dog));
     card.body.append(bars, el('p', 'meta', 'model ' + r.model_version + ' · ' + r.latency_ms.toFixed(1) + ' ms'));
+    addWhy(card, r);
     // The id a user quotes to ask for a copy or the erasure of this record (docs/privacy.md).
     const pid = el('p', 'meta pid', 'Prediction id ');
     pid.append(el('code', null, String(r.id)), ': quote it to ask for a copy or the erasure of this record.');
@@ -149,6 +244,8 @@ document.documentElement.classList.add('js');
     const data = new FormData();
     data.append('file', file, file.name || 'pasted-image');
     if (document.getElementById('consent').checked) data.append('consent', 'true');
+    // The map costs a few hundred bytes and no extra forward pass: always asked for, shown on "Why?".
+    data.append('explain', 'true');
     try {
       const resp = await fetchPolitely('/api/predict', {
         method: 'POST', body: data, credentials: 'same-origin', headers: { 'X-CSRF-Token': csrf },
@@ -204,4 +301,18 @@ document.documentElement.classList.add('js');
     const files = e.clipboardData && e.clipboardData.files;
     if (files && files.length) { e.preventDefault(); accept(files); }
   });
+})();
+
+// The dashboard's explanation page: the stored photo with its map drawn once it has loaded.
+(function () {
+  const view = document.getElementById('why-view');
+  if (!view) return;
+  const img = view.querySelector('img.photo');
+  const ex = JSON.parse(view.dataset.explanation);
+  const show = () => {
+    img.parentNode.append(drawHeat(img, ex));
+    const summary = document.getElementById('why-summary');
+    summary.textContent = heatSummary(ex, img.naturalWidth, img.naturalHeight, view.dataset.answer);
+  };
+  if (img.complete && img.naturalWidth) show(); else img.addEventListener('load', show);
 })();

@@ -12,7 +12,7 @@ use std::time::Instant;
 use axum::http::StatusCode;
 use tonic::{Request, Response, Status};
 
-use crate::api::v2::{self, InputTensor, LABEL, MODEL_NAME, P_DOG};
+use crate::api::v2::{self, CROP, EVIDENCE, InputTensor, LABEL, MODEL_NAME, P_DOG};
 use crate::auth::{self, SessionAccess};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -25,6 +25,7 @@ pub mod proto {
 }
 
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use proto::infer_parameter::ParameterChoice;
 use proto::model_infer_request::InferInputTensor;
 use proto::model_infer_response::InferOutputTensor;
 use proto::{
@@ -103,10 +104,17 @@ fn typed_as_raw(tensor: &InferInputTensor) -> Result<Vec<u8>, ApiError> {
     })
 }
 
-/// Which outputs to answer, in order: those requested, or both.
+/// Which outputs to answer, in order: those requested, or `p_dog` and `label` (and, with
+/// the parameter `explain: true`, `evidence` and `crop`). Naming `evidence` or `crop` asks
+/// for the explanation too.
 fn requested_outputs(request: &ModelInferRequest) -> Result<Vec<&'static str>, ApiError> {
+    let explain = match request.parameters.get("explain").and_then(|p| p.parameter_choice.as_ref()) {
+        None => false,
+        Some(ParameterChoice::BoolParam(b)) => *b,
+        Some(_) => return Err(v2::invalid("the parameter `explain` must be a bool")),
+    };
     if request.outputs.is_empty() {
-        return Ok(vec![P_DOG, LABEL]);
+        return Ok(if explain { vec![P_DOG, LABEL, EVIDENCE, CROP] } else { vec![P_DOG, LABEL] });
     }
     request
         .outputs
@@ -114,7 +122,11 @@ fn requested_outputs(request: &ModelInferRequest) -> Result<Vec<&'static str>, A
         .map(|o| match o.name.as_str() {
             P_DOG => Ok(P_DOG),
             LABEL => Ok(LABEL),
-            other => Err(v2::invalid(format!("unknown output {other:?}; outputs are {P_DOG} and {LABEL}"))),
+            EVIDENCE => Ok(EVIDENCE),
+            CROP => Ok(CROP),
+            other => Err(v2::invalid(format!(
+                "unknown output {other:?}; outputs are {P_DOG}, {LABEL}, {EVIDENCE} and {CROP}"
+            ))),
         })
         .collect()
 }
@@ -191,6 +203,9 @@ async fn infer(state: &AppState, request: ModelInferRequest) -> Result<ModelInfe
     state.limits.take_upload_bytes(&mut lease, raw.len())?;
     let described = InputTensor::described(&tensor.name, &tensor.datatype, &tensor.shape);
     let outputs = requested_outputs(&request)?;
+    if outputs.iter().any(|o| [EVIDENCE, CROP].contains(o)) {
+        v2::check_can_explain(state)?;
+    }
     let inputs = v2::image_inputs(state, &described, Some(&raw))?;
     drop(raw);
     // The uploaded bytes are decoded now: keep only the id while the model runs.
@@ -206,15 +221,27 @@ async fn infer(state: &AppState, request: ModelInferRequest) -> Result<ModelInfe
         outputs: Vec::with_capacity(outputs.len()),
         raw_output_contents: Vec::new(),
     };
+    let explained =
+        if outputs.iter().any(|o| [EVIDENCE, CROP].contains(o)) { Some(v2::explain_tensors(&preds)?) } else { None };
     for name in outputs {
-        let (datatype, contents) = if name == P_DOG {
-            (
+        let (datatype, shape, contents) = match (name, &explained) {
+            (P_DOG, _) => (
                 "FP32",
+                vec![n],
                 InferTensorContents { fp32_contents: preds.iter().map(|p| p.p_dog).collect(), ..Default::default() },
-            )
-        } else {
-            let labels = preds.iter().map(|p| p.label().as_str().as_bytes().to_vec()).collect();
-            ("BYTES", InferTensorContents { bytes_contents: labels, ..Default::default() })
+            ),
+            (EVIDENCE, Some(t)) => (
+                "FP32",
+                t.evidence_shape.clone(),
+                InferTensorContents { fp32_contents: t.evidence.clone(), ..Default::default() },
+            ),
+            (CROP, Some(t)) => {
+                ("INT32", vec![n, 4], InferTensorContents { int_contents: t.crop.clone(), ..Default::default() })
+            }
+            _ => {
+                let labels = preds.iter().map(|p| p.label().as_str().as_bytes().to_vec()).collect();
+                ("BYTES", vec![n], InferTensorContents { bytes_contents: labels, ..Default::default() })
+            }
         };
         let contents = if raw_request {
             response.raw_output_contents.push(contents_as_raw(&contents));
@@ -225,7 +252,7 @@ async fn infer(state: &AppState, request: ModelInferRequest) -> Result<ModelInfe
         response.outputs.push(InferOutputTensor {
             name: name.into(),
             datatype: datatype.into(),
-            shape: vec![n],
+            shape,
             parameters: HashMap::new(),
             contents,
         });
@@ -233,10 +260,11 @@ async fn infer(state: &AppState, request: ModelInferRequest) -> Result<ModelInfe
     Ok(response)
 }
 
-/// FP32 or BYTES contents as raw output bytes (little-endian floats; length-prefixed
-/// elements).
+/// FP32, INT32 or BYTES contents as raw output bytes (little-endian numbers;
+/// length-prefixed elements).
 fn contents_as_raw(contents: &InferTensorContents) -> Vec<u8> {
     let mut raw: Vec<u8> = contents.fp32_contents.iter().flat_map(|v| v.to_le_bytes()).collect();
+    raw.extend(contents.int_contents.iter().flat_map(|v| v.to_le_bytes()));
     for element in &contents.bytes_contents {
         // Output elements are labels ("cat", "dog"): never near the 4 GiB a length can say.
         let _ = push_bytes_element(&mut raw, element);

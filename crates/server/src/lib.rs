@@ -194,8 +194,10 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/api/metrics/daily", get(api::metrics::daily))
         .route("/api/metrics/7d", get(api::metrics::last_7_days))
+        .route("/api/metrics/drift", get(api::drift::drift_report))
         .route("/api/predictions/{id}", get(api::predictions::export).delete(api::predictions::erase))
         .route("/api/admin/model/reload", post(api::admin::reload_model))
+        .route("/api/admin/drift/reference", post(api::drift::rebuild_reference))
         .route("/api/admin/models", get(api::admin::list_models))
         .route("/metrics", get(telemetry::metrics_endpoint))
         .route_layer(from_fn_with_state(state.clone(), auth::require_token));
@@ -285,6 +287,8 @@ async fn method_not_allowed() -> ApiError {
 
 /// How often the server hands free memory back to the kernel.
 const MEMORY_TRIM_INTERVAL: Duration = Duration::from_secs(5);
+/// How often today's predictions are checked for drift (docs/drift.md).
+const DRIFT_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Binds `cfg.addr`.
 pub async fn bind(cfg: &ServerConfig) -> Result<TcpListener, StartError> {
@@ -384,6 +388,18 @@ pub async fn run_with_grpc(
             }
         })
     };
+    // The drift check of today's predictions, each hour (gauges; a warning when it fires).
+    let drift_checks = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            // The first a minute after start (the model warmed up), then every hour.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            loop {
+                api::drift::check_today(&state).await;
+                tokio::time::sleep(DRIFT_CHECK_INTERVAL).await;
+            }
+        })
+    };
     let pruning = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -413,6 +429,7 @@ pub async fn run_with_grpc(
     maintenance.abort();
     purging.abort();
     pruning.abort();
+    drift_checks.abort();
     state.inference_log.flush().await;
     // Last chance to write queued rows; what cannot be written is kept on disk for the next start.
     let _ = tokio::time::timeout(Duration::from_secs(5), state.maintain_store()).await;

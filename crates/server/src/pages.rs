@@ -60,6 +60,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("login.html", include_str!("../templates/login.html")),
         ("dashboard.html", include_str!("../templates/dashboard.html")),
         ("info.html", include_str!("../templates/info.html")),
+        ("why.html", include_str!("../templates/why.html")),
     ] {
         if let Err(e) = env.add_template(name, src) {
             tracing::error!(error = %e, template = name, "bad template");
@@ -86,6 +87,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/classify", post(classify_form).layer(DefaultBodyLimit::max(upload_limit)))
         .route("/feedback", post(feedback_form))
         .route("/dashboard", get(dashboard))
+        .route("/dashboard/why/{id}", get(why_page))
+        .route("/dashboard/why/{id}/image", get(why_image))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/info", get(info))
@@ -210,7 +213,7 @@ async fn classify_form(
     if let Err(e) = state.model() {
         return failed(e);
     }
-    match classify_uploads(&state, &stages, form.uploads, form.consent, visitor).await {
+    match classify_uploads(&state, &stages, form.uploads, (form.consent, form.explain), visitor).await {
         Ok((items, _)) => render(&state, &session, StatusCode::OK, "results.html", "home", context! { items }),
         Err(e) => failed(e),
     }
@@ -280,6 +283,8 @@ struct RecentRow {
     p_dog: Option<f64>,
     latency_ms: Option<f64>,
     feedback_positive: Option<bool>,
+    /// The prediction id, for a wrong answer on a consented image: its explanation page.
+    why: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -413,6 +418,7 @@ async fn dashboard(
                 error_code: r.record.error_code,
                 p_dog: r.record.p_dog,
                 latency_ms: ok.then_some(r.record.latency_ms),
+                why: (r.feedback_positive == Some(false) && r.record.image_ref.is_some()).then_some(r.record.id),
                 feedback_positive: r.feedback_positive,
             }
         })
@@ -422,8 +428,122 @@ async fn dashboard(
         Ok(m) => (Some(m), None),
         Err(e) => (None, Some(e.message)),
     };
-    let ctx = context! { days, window, daily, charts, recent, models, models_error };
+    // Drift per day (docs/drift.md); a failure is shown in its section, not for the page.
+    let (drift, drift_error) = match crate::api::drift::per_day(&state, today, days).await {
+        Ok(d) => (d, None),
+        Err(e) => (Vec::new(), Some(e.message)),
+    };
+    let has_reference = state.loaded_model().is_some_and(|m| m.reference.is_some());
+    let ctx = context! { days, window, daily, charts, recent, models, models_error, drift, drift_error, has_reference };
     render(&state, &session, StatusCode::OK, "dashboard.html", "dashboard", ctx)
+}
+
+/// The consented image of prediction `id` and its record, for an operator, when its answer
+/// was reported wrong; the read is audited (`what` says which view). Otherwise the response
+/// to send (sign-in, not found, store down).
+async fn consented_image(
+    state: &AppState,
+    session: &Session,
+    id: &str,
+    what: &str,
+) -> Result<(catsdogs_store::PredictionRecord, Vec<u8>), Response> {
+    if session.operator().is_none() {
+        return Err(Redirect::to("/login?next=/dashboard").into_response());
+    }
+    let not_found = || {
+        message(state, session, StatusCode::NOT_FOUND, "No image", "No consented image is kept for this prediction.")
+    };
+    let record = match state.store.get_prediction(id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(not_found()),
+        Err(e) => return Err(refused(state, session, "Database unavailable", ApiError::from(e))),
+    };
+    // Only answers reported wrong are opened this way (the triage the page is for).
+    match state.store.feedback_for(id).await {
+        Ok(Some(f)) if !f.positive => {}
+        Ok(_) => return Err(not_found()),
+        Err(e) => return Err(refused(state, session, "Database unavailable", ApiError::from(e))),
+    }
+    let Some(path) = record.image_ref.as_deref().and_then(|r| state.images.path(r)) else {
+        return Err(not_found());
+    };
+    let Ok(bytes) = tokio::fs::read(&path).await else { return Err(not_found()) };
+    // Every read of a user's photo is audited, the page and the image alike.
+    let actor = session.operator().unwrap_or_default();
+    let detail = format!("prediction {id}: {what}");
+    if let Err(e) = state.store.audit((state.cfg.clock)(), actor, "explain", &detail).await {
+        return Err(refused(state, session, "Database unavailable", ApiError::from(e)));
+    }
+    Ok((record, bytes))
+}
+
+/// An operator's view of why the served model answers what it does on a consented image
+/// (linked from the dashboard for answers reported wrong). The model being served now
+/// computes it, labelled with its version; the access is audited like other reads of
+/// users' data.
+async fn why_page(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let (record, bytes) = match consented_image(&state, &session, &id, "explanation page").await {
+        Ok(found) => found,
+        Err(resp) => return resp,
+    };
+    let answer = match state.engine.classify(catsdogs_core::ImageInput::Encoded(bytes)).await {
+        Ok(a) => a,
+        Err(e) => return refused(&state, &session, "Cannot classify this image", ApiError::from(e)),
+    };
+    let Some(explanation) = crate::api::predict::ExplanationBody::of(&answer) else {
+        return message(
+            &state,
+            &session,
+            StatusCode::CONFLICT,
+            "No explanation",
+            "The served model cannot explain its answers (its graph has no logit map).",
+        );
+    };
+    let ctx = context! {
+        id,
+        file_ref => record.file_ref,
+        stored_label => record.label,
+        stored_version => record.model_version,
+        answer => answer.label(),
+        answer_title => answer.label().title(),
+        p_dog => answer.p_dog,
+        version => answer.model_version.to_string(),
+        explanation => serde_json::to_string(&explanation).unwrap_or_default(),
+    };
+    render(&state, &session, StatusCode::OK, "why.html", "dashboard", ctx)
+}
+
+/// The consented image of a prediction, for an operator (never cached).
+async fn why_image(
+    State(state): State<AppState>,
+    Extension(session): Extension<Session>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match consented_image(&state, &session, &id, "photo").await {
+        Ok((_, bytes)) => {
+            let content_type = match catsdogs_store::images::extension(&bytes) {
+                "png" => "image/png",
+                "gif" => "image/gif",
+                "webp" => "image/webp",
+                "bmp" => "image/bmp",
+                _ => "image/jpeg",
+            };
+            (
+                [
+                    (header::CONTENT_TYPE, content_type),
+                    (header::CACHE_CONTROL, "no-store"),
+                    (header::HeaderName::from_static("x-content-type-options"), "nosniff"),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        Err(resp) => resp,
+    }
 }
 
 #[derive(Deserialize)]

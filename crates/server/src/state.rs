@@ -42,6 +42,8 @@ pub struct Shared {
     pub predictions_served: AtomicU64,
     /// Rate limits, the upload budget and the quotas.
     pub limits: Limits,
+    /// Drift scores of closed days for the dashboard.
+    pub drift_days: crate::api::drift::DayCache,
 }
 
 impl Shared {
@@ -84,6 +86,7 @@ impl Shared {
             started: Instant::now(),
             predictions_served: AtomicU64::new(0),
             limits,
+            drift_days: crate::api::drift::DayCache::default(),
         }
     }
 

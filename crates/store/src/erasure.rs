@@ -162,6 +162,7 @@ mod tests {
             file_ref: None,
             image_ref: None,
             owner: None,
+            signals: None,
         };
         let (erased, kept) = (crate::PredictionId::new().to_string(), crate::PredictionId::new().to_string());
         store.record_erasure(&key.tombstone(&erased), chrono::Utc::now(), "test", "erase").await.expect("tombstone");

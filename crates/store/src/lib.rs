@@ -28,8 +28,9 @@ pub use inference_log::{InferenceLog, LogFiles, LogRow};
 pub use metrics::{DayMetrics, WindowMetrics};
 pub use outbox::{OUTBOX_CAPACITY, Outbox};
 pub use records::{
-    AuditEntry, FeedbackOutcome, FeedbackRecord, FeedbackSource, InvalidPredictionId, LabelledImage, PredictionId,
-    PredictionRecord, PredictionStatus, PurgeCutoffs, RecentPrediction, RemovedRows,
+    AuditEntry, DriftRow, DriftSignals, DriftWindow, DriftWindowSummary, FeedbackOutcome, FeedbackRecord,
+    FeedbackSource, InvalidPredictionId, LabelledImage, PredictionId, PredictionRecord, PredictionStatus, PurgeCutoffs,
+    RecentPrediction, RemovedRows,
 };
 pub use retention::{Holdings, Queued, Retention, RetentionError};
 
@@ -222,7 +223,14 @@ fn prediction_from_row(row: &sqlx::any::AnyRow) -> Result<PredictionRecord, Stor
         file_ref: row.try_get("file_ref")?,
         image_ref: row.try_get("image_ref")?,
         owner: row.try_get("owner")?,
+        signals: signals_column(row)?,
     })
+}
+
+/// The `signals` JSON column (absent from a query's columns reads as none).
+fn signals_column(row: &sqlx::any::AnyRow) -> Result<Option<DriftSignals>, StoreError> {
+    let Ok(text) = row.try_get::<Option<String>, _>("signals") else { return Ok(None) };
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Malformed(format!("signals: {e}")))).transpose()
 }
 
 /// The database file a SQLite URL names (`None` for other databases and in-memory ones).
@@ -340,10 +348,11 @@ impl Store {
         let tombstone = self.erasure_key.as_ref().map(|k| k.tombstone(&r.id));
         let written = sqlx::query(
             "INSERT INTO predictions (id, created_at_ms, day, model_version, status, label, p_dog, latency_ms, \
-             error_code, file_ref, image_ref, owner) SELECT CAST($1 AS TEXT), CAST($2 AS BIGINT), CAST($3 AS TEXT), \
-             CAST($4 AS TEXT), CAST($5 AS TEXT), CAST($6 AS TEXT), CAST($7 AS DOUBLE PRECISION), \
-             CAST($8 AS DOUBLE PRECISION), CAST($9 AS TEXT), CAST($10 AS TEXT), CAST($11 AS TEXT), CAST($12 AS TEXT) \
-             WHERE NOT EXISTS (SELECT 1 FROM erasures WHERE id_hash = $13) ON CONFLICT (id) DO NOTHING",
+             error_code, file_ref, image_ref, owner, signals) SELECT CAST($1 AS TEXT), CAST($2 AS BIGINT), \
+             CAST($3 AS TEXT), CAST($4 AS TEXT), CAST($5 AS TEXT), CAST($6 AS TEXT), CAST($7 AS DOUBLE PRECISION), \
+             CAST($8 AS DOUBLE PRECISION), CAST($9 AS TEXT), CAST($10 AS TEXT), CAST($11 AS TEXT), CAST($12 AS TEXT), \
+             CAST($14 AS TEXT) WHERE NOT EXISTS (SELECT 1 FROM erasures WHERE id_hash = $13) \
+             ON CONFLICT (id) DO NOTHING",
         )
         .bind(&r.id)
         .bind(r.created_at.timestamp_millis())
@@ -358,6 +367,7 @@ impl Store {
         .bind(r.image_ref.clone())
         .bind(r.owner.clone())
         .bind(tombstone.unwrap_or_default())
+        .bind(r.signals.as_ref().and_then(|s| serde_json::to_string(s).ok()))
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -373,7 +383,7 @@ impl Store {
     pub async fn get_prediction(&self, id: &str) -> Result<Option<PredictionRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT id, created_at_ms, model_version, status, label, p_dog, latency_ms, error_code, file_ref, \
-             image_ref, owner FROM predictions WHERE id = $1",
+             image_ref, owner, signals FROM predictions WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -446,6 +456,99 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// The query of a drift window's rows (`columns` of each, newest first) and the day it
+    /// binds as `$3`; `$1` is the row limit, `$2` the model version.
+    fn drift_window_query(window: DriftWindow, columns: &str) -> (String, Option<String>) {
+        let (filter, bound) = match window {
+            DriftWindow::Last(_) => ("", None),
+            DriftWindow::Day(day) => ("AND p.day = $3 ", Some(day.format("%Y-%m-%d").to_string())),
+        };
+        let sql = format!(
+            "SELECT {columns}, \
+             CAST(CASE WHEN f.id IS NULL THEN -1 WHEN f.positive THEN 1 \
+             WHEN f.true_label IS NULL THEN 0 WHEN f.true_label = p.label THEN 1 ELSE 0 END AS BIGINT) AS verdict \
+             FROM predictions p LEFT JOIN feedback f ON f.prediction_id = p.id \
+             WHERE p.status = 'ok' AND p.p_dog IS NOT NULL AND p.model_version = $2 {filter}ORDER BY p.created_at_ms DESC, p.id LIMIT $1"
+        );
+        (sql, bound)
+    }
+
+    fn drift_window_limit(window: DriftWindow, cap: u32) -> i64 {
+        i64::from(match window {
+            DriftWindow::Last(n) => n.min(cap),
+            DriftWindow::Day(_) => cap,
+        })
+    }
+
+    /// The successful predictions of `model_version` in a drift window, newest first: the
+    /// last `last` of them, or those of `day`, at most `cap`; each with its feedback
+    /// verdict. One model's answers only: another model's are not comparable with its
+    /// reference.
+    pub async fn drift_window(
+        &self,
+        window: DriftWindow,
+        model_version: &str,
+        cap: u32,
+    ) -> Result<Vec<DriftRow>, StoreError> {
+        let (sql, day) = Self::drift_window_query(window, "p.created_at_ms, p.label, p.p_dog, p.signals");
+        let mut query = sqlx::query(&sql).bind(Self::drift_window_limit(window, cap)).bind(model_version);
+        if let Some(day) = day {
+            query = query.bind(day);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let verdict: i64 = row.try_get("verdict")?;
+            out.push(DriftRow {
+                created_at: from_ms(row.try_get("created_at_ms")?)?,
+                label: label_column(&row, "label")?,
+                p_dog: row.try_get("p_dog")?,
+                signals: signals_column(&row)?,
+                correct: (verdict >= 0).then_some(verdict == 1),
+            });
+        }
+        Ok(out)
+    }
+
+    /// What [`Store::drift_window`] would return, counted instead of read: how many rows,
+    /// their time span and their feedback. Cheap (no signals are read): the dashboard uses it
+    /// to tell whether a closed day's drift scores still hold.
+    pub async fn drift_window_summary(
+        &self,
+        window: DriftWindow,
+        model_version: &str,
+        cap: u32,
+    ) -> Result<DriftWindowSummary, StoreError> {
+        let (inner, day) = Self::drift_window_query(window, "p.created_at_ms");
+        let sql = format!(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n, MIN(w.created_at_ms) AS oldest, MAX(w.created_at_ms) AS newest, \
+             CAST(SUM(w.created_at_ms) AS BIGINT) AS time_sum, \
+             (SELECT MAX(e.erased_at_ms) FROM erasures e) AS last_erasure, \
+             CAST(COALESCE(SUM(CASE WHEN w.verdict >= 0 THEN 1 ELSE 0 END), 0) AS BIGINT) AS feedback, \
+             CAST(COALESCE(SUM(CASE WHEN w.verdict = 1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS right_answers \
+             FROM ({inner}) w"
+        );
+        let mut query = sqlx::query(&sql).bind(Self::drift_window_limit(window, cap)).bind(model_version);
+        if let Some(day) = day {
+            query = query.bind(day);
+        }
+        let row = query.fetch_one(&self.pool).await?;
+        let count =
+            |c: &str| -> Result<usize, StoreError> { Ok(usize::try_from(row.try_get::<i64, _>(c)?).unwrap_or(0)) };
+        let time = |c: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+            row.try_get::<Option<i64>, _>(c)?.map(from_ms).transpose()
+        };
+        Ok(DriftWindowSummary {
+            n: count("n")?,
+            oldest: time("oldest")?,
+            newest: time("newest")?,
+            time_sum_ms: row.try_get::<Option<i64>, _>("time_sum")?.unwrap_or(0),
+            last_erasure_ms: row.try_get("last_erasure")?,
+            feedback: count("feedback")?,
+            right: count("right_answers")?,
+        })
     }
 
     /// Takes the purge lock, or `None` when another process holds it. On SQLite (one
@@ -903,6 +1006,7 @@ mod tests {
             file_ref: Some(file_ref.into()),
             image_ref: None,
             owner: None,
+            signals: None,
         }
     }
 

@@ -229,6 +229,7 @@ mod tests {
             file_ref: None,
             image_ref: Some("ab/cd.png".into()),
             owner: None,
+            signals: None,
         }
     }
 

@@ -96,6 +96,67 @@ pub struct PredictionRecord {
     /// session may give feedback on it.
     #[serde(default)]
     pub owner: Option<String>,
+    /// What drift monitoring keeps of it (successful predictions).
+    #[serde(default)]
+    pub signals: Option<DriftSignals>,
+}
+
+/// The per-prediction data drift monitoring compares with the model's reference: derived
+/// from the user's photo (never the photo itself), so purged, exported and erased with
+/// the prediction.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DriftSignals {
+    /// The graph's projected features (models that output them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
+    pub properties: catsdogs_model::drift::InputProperties,
+    /// False when the answer was flagged "neither cat nor dog" (models with that head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_cat_or_dog: Option<bool>,
+}
+
+/// Which predictions a drift window holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftWindow {
+    /// The most recent N.
+    Last(u32),
+    /// Those of one day (UTC).
+    Day(chrono::NaiveDate),
+}
+
+/// A drift window counted: its rows, their time span, and how many had feedback and how
+/// many of those were right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriftWindowSummary {
+    pub n: usize,
+    pub oldest: Option<DateTime<Utc>>,
+    pub newest: Option<DateTime<Utc>>,
+    /// Sum of the rows' times in ms: a row erased and another added keep the count and may
+    /// keep the span, not this.
+    pub time_sum_ms: i64,
+    /// When the newest erasure (of any prediction) was made: an erasure may remove a row
+    /// and a late write add one at the same time.
+    pub last_erasure_ms: Option<i64>,
+    pub feedback: usize,
+    pub right: usize,
+}
+
+impl DriftWindowSummary {
+    /// Share of answers with feedback that feedback called right.
+    pub fn feedback_accuracy(&self) -> Option<f64> {
+        (self.feedback > 0).then(|| self.right as f64 / self.feedback as f64)
+    }
+}
+
+/// One successful prediction of a drift window, with its feedback verdict if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftRow {
+    pub created_at: DateTime<Utc>,
+    pub label: Option<Label>,
+    pub p_dog: f64,
+    pub signals: Option<DriftSignals>,
+    /// Whether the answer was right, by feedback (`None`: no feedback).
+    pub correct: Option<bool>,
 }
 
 /// A consented image whose label a user gave or confirmed.

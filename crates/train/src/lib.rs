@@ -9,6 +9,7 @@ pub mod export;
 pub mod gate;
 pub mod optim;
 pub mod plots;
+pub mod reference;
 pub mod retrain;
 pub mod seed_cnn;
 pub mod tail_tuning;

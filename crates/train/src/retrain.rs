@@ -450,6 +450,11 @@ pub fn retrain(o: &RetrainOptions) -> Result<RetrainOutcome, RetrainError> {
         let md = markdown(&report, &run, &plotted);
         let md_path = dir.join("retrain-report.md");
         std::fs::write(&md_path, &md).map_err(io_err("cannot write", &md_path))?;
+        // The candidate's own drift reference, on the fixed set as training writes it on its
+        // validation split: once promoted, drift checks compare with this model, not its parent.
+        // The photos the gate scored: selected with the parent's card, as `gate::run` does.
+        let samples = crate::eval::select_samples(&current, &fixed_dir, val_split, None)?;
+        crate::reference::write_reference(&candidate, &samples, &report.fixed_set, 32)?;
         Ok((md, fixed_dir, val_split))
     })();
     let (markdown, fixed_dir, val_split) = match evaluated {

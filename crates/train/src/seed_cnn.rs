@@ -569,6 +569,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome, TrainError> {
         weights: "model.safetensors".into(),
         onnx: None,
         lineage: None,
+        outputs: Vec::new(),
     };
     card.save(&cfg.out_dir.join("model.json"))?;
     plots::training_curves(&cfg.out_dir, &state.history).map_err(TrainError::Plot)?;

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use catsdogs_model::Label;
 use catsdogs_model::augment::Augment;
-use catsdogs_model::card::{Architecture, DataSummary, ModelCard, Preprocessing};
+use catsdogs_model::card::{Architecture, DataSummary, GraphOutput, ModelCard, Preprocessing};
 use catsdogs_model::efficientnet_lite::{self, Config, EfficientNetLite, OnnxHeads};
 use catsdogs_model::metrics::{self, Metrics};
 use catsdogs_model::preprocess::{self, PreprocessConfig};
@@ -51,6 +51,16 @@ pub enum TransferError {
     Io { path: String, source: std::io::Error },
     #[error("no photo could be decoded")]
     NothingDecoded,
+}
+
+/// The ONNX metadata of a trained EfficientNet-Lite0 graph.
+pub fn graph_metadata(version: &str, neither_threshold: Option<f32>) -> BTreeMap<String, String> {
+    let mut meta = BTreeMap::new();
+    meta.insert("catsdogs.version".to_string(), version.to_string());
+    if let Some(t) = neither_threshold {
+        meta.insert("catsdogs.neither_threshold".to_string(), t.to_string());
+    }
+    meta
 }
 
 /// Reads the lukemelas-style checkpoint (`efficientnet-lite0-57934424.pth`).
@@ -581,9 +591,7 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
         neither_false_flag_rate: flagged as f64 / va.labels.len() as f64,
     };
 
-    let mut meta = BTreeMap::new();
-    meta.insert("catsdogs.version".to_string(), cfg.version.clone());
-    meta.insert("catsdogs.neither_threshold".to_string(), neither_threshold.to_string());
+    let meta = graph_metadata(&cfg.version, Some(neither_threshold));
     let heads = OnnxHeads { catdog: Some((&w, &b)), tuned_tail: tuned.as_ref().map(|t| &t.tail), trunk: false };
     let onnx = net.to_onnx(&heads, &meta)?;
     let onnx_path = cfg.out_dir.join("model.onnx");
@@ -633,6 +641,7 @@ pub fn train_head(cfg: &TransferConfig) -> Result<(ModelCard, TransferReport), T
         weights: "head.safetensors".into(),
         onnx: Some("model.onnx".into()),
         lineage: None,
+        outputs: GraphOutput::EXPORTED.to_vec(),
     };
     card.save(&cfg.out_dir.join("model.json"))?;
     Ok((card, report))

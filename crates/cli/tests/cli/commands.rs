@@ -105,3 +105,34 @@ pub fn export_writes_the_committed_onnx_graph_from_the_committed_weights() {
     let shipped = std::fs::read(seed_cnn_dir().join("model.onnx")).expect("shipped onnx");
     assert_eq!(fresh, shipped, "the committed model.onnx is what `export` writes from the committed weights");
 }
+
+/// `catsdogs reference` on a copy of the seed CNN, with and without `--tta-flip`: the file
+/// next to the card names the model, counts the photos and records the flip setting.
+pub fn reference_writes_the_drift_reference_next_to_the_card() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    write_images(&data, 4);
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).expect("mkdir");
+    for f in ["model.json", "model.onnx", "model.safetensors"] {
+        std::fs::copy(seed_cnn_dir().join(f), model.join(f)).expect("copy");
+    }
+    for flip in [false, true] {
+        let mut cmd = catsdogs();
+        cmd.args(["reference", "--model"]).arg(&model).arg("--data").arg(&data);
+        if flip {
+            cmd.arg("--tta-flip");
+        }
+        let out = output(&mut cmd);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = std::fs::read_to_string(model.join("reference.json")).expect("reference.json written");
+        let r: Value = serde_json::from_str(&text).expect("json");
+        let card: Value =
+            serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).expect("card")).expect("json");
+        assert_eq!(r["model_version"], card["version"]);
+        assert_eq!(r["count"], 8);
+        assert_eq!(r["p_dog"].as_array().map(Vec::len), Some(8));
+        assert_eq!(r["tta_flip"], flip, "{}", r["source"]);
+        assert_eq!(r["properties"].as_array().map(Vec::len), Some(6), "brightness .. aspect");
+    }
+}

@@ -101,6 +101,7 @@ fn past_prediction(now: DateTime<Utc>, days_ago: i64) -> PredictionRecord {
         file_ref: None,
         image_ref: None,
         owner: None,
+        signals: None,
     }
 }
 

@@ -160,6 +160,18 @@ pub fn retrain_candidate_card_records_its_lineage() {
     assert!(l.cand().join("model.onnx").is_file());
 }
 
+/// The candidate gets its own drift reference on the fixed set (its parent's would make
+/// every window of the promoted model look drifted, or hide a drift).
+pub fn retrain_candidate_has_its_own_drift_reference() {
+    let l = LOOP.get();
+    let (reference, base_card) = (json_file(&l.cand().join("reference.json")), l.base_card());
+    let val = base_card["data"]["val_cat"].as_u64().unwrap_or(0) + base_card["data"]["val_dog"].as_u64().unwrap_or(0);
+    assert_eq!(reference["model_version"], "cand-1", "{}", reference["source"]);
+    assert_eq!(reference["count"], val);
+    assert_eq!(reference["p_dog"].as_array().map(Vec::len), Some(val as usize));
+    assert!(reference["source"].as_str().is_some_and(|s| s.contains("validation split")), "{}", reference["source"]);
+}
+
 pub fn retrain_promotes_nothing() {
     let l = LOOP.get();
     assert_eq!(std::fs::read_link(l.registry.join("current")).expect("link").to_str(), Some("base-1"));

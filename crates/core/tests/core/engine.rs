@@ -88,3 +88,23 @@ pub async fn without_a_model_every_request_says_why() {
     assert_eq!(err.code(), "model_unavailable");
     assert!(engine.reload().await.is_err(), "an empty directory still has no model");
 }
+
+/// A model directory copied and given a new version keeps its parent's `reference.json`:
+/// it is not used (its P(dog) and embeddings are another model's); the right one is.
+pub fn a_drift_reference_of_another_version_is_not_used() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let seed = catsdogs_testkit::seed_cnn_dir();
+    for f in ["model.onnx", "model.safetensors", "reference.json"] {
+        std::fs::copy(seed.join(f), tmp.path().join(f)).expect("copy");
+    }
+    let mut card = catsdogs_model::card::ModelCard::load(&seed.join("model.json")).expect("card");
+    let shipped = catsdogs_core::LoadedModel::load(&seed, BackendKind::Onnxruntime, 1).expect("load shipped");
+    assert!(
+        shipped.reference.as_ref().is_some_and(|r| r.model_version == card.version),
+        "the shipped reference is used"
+    );
+    card.version = "seed-cnn-copy".into();
+    card.save(&tmp.path().join("model.json")).expect("save");
+    let copy = catsdogs_core::LoadedModel::load(tmp.path(), BackendKind::Onnxruntime, 1).expect("load copy");
+    assert!(copy.reference.is_none(), "a reference of {} used for seed-cnn-copy", shipped.card.version);
+}

@@ -3,6 +3,7 @@
 mod backends;
 mod decode;
 mod engine;
+mod explain;
 
 use catsdogs_testkit::Need::Photos;
 use catsdogs_testkit::{async_test, sync_test};
@@ -17,6 +18,11 @@ fn main() -> std::process::ExitCode {
         async_test!(engine::answers_carry_the_version_of_the_model_that_computed_them),
         async_test!(engine::a_bad_input_fails_alone),
         async_test!(engine::without_a_model_every_request_says_why),
+        sync_test!(engine::a_drift_reference_of_another_version_is_not_used),
+        sync_test!(explain::the_logit_map_mean_is_the_answers_logit_on_both_graphs_and_candle).needs(&[Photos]),
+        sync_test!(explain::the_mirrored_map_is_flipped_back_under_test_time_flip).needs(&[Photos]),
+        sync_test!(explain::a_card_without_declared_outputs_loads_without_maps),
+        async_test!(explain::the_map_points_at_the_quadrant_holding_the_animal).needs(&[Photos]),
         sync_test!(decode::scaled_decoding_of_12_megapixel_photos_keeps_the_answers).needs(&[Photos]),
         async_test!(decode::decode_memory_is_bounded_across_requests),
     ])

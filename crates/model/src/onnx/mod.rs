@@ -13,6 +13,44 @@ pub const OPSET: i64 = 17;
 /// IR version matching [`OPSET`].
 pub const IR_VERSION: i64 = 8;
 
+/// Name of the per-cell logit map output ([`GraphBuilder::logit_map_output`]).
+pub const LOGIT_MAP_OUTPUT: &str = "logit_map";
+/// Name of the projected-features output ([`GraphBuilder::embedding_output`]).
+pub const EMBEDDING_OUTPUT: &str = "embedding";
+/// Dimensions of the embedding output.
+pub const EMBEDDING_DIMS: usize = 32;
+/// Seed of the embedding projection: fixed, so every export of a network projects alike.
+const EMBEDDING_SEED: u64 = 0x63_61_74_73_64_6f_67_73; // "catsdogs"
+
+/// The `channels x 32` projection (row-major) of the embedding output: entries +-1/sqrt(32)
+/// drawn from a fixed seed (an Achlioptas random projection, which keeps distances between
+/// feature vectors up to a small distortion, so drift in the features shows in 32 numbers).
+pub fn embedding_projection(channels: usize) -> Vec<f32> {
+    let scale = 1.0 / (EMBEDDING_DIMS as f32).sqrt();
+    let mut state = EMBEDDING_SEED;
+    (0..channels * EMBEDDING_DIMS)
+        .map(|_| {
+            // splitmix64: a tiny, well-known generator; the projection only needs to be fixed.
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            if (z ^ (z >> 31)) & 1 == 0 { scale } else { -scale }
+        })
+        .collect()
+}
+
+/// The serialized model `bytes` with only the graph outputs named in `keep`. ONNX Runtime
+/// prunes the nodes no remaining output needs, so this is the graph as exported before the
+/// dropped outputs existed (tests of old cards, the benchmark of what the outputs cost).
+pub fn keep_outputs(bytes: &[u8], keep: &[&str]) -> Result<Vec<u8>, prost::DecodeError> {
+    let mut model = proto::ModelProto::decode(bytes)?;
+    if let Some(graph) = model.graph.as_mut() {
+        graph.output.retain(|o| keep.contains(&o.name.as_str()));
+    }
+    Ok(model.encode_to_vec())
+}
+
 /// Errors while building a graph.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -152,6 +190,29 @@ impl GraphBuilder {
         let shape = self.i64_tensor("flat_shape", &[-1]);
         self.node("Reshape", &[&p, &shape], vec![], Some("p_dog"));
         self.output_f32("p_dog", &[Dim::Named("N")]);
+    }
+
+    /// Output `logit_map` [N, side, side]: the cat/dog head (`weight` [1, C], `bias` [1])
+    /// applied to each cell of the final feature map `map` [N, C, side, side]. The head is
+    /// linear and the pooling before it is a mean, so the map's mean is the logit of `p_dog`
+    /// exactly: a class-activation map in the head's own (calibrated) units.
+    pub fn logit_map_output(&mut self, map: &str, weight: &str, bias: &str, channels: usize, side: usize) {
+        let conv_shape = self.i64_tensor("logit_map.weight_shape", &[1, channels as i64, 1, 1]);
+        let w = self.node("Reshape", &[weight, &conv_shape], vec![], None);
+        let y = self.node("Conv", &[map, &w, bias], vec![("kernel_shape", Attr::Ints(vec![1, 1]))], None);
+        let side = side as i64;
+        let shape = self.i64_tensor("logit_map.shape", &[-1, side, side]);
+        self.node("Reshape", &[&y, &shape], vec![], Some(LOGIT_MAP_OUTPUT));
+        self.output_f32(LOGIT_MAP_OUTPUT, &[Dim::Named("N"), Dim::Fixed(side), Dim::Fixed(side)]);
+    }
+
+    /// Output `embedding` [N, 32]: pooled features [N, C] through the fixed random projection
+    /// of [`embedding_projection`], what drift monitoring compares between inputs.
+    pub fn embedding_output(&mut self, features: &str, channels: usize) {
+        let projection = embedding_projection(channels);
+        let p = self.f32_tensor("embedding.projection", vec![channels as i64, EMBEDDING_DIMS as i64], &projection);
+        self.node("MatMul", &[features, &p], vec![], Some(EMBEDDING_OUTPUT));
+        self.output_f32(EMBEDDING_OUTPUT, &[Dim::Named("N"), Dim::Fixed(EMBEDDING_DIMS as i64)]);
     }
 
     /// Serializes the model, with `metadata` as ONNX metadata properties.

@@ -1,5 +1,6 @@
 //! JSON routes and their OpenAPI description.
 pub mod admin;
+pub mod drift;
 pub mod feedback;
 pub mod health;
 pub mod metrics;
@@ -24,6 +25,7 @@ use utoipa::{Modify, OpenApi};
         feedback::feedback,
         metrics::daily,
         metrics::last_7_days,
+        drift::drift_report,
         health::api_health,
         health::seed_health,
         health::info,
@@ -31,6 +33,7 @@ use utoipa::{Modify, OpenApi};
         predictions::erase,
         admin::reload_model,
         admin::list_models,
+        drift::rebuild_reference,
         v2::live,
         v2::ready,
         v2::server_metadata,

@@ -55,6 +55,56 @@ pub struct PredictResponse {
     pub cat_or_dog_score: Option<f64>,
     /// True when the image was kept for retraining (the request's `consent` field).
     pub image_kept: bool,
+    /// What the model looked at (the request's `explain` field; absent otherwise, and for
+    /// models whose graph has no logit map).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<ExplanationBody>,
+}
+
+/// The class-activation map of one answer: the model's head applied to each cell of its
+/// last feature map, signed for the answered class.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExplanationBody {
+    /// `[rows, columns]` of the map (7x7 for the default model, 16x16 for the seed CNN).
+    #[schema(example = json!([7, 7]))]
+    pub grid: [usize; 2],
+    /// Row-major, `rows x columns` numbers in logit units: positive cells support the
+    /// answered class, negative ones the other; their mean is the answer's logit.
+    pub evidence: Vec<f32>,
+    /// Where the model's input was taken from in the uploaded image.
+    pub crop: CropBody,
+}
+
+/// A rectangle of the uploaded image, upright (EXIF orientation applied), in its own
+/// pixels whatever scale it was decoded at.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CropBody {
+    pub x: f64,
+    pub y: f64,
+    pub width: f64,
+    pub height: f64,
+    /// The side of a square centre crop; `null` when the whole image was squashed into
+    /// the model input (the seed CNN).
+    pub size: Option<f64>,
+}
+
+impl ExplanationBody {
+    /// The explanation of `p`, when its model computed a logit map.
+    pub fn of(p: &Classified) -> Option<Self> {
+        let e = p.explanation()?;
+        let round = |v: f64| (v * 100.0).round() / 100.0;
+        Some(Self {
+            grid: [e.rows, e.cols],
+            evidence: e.evidence,
+            crop: CropBody {
+                x: round(e.crop.x),
+                y: round(e.crop.y),
+                width: round(e.crop.width),
+                height: round(e.crop.height),
+                size: e.crop.square.map(round),
+            },
+        })
+    }
 }
 
 /// One file of a batch: a prediction or an error, never both.
@@ -88,6 +138,8 @@ pub struct UploadSchema {
     /// `true` to let the service keep the image to improve the model (off by default;
     /// see docs/privacy.md). Kept images are erased with their prediction.
     consent: Option<bool>,
+    /// `true` to add `explanation`: what the model looked at (see docs/explanations.md).
+    explain: Option<bool>,
 }
 
 /// Multipart form with several images (OpenAPI only).
@@ -99,6 +151,8 @@ pub struct BatchUploadForm {
     file: Vec<Vec<u8>>,
     /// `true` to let the service keep the images to improve the model (off by default).
     consent: Option<bool>,
+    /// `true` to add `explanation` to each result (see docs/explanations.md).
+    explain: Option<bool>,
 }
 
 fn pct(p: f64) -> String {
@@ -107,7 +161,14 @@ fn pct(p: f64) -> String {
 
 /// The answer for one classified file; its `model_version` is the version of the model
 /// that computed it, whatever is served by the time the answer is written.
-fn response(id: String, filename: String, p: &Classified, latency_ms: f64, image_kept: bool) -> PredictResponse {
+pub(crate) fn response(
+    id: String,
+    filename: String,
+    p: &Classified,
+    latency_ms: f64,
+    image_kept: bool,
+    explain: bool,
+) -> PredictResponse {
     let p_dog = f64::from(p.p_dog);
     let p_cat = 1.0 - p_dog;
     PredictResponse {
@@ -124,6 +185,7 @@ fn response(id: String, filename: String, p: &Classified, latency_ms: f64, image
         is_cat_or_dog: p.is_cat_or_dog,
         cat_or_dog_score: p.cat_or_dog_score.map(f64::from),
         image_kept,
+        explanation: if explain { ExplanationBody::of(p) } else { None },
     }
 }
 
@@ -250,6 +312,8 @@ pub(crate) struct UploadForm {
     pub uploads: Vec<Upload>,
     pub csrf: Option<String>,
     pub consent: bool,
+    /// Whether the caller asked for explanations (`explain`).
+    pub explain: bool,
     /// The upload budget these files hold until the request ends.
     pub lease: UploadLease,
 }
@@ -257,8 +321,8 @@ pub(crate) struct UploadForm {
 /// Checks the page form's CSRF token.
 pub(crate) type CsrfCheck<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
 
-/// Reads every `file` (or `files`) field, a `csrf` and a `consent` field (`true`, `1`,
-/// `on` or `yes`, anywhere in the form); other fields are ignored.
+/// Reads every `file` (or `files`) field, a `csrf` field and the `consent` and `explain`
+/// flags (`true`, `1`, `on` or `yes`, anywhere in the form); other fields are ignored.
 /// With `csrf_check`, a valid `csrf` field must come before the first file, so a forged
 /// form is refused before any upload is buffered.
 pub(crate) async fn read_uploads(
@@ -268,7 +332,8 @@ pub(crate) async fn read_uploads(
     csrf_check: Option<CsrfCheck<'_>>,
 ) -> Result<UploadForm, FormError> {
     let UploadRules { max_files, max_bytes: limit } = rules;
-    let mut out = UploadForm { uploads: Vec::new(), csrf: None, consent: false, lease: UploadLease::default() };
+    let mut out =
+        UploadForm { uploads: Vec::new(), csrf: None, consent: false, explain: false, lease: UploadLease::default() };
     loop {
         let field = match mp.next_field().await {
             Ok(Some(f)) => f,
@@ -285,9 +350,15 @@ pub(crate) async fn read_uploads(
                 out.csrf = Some(token);
                 continue;
             }
-            Some("consent") => {
+            Some(name @ ("consent" | "explain")) => {
+                let is_consent = name == "consent";
                 let v = String::from_utf8_lossy(&read_limited(field, 16, None).await?).trim().to_ascii_lowercase();
-                out.consent = matches!(v.as_str(), "true" | "1" | "on" | "yes");
+                let set = matches!(v.as_str(), "true" | "1" | "on" | "yes");
+                if is_consent {
+                    out.consent = set
+                } else {
+                    out.explain = set
+                }
                 continue;
             }
             _ => continue,
@@ -371,6 +442,11 @@ pub(crate) async fn record(
         file_ref: state.pseudonymise((!filename.is_empty()).then_some(filename)),
         image_ref,
         owner: visitor_session.map(|s| state.session_owner(s)),
+        signals: outcome.ok().map(|p| catsdogs_store::DriftSignals {
+            embedding: p.embedding.clone(),
+            properties: p.properties,
+            is_cat_or_dog: p.is_cat_or_dog,
+        }),
     };
     state.record_prediction(rec).await;
 }
@@ -432,7 +508,7 @@ pub async fn predict(
                     image_kept
                 })
                 .await;
-            Ok(Json(response(id, upload.filename, &p, ms, image_kept)))
+            Ok(Json(response(id, upload.filename, &p, ms, image_kept, form.explain)))
         }
         Err(e) => {
             let e = ApiError::from(e);
@@ -471,19 +547,19 @@ pub async fn predict_batch(
     if form.uploads.is_empty() {
         return Err(ApiError::bad_request("missing_file", "the form has no `file` field"));
     }
-    let (items, ms) = classify_uploads(&state, &stages, form.uploads, form.consent, visitor).await?;
+    let (items, ms) = classify_uploads(&state, &stages, form.uploads, (form.consent, form.explain), visitor).await?;
     let failed = items.iter().filter(|i| i.error.is_some()).count();
     Ok(Json(BatchResponse { succeeded: items.len() - failed, results: items, failed, latency_ms: ms }))
 }
 
 /// Classifies the readable files together and records one prediction row per file, each
-/// keeping its upload slot (and, with `consent`, its image); used by the batch route and
-/// the page's plain form.
+/// keeping its upload slot (and, with `consent`, its image; with `explain`, answers carry
+/// their explanation); used by the batch route and the page's plain form.
 pub(crate) async fn classify_uploads(
     state: &AppState,
     stages: &StageSpans,
     uploads: Vec<Upload>,
-    consent: bool,
+    (consent, explain): (bool, bool),
     visitor_session: Option<&str>,
 ) -> Result<(Vec<BatchItem>, f64), ApiError> {
     let mut files = Vec::new();
@@ -530,7 +606,7 @@ pub(crate) async fn classify_uploads(
                 };
                 let image_kept = image_ref.is_some();
                 record(state, &id, &name, Ok(&p), ms, image_ref, visitor_session).await;
-                let res = response(id, name.clone(), &p, ms, image_kept);
+                let res = response(id, name.clone(), &p, ms, image_kept, explain);
                 items.push(BatchItem { filename: name, result: Some(res), error: None, status: 200 });
             }
             Err(e) => {

@@ -9,7 +9,9 @@
 //! - `pixels`, `UINT8` (0-255) or `FP32` (0-1), shape `[N, H, W, 3]` or `[H, W, 3]`: RGB
 //!   pixels, row-major; cropped and resized exactly like decoded files.
 //!
-//! Outputs: `p_dog` (`FP32`, `[N]`) and `label` (`BYTES`, `[N]`, `cat` or `dog`). Every
+//! Outputs: `p_dog` (`FP32`, `[N]`) and `label` (`BYTES`, `[N]`, `cat` or `dog`); with the
+//! request parameter `explain: true` also `evidence` (`FP32`, `[N, rows, cols]`, the
+//! class-activation map for each answer) and `crop` (`INT32`, `[N, 4]`). Every
 //! image is stored as a prediction like `/api/predict` (same limits and storage). Errors
 //! keep the API's status codes but use the protocol's shape, `{"error": "<code>: <message>"}`,
 //! which protocol clients parse.
@@ -19,6 +21,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
 use catsdogs_core::{Classified, ImageInput};
+use catsdogs_model::card::GraphOutput;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -216,7 +219,14 @@ pub(crate) fn served_model_metadata(state: &AppState) -> ModelMetadata {
         versions: vec![state.model_version()],
         platform: "onnxruntime_onnx".into(),
         inputs: vec![t("image", "BYTES", &[-1]), t("pixels", "UINT8", &[-1, -1, -1, 3])],
-        outputs: vec![t(P_DOG, "FP32", &[-1]), t(LABEL, "BYTES", &[-1])],
+        outputs: {
+            let mut outputs = vec![t(P_DOG, "FP32", &[-1]), t(LABEL, "BYTES", &[-1])];
+            // Listed when the served graph can explain (asked for with `explain: true`).
+            if state.loaded_model().is_some_and(|m| m.card.has_output(GraphOutput::LogitMap)) {
+                outputs.extend([t(EVIDENCE, "FP32", &[-1, -1, -1]), t(CROP, "INT32", &[-1, 4])]);
+            }
+            outputs
+        },
     }
 }
 
@@ -474,32 +484,91 @@ pub async fn infer(
     };
     let inputs = image_inputs(&state, input, binary)?;
     stages.add(Stage::Read, read, Instant::now());
+    let explain = match req.parameters.as_ref().and_then(|p| p.get("explain")) {
+        None => false,
+        Some(v) => v.as_bool().ok_or_else(|| invalid("the parameter `explain` must be true or false"))?,
+    };
+    if explain {
+        check_can_explain(&state)?;
+    }
     let (preds, model_version) = classify_request(&state, &stages, inputs).await?;
     let n = preds.len() as i64;
-    Ok(Json(InferResponse {
-        model_name: MODEL_NAME.into(),
-        model_version,
-        id: req.id,
-        outputs: vec![
-            OutputTensor {
-                name: P_DOG.into(),
-                datatype: "FP32".into(),
-                shape: vec![n],
-                data: preds.iter().map(|p| Value::from(f64::from(p.p_dog))).collect(),
-            },
-            OutputTensor {
-                name: LABEL.into(),
-                datatype: "BYTES".into(),
-                shape: vec![n],
-                data: preds.iter().map(|p| Value::from(p.label().as_str())).collect(),
-            },
-        ],
-    }))
+    let mut outputs = vec![
+        OutputTensor {
+            name: P_DOG.into(),
+            datatype: "FP32".into(),
+            shape: vec![n],
+            data: preds.iter().map(|p| Value::from(f64::from(p.p_dog))).collect(),
+        },
+        OutputTensor {
+            name: LABEL.into(),
+            datatype: "BYTES".into(),
+            shape: vec![n],
+            data: preds.iter().map(|p| Value::from(p.label().as_str())).collect(),
+        },
+    ];
+    if explain {
+        let t = explain_tensors(&preds)?;
+        outputs.push(OutputTensor {
+            name: EVIDENCE.into(),
+            datatype: "FP32".into(),
+            shape: t.evidence_shape,
+            data: t.evidence.iter().map(|&v| Value::from(f64::from(v))).collect(),
+        });
+        outputs.push(OutputTensor {
+            name: CROP.into(),
+            datatype: "INT32".into(),
+            shape: vec![n, 4],
+            data: t.crop.iter().map(|&v| Value::from(v)).collect(),
+        });
+    }
+    Ok(Json(InferResponse { model_name: MODEL_NAME.into(), model_version, id: req.id, outputs }))
 }
 
 /// The protocol's output names.
 pub(crate) const P_DOG: &str = "p_dog";
 pub(crate) const LABEL: &str = "label";
+/// Outputs added by the request parameter `explain: true`.
+pub(crate) const EVIDENCE: &str = "evidence";
+pub(crate) const CROP: &str = "crop";
+
+/// The explanation outputs of one protocol answer: `evidence` (`FP32`, `[N, rows, cols]`,
+/// signed for each image's answer) and `crop` (`INT32`, `[N, 4]`: x, y, width, height of
+/// the model's input in the upright image, rounded to whole pixels).
+pub(crate) struct ExplainTensors {
+    pub evidence_shape: Vec<i64>,
+    pub evidence: Vec<f32>,
+    pub crop: Vec<i32>,
+}
+
+fn explanation_unavailable() -> ApiError {
+    ApiError::bad_request(
+        "explanation_unavailable",
+        "the served model cannot explain its answers (its graph has no logit map)",
+    )
+}
+
+/// Refuses an `explain` request before anything is classified or stored when the served
+/// model cannot explain (400 `explanation_unavailable`).
+pub(crate) fn check_can_explain(state: &AppState) -> Result<(), ApiError> {
+    if state.model()?.card.has_output(GraphOutput::LogitMap) { Ok(()) } else { Err(explanation_unavailable()) }
+}
+
+/// The explanation tensors of `preds` (one model computed them all, so one grid), or a
+/// 400 `explanation_unavailable` when the model that computed them has no logit map.
+pub(crate) fn explain_tensors(preds: &[Classified]) -> Result<ExplainTensors, ApiError> {
+    let unavailable = explanation_unavailable;
+    let mut out =
+        ExplainTensors { evidence_shape: vec![preds.len() as i64, 0, 0], evidence: Vec::new(), crop: Vec::new() };
+    for p in preds {
+        let e = p.explanation().ok_or_else(unavailable)?;
+        out.evidence_shape[1..].copy_from_slice(&[e.rows as i64, e.cols as i64]);
+        out.evidence.extend_from_slice(&e.evidence);
+        let px = |v: f64| v.round() as i32;
+        out.crop.extend([px(e.crop.x), px(e.crop.y), px(e.crop.width), px(e.crop.height)]);
+    }
+    Ok(out)
+}
 
 /// The images of one input tensor: encoded files (`BYTES`) or pixels (`UINT8` / `FP32`),
 /// from `binary` (raw tensor data) or else the tensor's JSON `data`; within the limits of

@@ -260,11 +260,16 @@ fn feedback_settled(cards: &[Value], name: &str) -> bool {
 /// The feedback button (`data-feedback` = `correct` or `wrong`) of the result card whose
 /// displayed file name is exactly `name` (no quote in it).
 async fn feedback_button(c: &Client, name: &str, verdict: &str) -> Element {
+    card_button(c, name, &format!("@data-feedback='{verdict}'")).await
+}
+
+/// The button matching the XPath predicate `which` on the result card of file `name`.
+async fn card_button(c: &Client, name: &str, which: &str) -> Element {
     let xpath = format!(
         "//*[@id='results']/li[.//*[contains(concat(' ', normalize-space(@class), ' '), ' name ') \
-         and normalize-space(.)='{name}']]//button[@data-feedback='{verdict}']"
+         and normalize-space(.)='{name}']]//button[{which}]"
     );
-    c.find(Locator::XPath(&xpath)).await.unwrap_or_else(|e| panic!("the {verdict:?} button of {name}: {e}"))
+    c.find(Locator::XPath(&xpath)).await.unwrap_or_else(|e| panic!("the button [{which}] of {name}: {e}"))
 }
 
 async fn js(c: &Client, script: &str) -> Value {
@@ -358,6 +363,57 @@ pub async fn the_home_page_fits_a_phone_screen() {
     b.close().await;
 }
 
+/// "Why?" on the cat card draws the answer's heatmap over its preview (a canvas with
+/// painted pixels, no CSP violation), with a legend and a summary in words; a second click
+/// hides it. Screenshots for docs/img.
+pub async fn why_draws_the_heatmap_over_the_preview() {
+    let b = Browser::open().await;
+    b.js("window.__csp = []; document.addEventListener('securitypolicyviolation', e => window.__csp.push(e.violatedDirective)); return true;").await;
+    b.upload_cat_and_dog().await;
+    let why = card_button(&b.c, "cat.jpg", "contains(@class, 'why')").await;
+    assert_eq!(why.text().await.expect("text"), "Why?");
+    why.click().await.expect("click Why?");
+    const STATE: &str = "const li = Array.from(document.querySelectorAll('#results .card'))
+                  .find(l => l.querySelector('.name').textContent === 'cat.jpg');
+              const c = li.querySelector('canvas.heat');
+              let painted = 0;
+              if (c) {
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                for (let i = 3; i < d.length; i += 4) if (d[i] > 0) painted += 1;
+              }
+              const img = li.querySelector('img.thumb');
+              return {
+                canvas: !!c, shown: !!c && !c.hidden && c.getBoundingClientRect().width > 0,
+                covers: !!c && Math.abs(c.getBoundingClientRect().width - img.getBoundingClientRect().width) < 1,
+                painted, pixels: c ? c.width * c.height : 0,
+                summary: li.querySelector('.why-summary').textContent,
+                summary_shown: !li.querySelector('.why-summary').hidden,
+                legend_shown: !li.querySelector('.why-legend').hidden,
+                pressed: li.querySelector('button.why').getAttribute('aria-pressed'),
+                csp: window.__csp,
+              };";
+    let on = b.js(STATE).await;
+    assert_eq!(on["canvas"], json!(true), "{on}");
+    assert_eq!(on["shown"], json!(true), "{on}");
+    assert_eq!(on["covers"], json!(true), "the heatmap covers the preview: {on}");
+    assert!(on["painted"].as_u64().unwrap_or(0) * 4 > on["pixels"].as_u64().unwrap_or(0), "mostly painted: {on}");
+    let summary = on["summary"].as_str().unwrap_or_default();
+    assert!(summary.starts_with("What made the model say Cat: "), "{on}");
+    assert!(summary.contains("photo"), "{on}");
+    assert_eq!((on["summary_shown"].clone(), on["legend_shown"].clone()), (json!(true), json!(true)), "{on}");
+    assert_eq!(on["pressed"], json!("true"));
+    assert_eq!(on["csp"], json!([]), "no Content-Security-Policy violation: {on}");
+    // Tall enough to show the card's legend and summary under the preview.
+    b.c.set_window_size(1280, 1250).await.expect("resize");
+    screenshot(&b.c, "why-desktop.png").await;
+    b.js("document.querySelectorAll('img.thumb').forEach(i => { i.style.filter = 'blur(14px)'; }); return true;").await;
+    screenshot(&b.c, "why-desktop-blurred.png").await;
+    why.click().await.expect("click Why? again");
+    let off = b.js(STATE).await;
+    assert_eq!((off["shown"].clone(), off["pressed"].clone()), (json!(false), json!("false")), "{off}");
+    b.close().await;
+}
+
 /// The dashboard needs an operator: sign in with the token, then see the predictions and
 /// the verdicts counted, under pseudonyms, also at phone width.
 pub async fn the_dashboard_counts_the_verdicts_after_sign_in() {
@@ -402,6 +458,64 @@ pub async fn the_dashboard_counts_the_verdicts_after_sign_in() {
     screenshot(c, "dashboard-desktop.png").await;
     b.check_phone_width("the dashboard").await;
     screenshot(c, "dashboard-phone.png").await;
+    b.close().await;
+}
+
+/// A photo kept with consent and reported wrong gets a "why?" link on the dashboard: the
+/// operator sees the photo with the served model's heatmap over it; visitors do not.
+pub async fn a_wrong_answer_on_a_kept_photo_links_its_heatmap_on_the_dashboard() {
+    let b = Browser::open().await;
+    let c = &b.c;
+    c.find(Locator::Css("#consent")).await.expect("consent box").click().await.expect("consent");
+    b.upload_cat_and_dog().await;
+    feedback_button(c, "dog.jpg", "wrong").await.click().await.expect("click wrong on dog.jpg");
+    wait_cards(c, "the confirmation on dog.jpg", |cs| feedback_settled(cs, "dog.jpg")).await;
+    // A visitor cannot open the photo.
+    let ids =
+        b.js("return Array.from(document.querySelectorAll('#results .card')).map(li => li.dataset.predictionId)").await;
+    let dog_id =
+        cards(c).await.iter().find(|x| x["name"] == "dog.jpg").and_then(|x| x["id"].as_str().map(String::from));
+    let dog_id = dog_id.unwrap_or_else(|| panic!("dog card id: {ids}"));
+    let cat_id =
+        cards(c).await.iter().find(|x| x["name"] == "cat.jpg").and_then(|x| x["id"].as_str().map(String::from));
+    let cat_id = cat_id.unwrap_or_else(|| panic!("cat card id: {ids}"));
+    let anonymous = reqwest::Client::new()
+        .get(b.app.url(&format!("/dashboard/why/{dog_id}/image")))
+        .send()
+        .await
+        .expect("get image");
+    assert!(anonymous.url().path() == "/login" || !anonymous.status().is_success(), "visitors must not see the photo");
+    c.goto(&b.app.url("/login?next=/dashboard")).await.expect("login page");
+    c.find(Locator::Css("#token")).await.expect("token field").send_keys(TOKEN).await.expect("type token");
+    c.find(Locator::Css("form.stack button[type=submit]")).await.expect("submit").click().await.expect("sign in");
+    c.wait().for_element(Locator::Css("#recent")).await.expect("dashboard after sign-in");
+    let links = b
+        .js("return Array.from(document.querySelectorAll('#recent a.why-link')).map(a => a.getAttribute('href'))")
+        .await;
+    assert_eq!(links, json!([format!("/dashboard/why/{dog_id}")]), "one link, for the wrong answer on a kept photo");
+    c.find(Locator::Css("#recent a.why-link")).await.expect("link").click().await.expect("open why page");
+    c.wait().for_element(Locator::Css("#why-view canvas.heat")).await.expect("the heatmap is drawn");
+    let view = b
+        .js("const c = document.querySelector('#why-view canvas.heat');
+             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+             let painted = 0;
+             for (let i = 3; i < d.length; i += 4) if (d[i] > 0) painted += 1;
+             const img = document.querySelector('#why-view img.photo');
+             return { painted, pixels: c.width * c.height, loaded: img.naturalWidth > 0,
+                      summary: document.getElementById('why-summary').textContent,
+                      text: document.querySelector('main').textContent };")
+        .await;
+    assert_eq!(view["loaded"], json!(true), "the operator sees the photo: {view}");
+    assert!(view["painted"].as_u64().unwrap_or(0) * 4 > view["pixels"].as_u64().unwrap_or(0), "{view}");
+    assert!(view["summary"].as_str().is_some_and(|s| s.starts_with("What made the model say Dog")), "{view}");
+    let version = b.app.state.model_version();
+    assert!(view["text"].as_str().is_some_and(|t| t.contains(&version)), "labelled with the served version: {view}");
+    let audit = b.app.state.store.audit_entries(10).await.expect("audit");
+    let target = format!("prediction {dog_id}: explanation page");
+    assert!(audit.iter().any(|a| a.action == "explain" && a.detail.as_deref() == Some(target.as_str())), "{audit:?}");
+    // A kept photo without a "wrong" verdict has no such page, even for an operator.
+    c.goto(&b.app.url(&format!("/dashboard/why/{cat_id}"))).await.expect("open");
+    assert!(b.js("return document.querySelector('#why-view') === null").await == json!(true));
     b.close().await;
 }
 

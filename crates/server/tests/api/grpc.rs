@@ -106,7 +106,7 @@ pub async fn grpc_health_is_public_and_everything_else_needs_the_token() {
     assert_eq!(m.name, "catsdogs");
     assert_eq!(m.versions, vec![app.state.model_version()]);
     let outputs: Vec<_> = m.outputs.iter().map(|o| o.name.as_str()).collect();
-    assert_eq!(outputs, ["p_dog", "label"]);
+    assert_eq!(outputs, ["p_dog", "label", "evidence", "crop"], "the shipped graph can explain");
     let unknown = ModelMetadataRequest { name: "resnet".into(), version: String::new() };
     assert_eq!(c.model_metadata(authed(unknown)).await.expect_err("unknown").code(), Code::NotFound);
     let refused = c.model_infer(raw_bytes_request(&[image_bytes(ImageFormat::Png)])).await.expect_err("no token");
@@ -213,5 +213,39 @@ pub async fn tritonclient_grpc_works_against_the_shipped_model() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "tritonclient gRPC checks failed:\n{text}");
     assert!(text.contains("tritonclient grpc checks passed"), "{text}");
+    app.stop().await;
+}
+
+/// `explain: true` (a bool parameter) adds `evidence` and `crop`, raw or typed; asking for
+/// `evidence` by name is enough.
+pub async fn grpc_explain_adds_evidence_and_crop() {
+    use catsdogs_server::grpc::proto::InferParameter;
+    use catsdogs_server::grpc::proto::infer_parameter::ParameterChoice;
+    let (app, addr) = app_with_grpc(|_| {}).await;
+    let mut c = client(&addr).await;
+    let files = vec![image_bytes(ImageFormat::Png)];
+    let mut request = raw_bytes_request(&files);
+    request
+        .parameters
+        .insert("explain".into(), InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(true)) });
+    let raw = c.model_infer(authed(request)).await.expect("infer").into_inner();
+    let names: Vec<&str> = raw.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["p_dog", "label", "evidence", "crop"]);
+    assert_eq!(raw.outputs[2].shape, [1, 16, 16]);
+    assert_eq!(raw.outputs[3].shape, [1, 4]);
+    assert_eq!(raw.raw_output_contents[2].len(), 256 * 4, "256 little-endian floats");
+    let crop: Vec<i32> =
+        raw.raw_output_contents[3].chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let (w, h) = image::load_from_memory(&files[0]).expect("png").into_rgb8().dimensions();
+    assert_eq!(crop, [0, 0, w as i32, h as i32]);
+    let mut typed = raw_bytes_request(&files);
+    typed.raw_input_contents.clear();
+    typed.inputs[0].contents = Some(InferTensorContents { bytes_contents: files.clone(), ..Default::default() });
+    typed.outputs = vec![InferRequestedOutputTensor { name: "evidence".into(), ..Default::default() }];
+    let typed = c.model_infer(authed(typed)).await.expect("infer typed").into_inner();
+    let evidence = &typed.outputs[0].contents.as_ref().expect("contents").fp32_contents;
+    let raw_evidence: Vec<f32> =
+        raw.raw_output_contents[2].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    assert_eq!(evidence, &raw_evidence);
     app.stop().await;
 }

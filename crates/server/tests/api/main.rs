@@ -6,6 +6,7 @@ mod auth;
 mod batch;
 mod browser;
 mod contract;
+mod drift;
 mod feedback;
 mod gdpr;
 mod grpc;
@@ -46,7 +47,14 @@ fn main() -> std::process::ExitCode {
         async_test!(auth::every_protected_route_refuses_bad_credentials),
         async_test!(auth::the_public_routes_stay_public),
         // Prediction.
+        async_test!(drift::drift_reports_a_window_of_real_photos_and_catches_non_pets).needs(&[Photos]),
+        async_test!(drift::an_operator_rebuilds_the_reference_from_served_predictions).needs(&[Photos]),
+        async_test!(drift::sqlite::the_dashboard_reuses_closed_days_and_recounts_their_feedback).needs(&[Photos]),
+        async_test!(drift::postgres::the_dashboard_reuses_closed_days_and_recounts_their_feedback)
+            .needs(&[Photos, Postgres]),
         async_test!(predict::predict_answers_with_the_seed_fields_and_ours),
+        async_test!(predict::explain_adds_the_map_and_the_crop_only_when_asked),
+        async_test!(predict::the_seed_cnn_explains_over_the_whole_photo),
         async_test!(predict::sqlite::the_stored_row_holds_a_pseudonym_not_the_file_name),
         async_test!(predict::postgres::the_stored_row_holds_a_pseudonym_not_the_file_name).needs(&[Postgres]),
         async_test!(predict::every_format_is_sniffed_from_its_content_whatever_name_and_type),
@@ -152,6 +160,7 @@ fn main() -> std::process::ExitCode {
         async_test!(v2::v2_model_metadata_needs_the_token_and_names_the_cards_version),
         async_test!(v2::an_unknown_v2_model_is_404),
         async_test!(v2::json_bytes_inputs_are_classified_like_api_predict),
+        async_test!(v2::explain_adds_evidence_and_crop_outputs),
         async_test!(v2::binary_bytes_inputs_agree_with_json_inputs),
         async_test!(v2::uint8_json_pixels_and_fp32_binary_pixels_agree),
         async_test!(v2::malformed_inference_requests_get_the_protocol_error_shape),
@@ -161,6 +170,7 @@ fn main() -> std::process::ExitCode {
         async_test!(v2::tritonclient_works_against_the_shipped_model).needs(&[Triton, Photos]),
         async_test!(grpc::grpc_health_is_public_and_everything_else_needs_the_token),
         async_test!(grpc::grpc_inference_agrees_with_rest_and_stores_rows),
+        async_test!(grpc::grpc_explain_adds_evidence_and_crop),
         async_test!(grpc::a_file_over_four_mib_goes_through_and_one_over_the_upload_limit_does_not),
         async_test!(grpc::a_taken_explicit_address_fails_the_start_and_a_taken_default_only_warns),
         async_test!(grpc::tritonclient_grpc_works_against_the_shipped_model).needs(&[Triton, Photos]),
@@ -188,6 +198,9 @@ fn main() -> std::process::ExitCode {
         async_test!(browser::a_dropped_text_file_fails_alone).needs(&[Chromium, Photos]),
         async_test!(browser::a_hostile_file_name_is_shown_as_text).needs(&[Chromium, Photos]),
         async_test!(browser::the_home_page_fits_a_phone_screen).needs(&[Chromium, Photos]),
+        async_test!(browser::why_draws_the_heatmap_over_the_preview).needs(&[Chromium, Photos]),
+        async_test!(browser::a_wrong_answer_on_a_kept_photo_links_its_heatmap_on_the_dashboard)
+            .needs(&[Chromium, Photos]),
         async_test!(browser::the_dashboard_counts_the_verdicts_after_sign_in).needs(&[Chromium, Photos]),
         async_test!(browser::the_api_docs_render_under_their_csp).needs(&[Chromium, Photos]),
         // The OpenAPI contract, checked by schemathesis.

@@ -83,6 +83,7 @@ async fn insert_known_rows(store: &Store) {
             file_ref: None,
             image_ref: None,
             owner: None,
+            signals: None,
         }
     };
     let rows = [
@@ -197,6 +198,7 @@ async fn sql_metrics_match_the_reference_definition_on_random_rows(db: &Db) {
             file_ref: None,
             image_ref: None,
             owner: None,
+            signals: None,
         };
         store.insert_prediction(&rec).await.expect("insert");
         let day = catsdogs_store::day_of(t);

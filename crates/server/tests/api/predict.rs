@@ -97,3 +97,61 @@ pub async fn a_json_body_is_refused_with_415() {
     assert_eq!(error_code(r, StatusCode::UNSUPPORTED_MEDIA_TYPE).await, "unsupported_content_type");
     app.stop().await;
 }
+
+/// `explain=true` adds the class-activation map and where the model's input came from in
+/// the upright image; without it the answer is the same as before.
+pub async fn explain_adds_the_map_and_the_crop_only_when_asked() {
+    let app = TestApp::spawn_with(|cfg| cfg.model_dir = catsdogs_testkit::default_model_dir()).await;
+    let photo = image::RgbImage::from_fn(400, 300, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 90]));
+    let mut jpeg = Vec::new();
+    photo.write_to(&mut std::io::Cursor::new(&mut jpeg), ImageFormat::Jpeg).expect("jpeg");
+    let ask = |bytes: Vec<u8>, explain: bool| {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name("photo.jpg");
+        let form = reqwest::multipart::Form::new().part("file", part);
+        if explain { form.text("explain", "true") } else { form }
+    };
+    let plain: serde_json::Value = ok_json(app.post_predict_form(ask(jpeg.clone(), false)).await).await;
+    assert!(plain.get("explanation").is_none(), "{plain}");
+    let p: serde_json::Value = ok_json(app.post_predict_form(ask(jpeg.clone(), true)).await).await;
+    let e = &p["explanation"];
+    assert_eq!(e["grid"], json!([7, 7]), "{p}");
+    let evidence: Vec<f64> = e["evidence"].as_array().expect("evidence").iter().filter_map(|v| v.as_f64()).collect();
+    assert_eq!(evidence.len(), 49);
+    // Signed for the answer: the mean is the logit of the answered class's probability.
+    let p_answer = p["p_dog"].as_f64().expect("p_dog").max(p["p_cat"].as_f64().expect("p_cat"));
+    let mean = evidence.iter().sum::<f64>() / 49.0;
+    assert!((mean - (p_answer / (1.0 - p_answer)).ln()).abs() < 1e-3, "mean {mean}, answer {p_answer}");
+    // Short side 300 -> 256, centre 224: a 262.5 px square in the middle of the 400x300 photo.
+    assert_eq!(e["crop"], json!({"x": 68.75, "y": 18.75, "width": 262.5, "height": 262.5, "size": 262.5}));
+    // The same file marked "rotate 90°": the crop is in the upright (300x400) image.
+    let rotated = catsdogs_testkit::with_exif_orientation(&jpeg, 6);
+    let r: serde_json::Value = ok_json(app.post_predict_form(ask(rotated, true)).await).await;
+    assert_eq!(
+        r["explanation"]["crop"],
+        json!({"x": 18.75, "y": 68.75, "width": 262.5, "height": 262.5, "size": 262.5})
+    );
+    // A batch explains each result.
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(jpeg.clone()).file_name("a.jpg"))
+        .part("file", reqwest::multipart::Part::bytes(jpeg).file_name("b.jpg"))
+        .text("explain", "1");
+    let resp = app.authed(reqwest::Method::POST, "/api/predict/batch").multipart(form).send().await.expect("send");
+    let b: serde_json::Value = ok_json(resp).await;
+    let results = b["results"].as_array().expect("results");
+    assert!(results.iter().all(|r| r["result"]["explanation"]["grid"] == json!([7, 7])), "{b}");
+    app.stop().await;
+}
+
+/// The seed CNN squashes the whole photo: its 16x16 map covers all of it (`size` null).
+pub async fn the_seed_cnn_explains_over_the_whole_photo() {
+    let app = TestApp::spawn().await;
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(image_bytes(ImageFormat::Png)).file_name("x.png"))
+        .text("explain", "yes");
+    let p: serde_json::Value = ok_json(app.post_predict_form(form).await).await;
+    let e = &p["explanation"];
+    assert_eq!(e["grid"], json!([16, 16]), "{p}");
+    let (w, h) = image::load_from_memory(&image_bytes(ImageFormat::Png)).expect("png").into_rgb8().dimensions();
+    assert_eq!(e["crop"], json!({"x": 0.0, "y": 0.0, "width": f64::from(w), "height": f64::from(h), "size": null}));
+    app.stop().await;
+}

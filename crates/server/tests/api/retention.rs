@@ -32,6 +32,7 @@ async fn retention(db_url: &str) {
         file_ref: None,
         image_ref: None,
         owner: None,
+        signals: None,
     };
     let old = pred(1, 181);
     let young = pred(2, 179);

@@ -260,3 +260,57 @@ pub async fn tritonclient_works_against_the_shipped_model() {
     assert!(text.contains("tritonclient checks passed"), "{text}");
     app.stop().await;
 }
+
+/// The parameter `explain: true` adds `evidence` [N, 16, 16] (the seed CNN's map, the same
+/// numbers `/api/predict` gives) and `crop` [N, 4]; the metadata lists both; a non-bool
+/// value is refused.
+pub async fn explain_adds_evidence_and_crop_outputs() {
+    let app = TestApp::spawn().await;
+    let files = files();
+    let mut request = json_bytes_request(&files);
+    request["parameters"] = json!({"explain": true});
+    let resp: InferResponse = ok_json(infer_json(&app, &request).await).await;
+    let evidence = output(&resp, "evidence");
+    assert_eq!((evidence.datatype.as_str(), &evidence.shape[..]), ("FP32", &[2, 16, 16][..]));
+    let crop = output(&resp, "crop");
+    assert_eq!((crop.datatype.as_str(), &crop.shape[..]), ("INT32", &[2, 4][..]));
+    let (w, h) = image::load_from_memory(&files[0]).expect("png").into_rgb8().dimensions();
+    assert_eq!(crop.data.as_array().map(|a| a[..4].to_vec()), Some(vec![json!(0), json!(0), json!(w), json!(h)]));
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(files[0].clone()).file_name("x.png"))
+        .text("explain", "true");
+    let rest: Value = ok_json(app.post_predict_form(form).await).await;
+    let first: Vec<f64> = evidence.data.as_array().expect("data")[..256].iter().filter_map(Value::as_f64).collect();
+    let from_rest: Vec<f64> =
+        rest["explanation"]["evidence"].as_array().expect("evidence").iter().filter_map(Value::as_f64).collect();
+    assert_eq!(first.len(), 256);
+    assert!(first.iter().zip(&from_rest).all(|(a, b)| (a - b).abs() < 1e-5), "the protocol and the API agree");
+    // Without the parameter: the two usual outputs only.
+    let plain: InferResponse = ok_json(infer_json(&app, &json_bytes_request(&files)).await).await;
+    assert_eq!(plain.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["p_dog", "label"]);
+    let meta: ModelMetadata = app.get_json("/v2/models/catsdogs").await;
+    let names: Vec<&str> = meta.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["p_dog", "label", "evidence", "crop"]);
+    request["parameters"] = json!({"explain": "please"});
+    let r = infer_json(&app, &request).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    app.stop().await;
+
+    // A graph without a logit map: refused before anything is classified or stored.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in ["model.onnx", "model.safetensors"] {
+        std::fs::copy(model_dir().join(f), dir.path().join(f)).expect("copy");
+    }
+    let mut card = catsdogs_model::card::ModelCard::load(&model_dir().join("model.json")).expect("card");
+    card.outputs.clear();
+    card.save(&dir.path().join("model.json")).expect("save");
+    let old = dir.path().to_path_buf();
+    let app = TestApp::spawn_with(move |cfg| cfg.model_dir = old).await;
+    request["parameters"] = json!({"explain": true});
+    let r = infer_json(&app, &request).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap_or_default().contains("explanation_unavailable"));
+    app.state.maintain_store().await;
+    assert_eq!(app.state.store.count_rows("predictions").await.expect("count"), 0, "nothing stored");
+    app.stop().await;
+}

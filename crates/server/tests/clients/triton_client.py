@@ -15,7 +15,8 @@ assert client.is_server_ready(headers=headers), "server not ready"
 assert client.is_model_ready("catsdogs", headers=headers), "model not ready"
 meta = client.get_model_metadata("catsdogs", headers=headers)
 assert meta["name"] == "catsdogs", meta
-assert {o["name"] for o in meta["outputs"]} == {"p_dog", "label"}, meta
+# p_dog and label, and the explanation outputs the shipped graph can give (explain: true).
+assert {o["name"] for o in meta["outputs"]} == {"p_dog", "label", "evidence", "crop"}, meta
 server = client.get_server_metadata(headers=headers)
 assert server["name"] == "catsdogs", server
 

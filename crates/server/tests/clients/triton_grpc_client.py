@@ -19,7 +19,8 @@ assert client.is_server_ready(), "server not ready"
 assert client.is_model_ready("catsdogs", headers=headers), "model not ready"
 meta = client.get_model_metadata("catsdogs", headers=headers, as_json=True)
 assert meta["name"] == "catsdogs", meta
-assert [o["name"] for o in meta["outputs"]] == ["p_dog", "label"], meta
+# p_dog and label, and the explanation outputs the shipped graph can give (explain: true).
+assert [o["name"] for o in meta["outputs"]] == ["p_dog", "label", "evidence", "crop"], meta
 server = client.get_server_metadata(headers=headers, as_json=True)
 assert server["name"] == "catsdogs", server
 

@@ -184,3 +184,49 @@ pub fn pretrained_tail_on_the_trunk_reproduces_the_features() {
     let diff = pooled.iter().zip(&out.features).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(diff < 1e-4, "tail features differ from the graph's by {diff}");
 }
+
+/// The shipped graph's `logit_map` equals the candle reference (the tuned tail and the head
+/// on each cell of the trunk the backbone graph computes), whose mean is its logit; and the
+/// graph `catsdogs export --pretrained` rebuilds is the shipped one, outputs and all.
+pub fn shipped_logit_map_matches_the_candle_reference() {
+    let (pth, dir) = (effnet_checkpoint(), photos());
+    let model_dir = catsdogs_testkit::default_model_dir();
+    let net = load_backbone(&pth).expect("load checkpoint");
+    let heads = catsdogs_model::efficientnet_lite::OnnxHeads { trunk: true, ..Default::default() };
+    let fx = FeatureExtractor::from_onnx(&net.to_onnx(&heads, &BTreeMap::new()).expect("export"), &net.config, 2)
+        .expect("ort");
+    let names = ["cat/1.jpg", "dog/0.jpg", "cat/100.jpg", "dog/100.jpg"];
+    let images: Vec<_> = names.iter().map(|n| input(&dir.join(n))).collect();
+    let n = images.len();
+    let trunk = fx.run(&images).expect("run").trunk.expect("trunk output");
+    let c = net.trunk_channels();
+    let x = Tensor::from_vec(trunk, (n, c, 49), &Device::Cpu).expect("tensor").transpose(1, 2).expect("transpose");
+    let head = candle_core::safetensors::load(model_dir.join("head.safetensors"), &Device::Cpu).expect("head");
+    let tail = catsdogs_model::efficientnet_lite::Tail::from_named(&head, "tuned_tail").expect("tail").expect("tuned");
+    let (w, b) = (&head["catdog.weight"], &head["catdog.bias"]);
+    let candle_maps = tail.logit_map(&x, (w, b)).expect("map").to_vec2::<f32>().expect("vec");
+    let logits = tail.pooled(&x).expect("pooled").matmul(&w.t().expect("t")).expect("matmul");
+    let logits = logits.broadcast_add(b).expect("bias").flatten_all().expect("flat").to_vec1::<f32>().expect("vec");
+    let shipped = LoadedModel::load(&model_dir, BackendKind::Onnxruntime, 2).expect("load shipped");
+    let answers = shipped.predict_images(&images).expect("predict");
+    for ((candle, logit), answer) in candle_maps.iter().zip(&logits).zip(&answers) {
+        let mean = candle.iter().map(|&v| f64::from(v)).sum::<f64>() / candle.len() as f64;
+        assert!((mean - f64::from(*logit)).abs() < 1e-4, "candle map mean {mean} vs its logit {logit}");
+        let graph = answer.logit_map.as_ref().expect("graph map");
+        let d = graph.values.iter().zip(candle).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(d < 1e-3, "the graph's map and candle's differ by {d} (logits near {logit})");
+    }
+    // Rebuilding the graph from the checkpoint and the head gives the same answers.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for f in ["model.json", "head.safetensors"] {
+        std::fs::copy(model_dir.join(f), tmp.path().join(f)).expect("copy");
+    }
+    catsdogs_train::export_onnx(tmp.path(), None, Some(&pth)).expect("export");
+    let rebuilt = LoadedModel::load(tmp.path(), BackendKind::Onnxruntime, 2).expect("load rebuilt");
+    let again = rebuilt.predict_images(&images).expect("predict");
+    for (a, b) in answers.iter().zip(&again) {
+        assert_eq!(a.p_dog, b.p_dog);
+        assert_eq!(a.logit_map, b.logit_map);
+        assert_eq!(a.embedding, b.embedding);
+    }
+}
