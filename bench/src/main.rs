@@ -14,7 +14,8 @@
 //! 6. steady memory: resident memory over a long run of random client counts and sizes;
 //! 7. the monitoring routes and the purge on a million prediction rows (SQLite, PostgreSQL);
 //! 8. what explanations cost: the graphs' extra outputs, and `explain=true` end to end;
-//! 9. the drift report over its largest window.
+//! 9. the drift report over its largest window;
+//! 10. what OpenTelemetry tracing costs: one server exporting every span against one without.
 //!
 //! The Python side (bench/reference/) runs in a venv the harness creates; `--no-reference`
 //! skips it.
@@ -26,6 +27,7 @@ mod scale;
 mod serve;
 mod sizes;
 mod steady;
+mod tracing_cost;
 mod warmup;
 
 use std::fmt::Write as _;
@@ -90,23 +92,32 @@ struct Args {
     #[arg(long, default_value_t = 12)]
     size_per_class: usize,
     /// Only section 4 (phone-size photos).
-    #[arg(long, conflicts_with_all = ["only_warmup", "only_steady", "only_scale", "only_explain", "only_drift"])]
+    #[arg(long, conflicts_with_all = ["only_warmup", "only_steady", "only_scale", "only_explain", "only_drift", "only_tracing"])]
     only_sizes: bool,
     /// Only section 5 (warm-up).
-    #[arg(long, conflicts_with_all = ["only_steady", "only_scale", "only_explain", "only_drift"])]
+    #[arg(long, conflicts_with_all = ["only_steady", "only_scale", "only_explain", "only_drift", "only_tracing"])]
     only_warmup: bool,
     /// Only section 6 (steady memory).
-    #[arg(long, conflicts_with_all = ["only_scale", "only_explain", "only_drift"])]
+    #[arg(long, conflicts_with_all = ["only_scale", "only_explain", "only_drift", "only_tracing"])]
     only_steady: bool,
     /// Only section 7 (monitoring routes at scale).
-    #[arg(long, conflicts_with_all = ["only_explain", "only_drift"])]
+    #[arg(long, conflicts_with_all = ["only_explain", "only_drift", "only_tracing"])]
     only_scale: bool,
     /// Only section 8 (what explanations cost).
-    #[arg(long, conflicts_with = "only_drift")]
+    #[arg(long, conflicts_with_all = ["only_drift", "only_tracing"])]
     only_explain: bool,
     /// Only section 9 (the drift report).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "only_tracing")]
     only_drift: bool,
+    /// Only section 10 (what tracing costs).
+    #[arg(long)]
+    only_tracing: bool,
+    /// One-client requests per server and photo size in section 10 (0 skips it).
+    #[arg(long, default_value_t = 100)]
+    tracing_requests: usize,
+    /// Concurrent clients of section 10's throughput rows (runs of `--secs`).
+    #[arg(long, default_value_t = 8)]
+    tracing_clients: usize,
     /// Prediction rows of section 9 (0 skips it).
     #[arg(long, default_value_t = 10_000)]
     drift_rows: usize,
@@ -379,8 +390,15 @@ async fn main() -> Result<()> {
          taken in this run on this machine.\n\n",
         machine()
     );
-    let only =
-        [args.only_sizes, args.only_warmup, args.only_steady, args.only_scale, args.only_explain, args.only_drift];
+    let only = [
+        args.only_sizes,
+        args.only_warmup,
+        args.only_steady,
+        args.only_scale,
+        args.only_explain,
+        args.only_drift,
+        args.only_tracing,
+    ];
     let all = !only.contains(&true);
     if all {
         forward_section(&args, python.as_ref(), &mut report)?;
@@ -409,6 +427,12 @@ async fn main() -> Result<()> {
     }
     if all || args.only_drift {
         drift::section(exe, model, args.drift_rows, &mut report).await?;
+    }
+    if all || args.only_tracing {
+        let photos = serve::load_photos(&args.photos, args.size_per_class)?;
+        let counts =
+            tracing_cost::Counts { requests: args.tracing_requests, clients: args.tracing_clients, secs: args.secs };
+        tracing_cost::section(exe, model, max_batch, counts, &photos, &mut report).await?;
     }
     println!("{report}");
     if let Some(dir) = args.out.parent() {

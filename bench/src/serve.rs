@@ -96,9 +96,16 @@ impl Server {
     /// `catsdogs serve` as [`Server::catsdogs`] starts it, returned as soon as it reports
     /// ready (`GET /api/health` = 200), before any prediction.
     pub async fn catsdogs_ready(exe: &Path, model: &Path, max_batch: usize) -> Result<Self> {
+        Self::catsdogs_with_env(exe, model, max_batch, &[]).await
+    }
+
+    /// `catsdogs serve` as [`Server::catsdogs_ready`] starts it, with these extra
+    /// environment variables (e.g. an OpenTelemetry exporter's).
+    pub async fn catsdogs_with_env(exe: &Path, model: &Path, max_batch: usize, env: &[(&str, &str)]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let cmd = catsdogs_command(exe, model, max_batch, dir.path(), port);
+        let mut cmd = catsdogs_command(exe, model, max_batch, dir.path(), port);
+        cmd.envs(env.iter().copied());
         Self::spawn(cmd, port, Api::Catsdogs, dir, Probe::Health).await
     }
 
@@ -206,7 +213,10 @@ fn catsdogs_command(exe: &Path, model: &Path, max_batch: usize, dir: &Path, port
         .args(["--max-batch", &max_batch.to_string()])
         .env("API_TOKEN", TOKEN)
         .env("LOG_LEVEL", "warn")
-        .env_remove("DATABASE_URL");
+        .env_remove("DATABASE_URL")
+        // Traced only where a section asks for it (section 10), whatever this shell exports.
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
     cmd
 }
 

@@ -30,6 +30,7 @@ fn harness_produces_a_table() {
         .args(["--sizes", "1mp", "--size-clients", "2", "--size-per-class", "2", "--size-model", "models/seed-cnn"])
         .args(["--warmup-restarts", "2", "--steady-secs", "10", "--scale-rows", "3600"])
         .args(["--explain-requests", "3", "--explain-rounds", "5", "--drift-rows", "300"])
+        .args(["--tracing-requests", "3", "--tracing-clients", "2"])
         .arg("--out")
         .arg(&out)
         .status()
@@ -87,4 +88,16 @@ fn harness_produces_a_table() {
     // Section 9: the drift report answers on a filled database.
     let drift = table.lines().find(|l| l.starts_with("| today (the hourly check) |")).expect("drift row");
     assert!(cols(drift)[2].parse::<f64>().is_ok_and(|ms| ms > 0.0), "{drift}");
+    // Section 10: a server exporting every span to the harness's receiver, against one
+    // without; the section fails by itself when no span arrives.
+    for load in [
+        "| one client, small (shared photos) (ms) |",
+        "| one client, 12 MP JPEG (ms) |",
+        "| 2 clients, small (req/s) |",
+    ] {
+        let row = table.lines().find(|l| l.starts_with(load)).expect("tracing row");
+        let c = cols(row);
+        assert!(c[2].parse::<f64>().is_ok_and(|x| x > 0.0) && c[3].parse::<f64>().is_ok_and(|x| x > 0.0), "{row}");
+    }
+    assert!(table.contains("spans per request"), "{table}");
 }
