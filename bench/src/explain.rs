@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use catsdogs_core::LoadedModel;
 
 use crate::forward::{load, random_images};
-use crate::serve::{Photo, Server, TOKEN};
+use crate::serve::{Photo, Server, TOKEN, median, second_side};
 use crate::sizes::{SizeClass, photos_of};
 
 /// How much section 8 measures.
@@ -22,11 +22,6 @@ pub struct Counts {
     pub requests: usize,
     /// Rounds of (a): each times one forward of each graph, in turn.
     pub rounds: usize,
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The model in `dir` with its optional outputs removed, in a temporary directory.
@@ -130,8 +125,7 @@ pub async fn section(
         let (mut on, mut off, mut bytes) = (Vec::new(), Vec::new(), (0, 0));
         for i in 0..requests * 2 + 2 {
             let photo = &photos[(i / 2) % photos.len()];
-            // Pairs on the same photo, in alternating order: (off, on), (on, off), ...
-            let explain = (i % 2 == 1) != ((i / 2) % 2 == 1);
+            let explain = second_side(i);
             let (ms, len) = timed(&c, &server.base, photo, explain).await?;
             if i < 2 {
                 continue; // one warm-up pair per size

@@ -244,6 +244,19 @@ pub async fn predict(c: &reqwest::Client, base: &str, api: Api, photo: &Photo) -
     Ok(v[field].as_str().unwrap_or_default().to_ascii_lowercase())
 }
 
+/// The median of `v` (sorted in place); NaN when empty.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Whether request `i` of an A/B comparison made of pairs on the same input goes to B: the
+/// pairs alternate their order ((A, B), (B, A), ...) so a machine that speeds up or slows
+/// down between the two halves of a pair hits both sides alike.
+pub fn second_side(i: usize) -> bool {
+    (i % 2 == 1) != ((i / 2) % 2 == 1)
+}
+
 /// One measurement's figures.
 pub struct Cell {
     pub requests: usize,

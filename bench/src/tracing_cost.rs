@@ -17,7 +17,7 @@ use axum::response::IntoResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use prost::Message;
 
-use crate::serve::{self, Api, Photo, Server};
+use crate::serve::{self, Api, Photo, Server, median, second_side};
 use crate::sizes::{SizeClass, photos_of};
 
 /// How much section 10 measures.
@@ -72,11 +72,6 @@ async fn receiver() -> Result<(String, Received)> {
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok((base, received))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Waits (10 s at most) until the receiver's span count stops growing; the count.
@@ -134,8 +129,7 @@ pub async fn section(
         let (mut off, mut on) = (Vec::new(), Vec::new());
         for i in 0..requests * 2 + 2 {
             let photo = &photos[(i / 2) % photos.len()];
-            // Pairs on the same photo, in alternating order: (plain, traced), (traced, plain), ...
-            let use_traced = (i % 2 == 1) != ((i / 2) % 2 == 1);
+            let use_traced = second_side(i);
             let server = if use_traced { &traced } else { &plain };
             let t = Instant::now();
             serve::predict(&c, &server.base, Api::Catsdogs, photo).await?;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::serve::{self, Api, Photo, Server, TOKEN};
+use crate::serve::{self, Api, Photo, Server, TOKEN, median};
 
 /// Requests timed after the first one, for the steady-state median.
 const FOLLOWING: usize = 9;
@@ -26,11 +26,6 @@ async fn first_and_steady(c: &reqwest::Client, server: &Server, photos: &[Photo]
         rest.push(timed_predict(c, server, photo).await?);
     }
     Ok((first, median(&mut rest)))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Runs `restarts` fresh servers of `model`: each is ready (`GET /api/health` = 200) before
